@@ -1,0 +1,149 @@
+"""Downloading one image over HTTP: streamed under a byte cap, bounded in time, retried with
+backoff where a retry can help, redirects followed hop by hop through the address guard."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+
+from core.urlguard import AddressPolicy
+
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+
+
+class ImageDownloadError(Exception):
+    """The image could not be fetched; `str()` is the reason given to the client."""
+
+
+class _RetryableError(ImageDownloadError):
+    """A failure that may pass: connection trouble, a timeout, 429 or a 5xx answer."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.25
+    max_redirects: int = 5
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, query or fragment: safe to log and to show in an error."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def backoff_delay(attempt: int, base: float) -> float:
+    """Exponential backoff with jitter: half fixed, half random, doubling per attempt."""
+    ceiling = base * (2**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Downloader:
+    """One per worker process; holds the connection pools. Create and use it inside one loop."""
+
+    def __init__(self, limits: FetchLimits, policy: AddressPolicy, pool_size: int = 256) -> None:
+        self._limits = limits
+        self._policy = policy
+        timeout = aiohttp.ClientTimeout(
+            total=limits.total_timeout,
+            sock_connect=limits.connect_timeout,
+            sock_read=limits.read_timeout,
+        )
+
+        def session(guarded: bool) -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(
+                limit=pool_size,
+                ttl_dns_cache=60,
+                socket_factory=policy.socket_factory if guarded else None,
+            )
+            return aiohttp.ClientSession(
+                connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
+            )
+
+        self._guarded = session(guarded=True)
+        self._trusted = (
+            session(guarded=False) if policy.trusted_hosts or not policy.guards else None
+        )
+
+    async def close(self) -> None:
+        await self._guarded.close()
+        if self._trusted is not None:
+            await self._trusted.close()
+
+    async def fetch(self, url: str) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                return await self._fetch_following_redirects(url)
+            except _RetryableError as exc:
+                if attempt >= self._limits.retries:
+                    raise ImageDownloadError(str(exc)) from None
+            await asyncio.sleep(backoff_delay(attempt, self._limits.backoff))
+            attempt += 1
+
+    async def _fetch_following_redirects(self, url: str) -> bytes:
+        current = url
+        for _hop in range(self._limits.max_redirects + 1):
+            body, location = await self._fetch_one_hop(current)
+            if location is None:
+                return body
+            current = urljoin(current, location)
+            if urlsplit(current).scheme not in ("http", "https"):
+                raise ImageDownloadError(f"redirected to a non-http URL: {redact_url(current)}")
+        raise ImageDownloadError(f"more than {self._limits.max_redirects} redirects")
+
+    async def _fetch_one_hop(self, url: str) -> tuple[bytes, str | None]:
+        host = urlsplit(url).hostname or ""
+        session = (
+            self._trusted if self._trusted and self._policy.trusts_host(host) else self._guarded
+        )
+        try:
+            async with session.get(url, allow_redirects=False) as response:
+                status = response.status
+                if status in REDIRECT_CODES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise ImageDownloadError(f"HTTP {status} without a Location")
+                    return b"", location
+                if status == 429 or status >= 500:
+                    raise _RetryableError(f"HTTP {status}")
+                if not 200 <= status < 300:
+                    raise ImageDownloadError(f"HTTP {status}")
+                return await self._read_capped(response), None
+        except aiohttp.ClientConnectorError as exc:
+            if "is not a public address" in str(exc.os_error) or "is not a public address" in str(
+                exc
+            ):
+                raise ImageDownloadError(
+                    f"refused: {host} resolves to an address that is not public"
+                ) from None
+            raise _RetryableError(f"connection failed: {exc.os_error.strerror or exc}") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            raise _RetryableError(f"connection broken: {type(exc).__name__}") from None
+        except TimeoutError:
+            raise _RetryableError("timed out") from None
+        except aiohttp.InvalidURL:
+            raise ImageDownloadError("invalid URL") from None
+        except aiohttp.ClientError as exc:
+            raise _RetryableError(f"connection error: {type(exc).__name__}") from None
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._limits.max_bytes
+        if response.content_length is not None and response.content_length > cap:
+            raise ImageDownloadError(f"larger than {cap} bytes")
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            body += chunk
+            if len(body) > cap:
+                raise ImageDownloadError(f"larger than {cap} bytes")
+        return bytes(body)

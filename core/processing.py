@@ -1,0 +1,56 @@
+"""The work done for one image: download, measure, simulated GPU delay. No Ray here."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from core.fetch import Downloader, ImageDownloadError, redact_url
+from core.measure import BrokenImageError, NotAnImageError, measure_image
+from core.models import ImageOutcome, ImageTask
+
+
+async def process_image(
+    task: ImageTask,
+    downloader: Downloader,
+    *,
+    max_pixels: int,
+    gpu_delay: tuple[float, float],
+    node_id: str | None = None,
+) -> ImageOutcome:
+    """Settle one image. Every failure the image itself can cause becomes an outcome with a
+    reason; anything else is a bug and propagates."""
+    shown_url = redact_url(task.url)
+    try:
+        data = await downloader.fetch(task.url)
+    except ImageDownloadError as exc:
+        return _failure(task, f"image download failed: {shown_url}: {exc}", node_id)
+    try:
+        # Decoding a large image takes milliseconds of CPU: keep the event loop free meanwhile.
+        width, height = await asyncio.to_thread(measure_image, data, max_pixels)
+    except NotAnImageError as exc:
+        return _failure(task, f"not an image: {shown_url}: {exc}", node_id)
+    except BrokenImageError as exc:
+        return _failure(task, f"image decode failed: {shown_url}: {exc}", node_id)
+    low, high = gpu_delay
+    if high > 0:
+        await asyncio.sleep(random.uniform(low, high))
+    return ImageOutcome(
+        job_id=task.job_id,
+        index=task.index,
+        processed_at=time.time(),
+        width=width,
+        height=height,
+        node_id=node_id,
+    )
+
+
+def _failure(task: ImageTask, reason: str, node_id: str | None) -> ImageOutcome:
+    return ImageOutcome(
+        job_id=task.job_id,
+        index=task.index,
+        processed_at=time.time(),
+        error=reason,
+        node_id=node_id,
+    )

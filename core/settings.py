@@ -1,0 +1,151 @@
+"""The one settings object, read once from `IMAGE_SERVICE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STORE_MASTER = PACKAGE_ROOT / "data" / "store_master.csv"
+
+ENV_PREFIX = "IMAGE_SERVICE_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data/run")
+    store_master: Path = DEFAULT_STORE_MASTER
+    gpu_delay_min: float = 0.1
+    gpu_delay_max: float = 0.4
+    # Images processed at once on a node that does not advertise its own `image_slots` resource.
+    concurrency: int = 64
+    allow_private_urls: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_images_per_job: int = 100_000
+    max_url_length: int = 2048
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    download_timeout: float = 30.0
+    download_retries: int = 3
+    retry_backoff: float = 0.25
+    max_redirects: int = 5
+
+    results_page_max: int = 1000
+    flush_interval: float = 0.2
+
+    ray_port: int = 6379
+    dashboard_port: int = 8265
+    include_dashboard: bool = True
+    ray_start_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value.strip() if value is not None and value.strip() else None
+
+        def integer(name: str, default: int, minimum: int = 0) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+            if value < minimum:
+                raise SettingsError(f"{ENV_PREFIX}{name} must be at least {minimum}, got {value}")
+            return value
+
+        def number(name: str, default: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+            if value < 0:
+                raise SettingsError(f"{ENV_PREFIX}{name} must not be negative, got {value}")
+            return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{ENV_PREFIX}{name} must be 0 or 1, got {raw!r}")
+
+        defaults = cls()
+        delay_min, delay_max = parse_delay_range(get("GPU_DELAY") or "0.1-0.4")
+        return cls(
+            host=get("HOST") or defaults.host,
+            port=integer("PORT", defaults.port, minimum=1),
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir).resolve(),
+            store_master=Path(get("STORE_MASTER") or defaults.store_master).resolve(),
+            gpu_delay_min=delay_min,
+            gpu_delay_max=delay_max,
+            concurrency=integer("CONCURRENCY", defaults.concurrency, minimum=1),
+            allow_private_urls=flag("ALLOW_PRIVATE_URLS", defaults.allow_private_urls),
+            allowed_hosts=tuple(
+                entry.strip() for entry in (get("ALLOWED_HOSTS") or "").split(",") if entry.strip()
+            ),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
+            max_images_per_job=integer(
+                "MAX_IMAGES_PER_JOB", defaults.max_images_per_job, minimum=1
+            ),
+            max_url_length=integer("MAX_URL_LENGTH", defaults.max_url_length, minimum=16),
+            max_image_bytes=integer("MAX_IMAGE_BYTES", defaults.max_image_bytes, minimum=1),
+            max_image_pixels=integer("MAX_IMAGE_PIXELS", defaults.max_image_pixels, minimum=1),
+            connect_timeout=number("CONNECT_TIMEOUT", defaults.connect_timeout),
+            read_timeout=number("READ_TIMEOUT", defaults.read_timeout),
+            download_timeout=number("DOWNLOAD_TIMEOUT", defaults.download_timeout),
+            download_retries=integer("DOWNLOAD_RETRIES", defaults.download_retries),
+            retry_backoff=number("RETRY_BACKOFF", defaults.retry_backoff),
+            max_redirects=integer("MAX_REDIRECTS", defaults.max_redirects),
+            results_page_max=integer("RESULTS_PAGE_MAX", defaults.results_page_max, minimum=1),
+            flush_interval=number("FLUSH_INTERVAL", defaults.flush_interval),
+            ray_port=integer("RAY_PORT", defaults.ray_port, minimum=1),
+            dashboard_port=integer("DASHBOARD_PORT", defaults.dashboard_port, minimum=1),
+            include_dashboard=flag("INCLUDE_DASHBOARD", defaults.include_dashboard),
+            ray_start_args=tuple((get("RAY_START_ARGS") or "").split()),
+        )
+
+
+def parse_delay_range(text: str) -> tuple[float, float]:
+    """Parse `LOW-HIGH` seconds (or a single number) into an ordered pair."""
+    parts = text.split("-")
+    try:
+        if len(parts) == 1:
+            low = high = float(parts[0])
+        elif len(parts) == 2:
+            low, high = float(parts[0]), float(parts[1])
+        else:
+            raise ValueError(text)
+    except ValueError:
+        raise SettingsError(
+            f"{ENV_PREFIX}GPU_DELAY must look like 0.1-0.4 (seconds), got {text!r}"
+        ) from None
+    if low < 0 or high < low:
+        raise SettingsError(f"{ENV_PREFIX}GPU_DELAY must satisfy 0 <= low <= high, got {text!r}")
+    return low, high

@@ -1,0 +1,119 @@
+"""Validation of a `POST /api/submit/` body into a `JobSubmission`, with messages for the client."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from core.models import JobSubmission, Visit
+
+
+class InvalidSubmission(ValueError):
+    """The body breaks the contract; the message names the field and what is wrong."""
+
+
+class SubmissionTooLarge(ValueError):
+    """The body is well formed but over a configured size limit."""
+
+
+@dataclass(frozen=True)
+class SubmissionLimits:
+    max_images: int = 100_000
+    max_url_length: int = 2048
+
+
+def parse_submission(body: bytes, limits: SubmissionLimits) -> JobSubmission:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidSubmission("body must be a JSON object") from None
+    return validate_submission(payload, limits)
+
+
+def validate_submission(payload: Any, limits: SubmissionLimits) -> JobSubmission:
+    if not isinstance(payload, dict):
+        raise InvalidSubmission("body must be a JSON object")
+    for key in ("count", "visits"):
+        if key not in payload:
+            raise InvalidSubmission(f"missing field: {key}")
+    count = payload["count"]
+    if not _is_int(count) or count < 0:
+        raise InvalidSubmission("count must be a non-negative integer")
+    raw_visits = payload["visits"]
+    if not isinstance(raw_visits, list):
+        raise InvalidSubmission("visits must be a list")
+    if not raw_visits:
+        raise InvalidSubmission("visits must not be empty")
+    if count != len(raw_visits):
+        raise InvalidSubmission(
+            f"count ({count}) does not match the number of visits ({len(raw_visits)})"
+        )
+    visits: list[Visit] = []
+    image_count = 0
+    for position, raw_visit in enumerate(raw_visits):
+        visit = _validate_visit(raw_visit, f"visits[{position}]", limits)
+        image_count += len(visit.image_urls)
+        if image_count > limits.max_images:
+            raise SubmissionTooLarge(f"a job may hold at most {limits.max_images} images")
+        visits.append(visit)
+    return JobSubmission(visits=tuple(visits))
+
+
+def _validate_visit(raw: Any, where: str, limits: SubmissionLimits) -> Visit:
+    if not isinstance(raw, dict):
+        raise InvalidSubmission(f"{where} must be an object")
+    for key in ("store_id", "image_url", "visit_time"):
+        if key not in raw:
+            raise InvalidSubmission(f"{where}.{key} is missing")
+    store_id = raw["store_id"]
+    if not isinstance(store_id, str) or not store_id.strip():
+        raise InvalidSubmission(f"{where}.store_id must be a non-empty string")
+    urls = raw["image_url"]
+    if not isinstance(urls, list) or not urls:
+        raise InvalidSubmission(f"{where}.image_url must be a non-empty list of URLs")
+    for position, url in enumerate(urls):
+        _validate_url(url, f"{where}.image_url[{position}]", limits)
+    visit_time = raw["visit_time"]
+    if not isinstance(visit_time, str) or not is_iso8601(visit_time):
+        raise InvalidSubmission(f"{where}.visit_time must be an ISO 8601 date or date-time")
+    return Visit(store_id=store_id, visit_time=visit_time, image_urls=tuple(urls))
+
+
+def _validate_url(url: Any, where: str, limits: SubmissionLimits) -> None:
+    if not isinstance(url, str):
+        raise InvalidSubmission(f"{where} must be a string")
+    if len(url) > limits.max_url_length:
+        raise InvalidSubmission(f"{where} is longer than {limits.max_url_length} characters")
+    if not is_http_url(url):
+        raise InvalidSubmission(f"{where} must be an absolute http(s) URL")
+
+
+def is_http_url(url: str) -> bool:
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    del port
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def is_iso8601(text: str) -> bool:
+    if not text or not text.isascii() or text != text.strip():
+        return False
+    for parse in (date.fromisoformat, datetime.fromisoformat):
+        try:
+            parse(text)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

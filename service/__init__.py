@@ -1,0 +1,1 @@
+"""The REST API of the image job service, served by Ray Serve."""

@@ -1,0 +1,203 @@
+"""The Serve ingress: translates HTTP to JobTracker calls and the tracker's answers to the
+contract's bodies. Nothing here owns state.
+
+Endpoints: POST /api/submit/ (and /api/submit), GET /api/status, GET /api/results,
+GET /healthz, and the OpenAPI docs at /docs. `serve_config.yaml` names `build_app` as its
+`import_path`; configuration comes from `IMAGE_SERVICE_*` environment variables.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the handler annotations
+# of a Serve ingress class at import time.
+import asyncio
+import logging
+import re
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import GetTimeoutError, RayActorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.tracker import tracker_handle
+from core.settings import Settings
+from core.storage import StorageError
+from core.submission import (
+    InvalidSubmission,
+    SubmissionLimits,
+    SubmissionTooLarge,
+    parse_submission,
+)
+from service.schemas import (
+    ErrorBody,
+    ResultsBody,
+    StatusBody,
+    SubmitAccepted,
+    results_body,
+    status_body,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_ID_PATTERN = re.compile(r"[0-9]{1,18}")
+TRACKER_TIMEOUT_SECONDS = 60.0
+# Parsing a body this large takes long enough to stall other requests: do it off the loop.
+INLINE_PARSE_BYTES = 256 * 1024
+DEFAULT_PAGE = 100
+
+api = FastAPI(
+    title="Image job service",
+    version="1.0.0",
+    description="Submit store visits with image URLs; every image is downloaded, measured and "
+    "its perimeter 2 * (height + width) stored. Poll status and read the results.",
+)
+
+
+def error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+UNKNOWN_JOB = JSONResponse({}, status_code=400)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@api.exception_handler(StarletteHTTPException)
+async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail).lower()}, status_code=exc.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in exc.errors())
+    return error(400, f"invalid request: {fields}")
+
+
+def parse_job_id(raw: str | None) -> int | None:
+    if raw is None or not JOB_ID_PATTERN.fullmatch(raw):
+        return None
+    return int(raw)
+
+
+def parse_non_negative(raw: str | None, name: str, default: int, maximum: int | None) -> int:
+    if raw is None:
+        return default
+    if not JOB_ID_PATTERN.fullmatch(raw):
+        raise InvalidSubmission(f"{name} must be a non-negative integer")
+    value = int(raw)
+    if maximum is not None and not 1 <= value <= maximum:
+        raise InvalidSubmission(f"{name} must be between 1 and {maximum}")
+    return value
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress(api)
+class ImageServiceAPI:
+    """The REST API. Config: every `IMAGE_SERVICE_*` variable (see README)."""
+
+    def __init__(self) -> None:
+        self._settings = Settings.from_env()
+        self._limits = SubmissionLimits(
+            max_images=self._settings.max_images_per_job,
+            max_url_length=self._settings.max_url_length,
+        )
+        self._tracker = tracker_handle(self._settings)
+
+    async def _ask(self, ref: Any) -> Any:
+        return await asyncio.wait_for(ref, timeout=TRACKER_TIMEOUT_SECONDS)
+
+    @api.post(
+        "/api/submit/",
+        status_code=201,
+        response_model=SubmitAccepted,
+        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def submit(self, request: Request) -> JSONResponse:
+        """Submit a job of store visits; answers the new job's id once it is recorded."""
+        try:
+            body = await read_body(request, self._settings.max_body_bytes)
+        except BodyTooLarge:
+            return error(413, f"body is larger than {self._settings.max_body_bytes} bytes")
+        try:
+            if len(body) > INLINE_PARSE_BYTES:
+                submission = await asyncio.to_thread(parse_submission, body, self._limits)
+            else:
+                submission = parse_submission(body, self._limits)
+        except InvalidSubmission as exc:
+            return error(400, str(exc))
+        except SubmissionTooLarge as exc:
+            return error(413, str(exc))
+        # A fresh key per request: if the tracker restarts mid-call, Ray retries the call and
+        # the key makes the retry return the job already recorded instead of a second one.
+        key = uuid.uuid4().hex
+        try:
+            job_id = await self._ask(self._tracker.submit.remote(submission, key))
+        except StorageError as exc:
+            log.error("recording a job failed: %s", exc)
+            return error(503, "the job could not be recorded; nothing was kept, please retry")
+        except (TimeoutError, GetTimeoutError, RayActorError):
+            return error(503, "the job tracker is not answering; please retry")
+        return JSONResponse({"job_id": job_id}, status_code=201)
+
+    @api.post("/api/submit", include_in_schema=False, status_code=201)
+    async def submit_without_slash(self, request: Request) -> JSONResponse:
+        return await self.submit(request)
+
+    @api.get("/api/status", response_model=StatusBody, responses={400: {"model": dict}})
+    async def status(self, jobid: str | None = None) -> JSONResponse:
+        """The job's status: ongoing, completed, or failed with the failing store ids."""
+        job_id = parse_job_id(jobid)
+        if job_id is None:
+            return UNKNOWN_JOB
+        view = await self._ask(self._tracker.status.remote(job_id))
+        if view is None:
+            return UNKNOWN_JOB
+        return JSONResponse(status_body(view))
+
+    @api.get("/api/results", response_model=ResultsBody, responses={400: {"model": dict}})
+    async def results(
+        self, jobid: str | None = None, offset: str | None = None, limit: str | None = None
+    ) -> JSONResponse:
+        """Per-image results in a stable order (visit order, then URL order), one page at a time."""
+        job_id = parse_job_id(jobid)
+        if job_id is None:
+            return UNKNOWN_JOB
+        try:
+            start = parse_non_negative(offset, "offset", 0, None)
+            size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
+        except InvalidSubmission as exc:
+            return error(400, str(exc))
+        page = await self._ask(self._tracker.results.remote(job_id, start, size))
+        if page is None:
+            return UNKNOWN_JOB
+        return JSONResponse(results_body(page, size))
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 when this replica and the job tracker answer."""
+        try:
+            await asyncio.wait_for(self._tracker.ping.remote(), timeout=5)
+        except (TimeoutError, GetTimeoutError, RayActorError):
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+
+def build_app(args: dict[str, str] | None = None) -> serve.Application:
+    """Application builder named by `serve_config.yaml` (`import_path: service.app:build_app`)."""
+    return ImageServiceAPI.bind()  # type: ignore[attr-defined,no-any-return]

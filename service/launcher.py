@@ -1,0 +1,166 @@
+"""`make run`: start a Ray head node and the Serve app in the foreground; Ctrl-C stops both.
+
+The Ray head runs as a child in its own process group (so the terminal's Ctrl-C reaches only
+this launcher, which then saves everything settled before stopping Ray), and it is tied to
+this process: if the launcher dies, the kernel sends the head SIGTERM and Ray shuts down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from actors.tracker import NAMESPACE, TRACKER_NAME
+from core.settings import Settings
+from service.app import build_app
+
+log = logging.getLogger("image_service.launcher")
+
+APP_NAME = "image_service"
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _die_with_parent() -> None:
+    os.setsid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def ray_command() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def ensure_cluster_token() -> None:
+    """Ray's token authentication, on unless the operator says otherwise: the cluster's ports
+    run arbitrary code for whoever reaches them. A joining node needs the same token."""
+    if os.environ.get("RAY_AUTH_MODE") == "token" and "RAY_AUTH_TOKEN" not in os.environ:
+        subprocess.run(
+            [ray_command(), "get-auth-token", "--generate"],
+            check=True,
+            stdout=subprocess.DEVNULL,  # the token itself is never printed or logged
+            stderr=subprocess.DEVNULL,
+        )
+
+
+def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
+    command = [
+        ray_command(),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--port={settings.ray_port}",
+        f"--include-dashboard={'true' if settings.include_dashboard else 'false'}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={settings.dashboard_port}",
+        f"--resources={json.dumps({'image_slots': settings.concurrency})}",
+        *settings.ray_start_args,
+    ]
+    log_path = settings.data_dir / "ray-head.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+    (settings.data_dir / "ray-head.pgid").write_text(str(process.pid))
+    return process
+
+
+def connect(
+    settings: Settings,
+    head: subprocess.Popen[bytes],
+    stop_requested: threading.Event,
+    deadline_seconds: float = 120,
+) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    address = f"127.0.0.1:{settings.ray_port}"
+    while True:
+        if stop_requested.is_set():
+            raise SystemExit("stopped before the ray head was up")
+        if head.poll() is not None:
+            raise SystemExit(f"ray head exited with code {head.returncode}; see its log")
+        try:
+            ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+            return
+        except (ConnectionError, RuntimeError) as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"could not connect to the ray head at {address}: {exc}") from exc
+            stop_requested.wait(1)
+
+
+def stop(head: subprocess.Popen[bytes]) -> None:
+    try:
+        tracker = ray.get_actor(TRACKER_NAME, namespace=NAMESPACE)
+        saved: Any = ray.get(tracker.shutdown.remote(), timeout=30)
+        log.info("saved %d settled images before stopping", saved)
+    except (ValueError, ray.exceptions.RayError) as exc:
+        log.warning("could not drain the job tracker: %s", exc)
+    try:
+        serve.shutdown()
+    except ray.exceptions.RayError as exc:
+        log.warning("serve shutdown: %s", exc)
+    ray.shutdown()
+    if head.poll() is None:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def main() -> None:
+    if "RAY_AUTH_MODE" not in os.environ:
+        # Ray reads its authentication mode once, at import: set it and start afresh.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.execv(sys.executable, [sys.executable, "-m", "service.launcher", *sys.argv[1:]])
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Ray processes inherit this environment but not this working directory: pin the paths.
+    os.environ["IMAGE_SERVICE_DATA_DIR"] = str(settings.data_dir)
+    os.environ["IMAGE_SERVICE_STORE_MASTER"] = str(settings.store_master)
+    stop_requested = threading.Event()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda *_: stop_requested.set())
+
+    ensure_cluster_token()
+    head = start_ray_head(settings)
+    try:
+        connect(settings, head, stop_requested)
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_app(), name=APP_NAME, route_prefix="/", blocking=False)
+        url = f"http://{settings.host}:{settings.port}"
+        log.info("image service ready at %s (API docs at %s/docs)", url, url)
+        if settings.include_dashboard:
+            log.info("ray dashboard at http://127.0.0.1:%d", settings.dashboard_port)
+        log.info("add a node: ray start --address=127.0.0.1:%d", settings.ray_port)
+        print(f"READY {url}", flush=True)
+        while not stop_requested.wait(timeout=1):
+            if head.poll() is not None:
+                raise SystemExit(f"ray head exited with code {head.returncode}")
+    finally:
+        log.info("stopping")
+        stop(head)
+
+
+if __name__ == "__main__":
+    main()

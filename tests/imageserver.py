@@ -1,0 +1,125 @@
+"""An image server on 127.0.0.1 for the tests: generated images in several formats and sizes,
+broken files, error codes, redirects, and failures that pass after a few tries."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+SIZES = {  # name: (format, width, height)
+    "red.jpg": ("JPEG", 640, 480),
+    "green.png": ("PNG", 300, 200),
+    "blue.webp": ("WEBP", 128, 256),
+    "tiny.gif": ("GIF", 1, 1),
+    "wide.bmp": ("BMP", 1000, 10),
+    "tall.tiff": ("TIFF", 17, 333),
+}
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+def encode(fmt: str, width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def perimeter(name: str) -> int:
+    _fmt, width, height = SIZES[name]
+    return 2 * (width + height)
+
+
+@dataclass
+class ImageServer:
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    hits: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        for name, (fmt, width, height) in SIZES.items():
+            self.files[name] = (encode(fmt, width, height), CONTENT_TYPES[fmt])
+        png = self.files["green.png"][0]
+        self.files["truncated.png"] = (png[: len(png) // 2], "image/png")
+        jpeg = encode("JPEG", 800, 600)
+        self.files["truncated.jpg"] = (jpeg[: len(jpeg) // 3], "image/jpeg")
+        self.files["page.jpg"] = (b"<html><body>not an image</body></html>", "image/jpeg")
+        self.files["empty.png"] = (b"", "image/png")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def start(self) -> ImageServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                with server.lock:
+                    server.hits[self.path] += 1
+                    hits = server.hits[self.path]
+                parts = self.path.strip("/").split("/")
+                if parts[0] == "img" and len(parts) == 2 and parts[1] in server.files:
+                    body, content_type = server.files[parts[1]]
+                    return self._send(200, body, content_type)
+                if parts[0] == "status" and len(parts) == 2:
+                    return self._send(int(parts[1]), b"error", "text/plain")
+                if parts[0] == "flaky" and len(parts) == 4:
+                    # /flaky/<key>/<failures>/<name>: answers 503 <failures> times, then the image
+                    if hits <= int(parts[2]):
+                        return self._send(503, b"busy", "text/plain")
+                    body, content_type = server.files[parts[3]]
+                    return self._send(200, body, content_type)
+                if parts[0] == "redirect" and len(parts) == 3:
+                    # /redirect/<hops>/<name>: a chain of <hops> redirects ending at the image
+                    hops = int(parts[1])
+                    target = f"/img/{parts[2]}" if hops <= 1 else f"/redirect/{hops - 1}/{parts[2]}"
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                return self._send(404, b"not found", "text/plain")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    srv = ImageServer().start()
+    print(srv.port, flush=True)
+    sys.stdout.flush()
+    while True:
+        time.sleep(3600)
