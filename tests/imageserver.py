@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -73,7 +74,7 @@ class ImageServer:
                 with server.lock:
                     server.hits[self.path] += 1
                     hits = server.hits[self.path]
-                parts = self.path.strip("/").split("/")
+                parts = urlsplit(self.path).path.strip("/").split("/")
                 if parts[0] == "img" and len(parts) == 2 and parts[1] in server.files:
                     body, content_type = server.files[parts[1]]
                     return self._send(200, body, content_type)

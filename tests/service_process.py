@@ -1,0 +1,139 @@
+"""Running the real service (the `make run` launcher) as a child process group for the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """One service: its own Ray head, Serve app and data directory, all on loopback."""
+
+    data_dir: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    ray_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"127.0.0.1:{self.ray_port}"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "RAY_AUTH_MODE": "token",
+                "IMAGE_SERVICE_PORT": str(self.port),
+                "IMAGE_SERVICE_RAY_PORT": str(self.ray_port),
+                "IMAGE_SERVICE_DATA_DIR": str(self.data_dir),
+                "IMAGE_SERVICE_ALLOW_PRIVATE_URLS": "1",
+                "IMAGE_SERVICE_GPU_DELAY": "0.01-0.03",
+                "IMAGE_SERVICE_CONCURRENCY": "32",
+                "IMAGE_SERVICE_RETRY_BACKOFF": "0.05",
+                "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
+                # Ports Ray would otherwise take at fixed numbers, so two services can coexist.
+                "IMAGE_SERVICE_RAY_START_ARGS": (
+                    f"--ray-client-server-port={free_port()} "
+                    f"--dashboard-agent-listen-port={free_port()} "
+                    f"--num-cpus=2"
+                ),
+            }
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start(self, timeout: float = 180) -> ServiceProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "service.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.launcher"],
+            cwd=ROOT,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited early; see {self.data_dir / 'service.log'}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"service did not become healthy; see {self.data_dir / 'service.log'}")
+
+    def ray_head_pgid(self) -> int:
+        return int((self.data_dir / "ray-head.pgid").read_text())
+
+    def stop(self, timeout: float = 120) -> None:
+        """The clean stop of Ctrl-C: SIGINT to the launcher, which drains and stops Ray."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """Every process of the service, SIGKILL, at once: the launcher's group and Ray's."""
+        assert self.process is not None
+        head_pgid = self.ray_head_pgid()
+        for pgid in (self.process.pid, head_pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        self.process.wait()
+        wait_group_gone(head_pgid)
+
+    def probe(self, what: str) -> Any:
+        """Ask the cluster (not the API) for process ids, from a separate driver process."""
+        output = subprocess.run(
+            [sys.executable, "-m", "tests.cluster_probe", self.ray_address, what],
+            cwd=ROOT,
+            env=self.environment(),
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        return json.loads(output.stdout.decode().strip().splitlines()[-1])
+
+
+def wait_group_gone(pgid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"process group {pgid} still alive")
