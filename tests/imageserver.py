@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
@@ -86,16 +86,21 @@ class ImageServer:
                         return self._send(503, b"busy", "text/plain")
                     body, content_type = server.files[parts[3]]
                     return self._send(200, body, content_type)
+                if parts[0] == "goto":
+                    # /goto?to=<absolute url>: one redirect to anywhere, another host included
+                    return self._redirect(parse_qs(urlsplit(self.path).query)["to"][0])
                 if parts[0] == "redirect" and len(parts) == 3:
                     # /redirect/<hops>/<name>: a chain of <hops> redirects ending at the image
                     hops = int(parts[1])
                     target = f"/img/{parts[2]}" if hops <= 1 else f"/redirect/{hops - 1}/{parts[2]}"
-                    self.send_response(302)
-                    self.send_header("Location", target)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return None
+                    return self._redirect(target)
                 return self._send(404, b"not found", "text/plain")
+
+            def _redirect(self, location: str) -> None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)

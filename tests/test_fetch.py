@@ -1,0 +1,74 @@
+"""The downloader against the loopback image server, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from core.fetch import Downloader, FetchLimits, ImageDownloadError, redact_url
+from core.urlguard import AddressPolicy
+from tests.imageserver import ImageServer
+
+FAST = FetchLimits(backoff=0.01, max_bytes=100_000)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ImageServer]:
+    running = ImageServer().start()
+    yield running
+    running.stop()
+
+
+def fetch(url: str, policy: AddressPolicy, limits: FetchLimits = FAST) -> bytes:
+    async def run() -> bytes:
+        downloader = Downloader(limits, policy)
+        try:
+            return await downloader.fetch(url)
+        finally:
+            await downloader.close()
+
+    return asyncio.run(run())
+
+
+OPEN = AddressPolicy(allow_private=True)
+
+
+def test_downloads_the_bytes(server: ImageServer) -> None:
+    assert fetch(server.url("img/green.png"), OPEN) == server.files["green.png"][0]
+
+
+def test_byte_cap(server: ImageServer) -> None:
+    with pytest.raises(ImageDownloadError, match="larger than 1000 bytes"):
+        fetch(server.url("img/red.jpg"), OPEN, FetchLimits(max_bytes=1000))
+
+
+def test_guard_refuses_loopback_and_sends_nothing(server: ImageServer) -> None:
+    for url in (
+        server.url("img/green.png?guarded"),
+        f"http://localhost:{server.port}/img/green.png?g2",
+    ):
+        with pytest.raises(ImageDownloadError, match="refused"):
+            fetch(url, AddressPolicy())
+    assert server.hits["/img/green.png?guarded"] == 0 and server.hits["/img/green.png?g2"] == 0
+
+
+def test_guard_refuses_a_redirect_into_loopback(server: ImageServer) -> None:
+    # The first hop is allowed through a trusted host name; the redirect target is a literal IP.
+    policy = AddressPolicy.from_entries(False, ["localhost"])
+    target = server.url("img/blue.webp?via-redirect")
+    url = f"http://localhost:{server.port}/goto?to={target}"
+    with pytest.raises(ImageDownloadError, match="refused"):
+        fetch(url, policy)
+    assert server.hits[f"/goto?to={target}"] == 1
+    assert server.hits["/img/blue.webp?via-redirect"] == 0
+
+
+def test_connection_refused_is_retried_then_reported() -> None:
+    with pytest.raises(ImageDownloadError, match="connection failed"):
+        fetch("http://127.0.0.1:9/x.png", OPEN)
+
+
+def test_redact_url_drops_credentials_and_query() -> None:
+    assert redact_url("https://user:pw@a.test:8/p/x.jpg?sig=secret#f") == "https://a.test:8/p/x.jpg"

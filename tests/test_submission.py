@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from core.submission import (
+    InvalidSubmission,
+    SubmissionLimits,
+    SubmissionTooLarge,
+    is_http_url,
+    is_iso8601,
+    parse_submission,
+)
+
+LIMITS = SubmissionLimits(max_images=5, max_url_length=64)
+
+
+def visit(store: str, urls: list[str], when: str = "2025-03-11") -> dict[str, Any]:
+    return {"store_id": store, "image_url": urls, "visit_time": when}
+
+
+def encode(*visits: dict[str, Any]) -> bytes:
+    return json.dumps({"count": len(visits), "visits": list(visits)}).encode()
+
+
+def test_valid_body_becomes_a_submission() -> None:
+    body = encode(
+        visit("S1", ["http://a.test/1.jpg", "https://a.test/2.jpg"]),
+        visit("S2", ["http://a.test/3.jpg"], "2025-03-11T09:30:00+05:30"),
+    )
+    submission = parse_submission(body, LIMITS)
+    assert submission.image_count == 3
+    assert [v.store_id for v in submission.visits] == ["S1", "S2"]
+    assert submission.visits[0].image_urls == ("http://a.test/1.jpg", "https://a.test/2.jpg")
+
+
+def test_image_limit_counts_across_visits() -> None:
+    three = visit("S", ["http://a.test/1", "http://a.test/2", "http://a.test/3"])
+    with pytest.raises(SubmissionTooLarge, match="at most 5 images"):
+        parse_submission(encode(three, three), LIMITS)
+
+
+def test_long_url_is_refused_by_length() -> None:
+    url = "http://a.test/" + "x" * 60
+    with pytest.raises(InvalidSubmission, match=r"image_url\[0\] is longer than 64"):
+        parse_submission(encode(visit("S", [url])), LIMITS)
+
+
+def test_deeply_nested_json_is_a_clean_error() -> None:
+    with pytest.raises(InvalidSubmission):
+        parse_submission(b"[" * 100_000 + b"]" * 100_000, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("http://a.test/x.jpg", True),
+        ("https://a.test:8443/x.jpg?sig=1", True),
+        ("http://[::1]:80/x", True),
+        ("HTTP://A.TEST/x", True),
+        ("ftp://a.test/x", False),
+        ("http:///x", False),
+        ("//a.test/x", False),
+        ("http://a.test:99999/x", False),
+        ("http://a.test/x y", False),
+        ("http://a.test/\nx", False),
+        ("javascript:alert(1)", False),
+    ],
+)
+def test_http_url_judgement(url: str, ok: bool) -> None:
+    assert is_http_url(url) is ok
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("2025-03-11", True),
+        ("2025-03-11T10:00:00", True),
+        ("2025-03-11T10:00:00Z", True),
+        ("2025-03-11 10:00:00.123+02:00", True),
+        ("2025-02-30", False),
+        ("11/03/2025", False),
+        ("", False),
+        (" 2025-03-11", False),
+        ("\uff12\uff10\uff12\uff15-03-11", False),  # full-width digits
+    ],
+)
+def test_iso8601_judgement(text: str, ok: bool) -> None:
+    assert is_iso8601(text) is ok
