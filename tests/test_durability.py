@@ -113,9 +113,7 @@ def test_tracker_killed_mid_job_restarts_and_finishes_exactly_once(
     tracker_pid = slow_service.probe("tracker")["pid"]
     job_id = client.submit_ok(crash_job(image_server, "trk"))
     wait_until_some_done(client, job_id, at_least=60)
-    settled_before = {
-        r["image_url"] for r in client.all_results(job_id) if r["state"] != "pending"
-    }
+    settled_before = {r["image_url"] for r in client.all_results(job_id) if r["state"] != "pending"}
     watcher = StatusWatcher(client, job_id)
     os.kill(tracker_pid, signal.SIGKILL)
 
@@ -164,7 +162,9 @@ def test_submission_that_cannot_be_stored_is_503_and_leaves_nothing(
             " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
         )
     try:
-        payload = job(("RP00001", [image_server.url("img/red.jpg?db=2")]), ("RP00666", ["http://a.test/x"]))
+        payload = job(
+            ("RP00001", [image_server.url("img/red.jpg?db=2")]), ("RP00666", ["http://a.test/x"])
+        )
         response = client.submit(payload)
         assert response.status_code == 503
         assert list(response.json()) == ["error"]
@@ -178,7 +178,9 @@ def test_submission_that_cannot_be_stored_is_503_and_leaves_nothing(
 
 def database_rows(data_dir: Path, job_id: int) -> int:
     with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
-        return int(db.execute("SELECT COUNT(*) FROM results WHERE job_id = ?", (job_id,)).fetchone()[0])
+        return int(
+            db.execute("SELECT COUNT(*) FROM results WHERE job_id = ?", (job_id,)).fetchone()[0]
+        )
 
 
 def test_whole_service_killed_then_restarted_resumes_everything(
