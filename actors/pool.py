@@ -29,10 +29,13 @@ class WorkerSlot:
     capacity: int
     busy: int = 0
     alive: bool = True
+    # Work goes only to a worker that has answered once: a worker placed on a node that has
+    # just died never starts, and images sent to it would wait for Ray to notice.
+    ready: bool = False
 
     @property
     def free(self) -> int:
-        return self.capacity - self.busy if self.alive else 0
+        return self.capacity - self.busy if self.alive and self.ready else 0
 
 
 class WorkerPool:
@@ -42,32 +45,29 @@ class WorkerPool:
 
     @property
     def capacity(self) -> int:
-        return sum(worker.capacity for worker in self._workers.values() if worker.alive)
+        return sum(worker.capacity for worker in self.workers())
 
-    @property
-    def busy(self) -> int:
-        return sum(worker.busy for worker in self._workers.values())
+    def workers(self) -> list[WorkerSlot]:
+        return [worker for worker in self._workers.values() if worker.alive and worker.ready]
 
-    def node_ids(self) -> list[str]:
-        return list(self._workers)
-
-    def refresh(self, nodes: list[dict[str, Any]]) -> bool:
-        """Match the workers to the alive nodes (`ray.nodes()`); True if anything changed."""
+    def refresh(self, nodes: list[dict[str, Any]]) -> list[WorkerSlot]:
+        """Match the workers to the alive nodes (`ray.nodes()`); returns the workers started,
+        which take work once `mark_ready` is called for them."""
         alive = {
             node["NodeID"]: node
             for node in nodes
             if node.get("Alive") and self.node_capacity(node) > 0
         }
-        changed = False
         for node_id in list(self._workers):
             if node_id not in alive or not self._workers[node_id].alive:
                 del self._workers[node_id]
-                changed = True
+        started = []
         for node_id, node in alive.items():
             if node_id not in self._workers:
-                self._workers[node_id] = self._start_worker(node_id, self.node_capacity(node))
-                changed = True
-        return changed
+                worker = self._start_worker(node_id, self.node_capacity(node))
+                self._workers[node_id] = worker
+                started.append(worker)
+        return started
 
     def node_capacity(self, node: dict[str, Any]) -> int:
         advertised = node.get("Resources", {}).get(CAPACITY_RESOURCE)
@@ -88,6 +88,9 @@ class WorkerPool:
 
     def release(self, worker: WorkerSlot) -> None:
         worker.busy -= 1
+
+    def mark_ready(self, worker: WorkerSlot) -> None:
+        worker.ready = True
 
     def lost(self, worker: WorkerSlot) -> None:
         if worker.alive:

@@ -94,6 +94,7 @@ class JobTracker:
         self._wake = asyncio.Event()
         self._pool = WorkerPool(settings)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._helpers: set[asyncio.Task[None]] = set()
         self._stopping = False
         loop = asyncio.get_running_loop()
         self._recovered = loop.create_task(self._recover())
@@ -151,12 +152,7 @@ class JobTracker:
 
     async def worker_pids(self) -> dict[str, int]:
         """Process ids of the image workers by node (for operators and fault tests)."""
-        pids = {}
-        for node_id in self._pool.node_ids():
-            slot = self._pool_slot(node_id)
-            if slot is not None:
-                pids[node_id] = await slot.handle.pid.remote()
-        return pids
+        return {worker.node_id: await worker.handle.pid.remote() for worker in self._pool.workers()}
 
     async def stats(self) -> dict[str, Any]:
         return {
@@ -164,14 +160,11 @@ class JobTracker:
             "queued_images": len(self._queue),
             "in_flight_images": len(self._in_flight),
             "capacity": self._pool.capacity,
-            "nodes": len(self._pool.node_ids()),
+            "nodes": len(self._pool.workers()),
             "pid": os.getpid(),
         }
 
     # ---- internals ---------------------------------------------------------------------------
-
-    def _pool_slot(self, node_id: str) -> WorkerSlot | None:
-        return self._pool._workers.get(node_id)
 
     def _activate(self, job: ActiveJob) -> None:
         self._jobs[job.job_id] = job
@@ -206,9 +199,7 @@ class JobTracker:
                 assert taken is not None
                 job_id, index = taken
                 task = ImageTask(job_id, index, self._jobs[job_id].urls[index])
-                waiter = asyncio.create_task(self._run_image(worker, task))
-                self._in_flight.add(waiter)
-                waiter.add_done_callback(self._in_flight.discard)
+                self._keep(asyncio.create_task(self._run_image(worker, task)), self._in_flight)
 
     async def _run_image(self, worker: WorkerSlot, task: ImageTask) -> None:
         try:
@@ -268,10 +259,27 @@ class JobTracker:
     async def _node_loop(self) -> None:
         while True:
             nodes = await asyncio.to_thread(ray.nodes)
-            if self._pool.refresh(nodes):
-                log.info("image workers on %d nodes, capacity %d", len(nodes), self._pool.capacity)
-                self._wake.set()
+            for worker in self._pool.refresh(nodes):
+                self._keep(asyncio.create_task(self._warm_up(worker)))
             await asyncio.sleep(NODE_REFRESH_SECONDS)
+
+    def _keep(self, task: asyncio.Task[None], group: set[asyncio.Task[None]] | None = None) -> None:
+        """Hold a reference until the task ends: the loop itself keeps only weak ones."""
+        tasks = self._helpers if group is None else group
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _warm_up(self, worker: WorkerSlot) -> None:
+        try:
+            await worker.handle.pid.remote()
+        except RayActorError:
+            self._pool.lost(worker)
+            return
+        self._pool.mark_ready(worker)
+        log.info(
+            "image worker ready on node %s; capacity now %d", worker.node_id, self._pool.capacity
+        )
+        self._wake.set()
 
     async def _in_db_thread(self, function: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,8 @@ measured here, that beats a task per image by an order of magnitude in throughpu
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from core.fetch import Downloader, FetchLimits
@@ -46,6 +48,5 @@ class ImageWorker:
         )
 
     async def pid(self) -> int:
-        import os
-
+        """The worker's process id; answering at all also says the worker is up."""
         return os.getpid()

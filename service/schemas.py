@@ -40,6 +40,7 @@ class ImageResultBody(BaseModel):
     perimeter: int | None = None
     processed_at: float | None = Field(None, description="Unix time the image settled.")
     error: str | None = None
+    node_id: str | None = Field(None, description="The Ray node that processed the image.")
 
 
 class ResultsBody(BaseModel):
@@ -71,6 +72,8 @@ def image_result_body(row: ImageResult) -> dict[str, Any]:
         body["state"] = "pending"
     elif row.error is not None:
         body.update(state="failed", error=row.error, processed_at=row.processed_at)
+        if row.node_id is not None:
+            body["node_id"] = row.node_id
     else:
         body.update(
             state="done",
@@ -78,6 +81,7 @@ def image_result_body(row: ImageResult) -> dict[str, Any]:
             height=row.height,
             perimeter=row.perimeter,
             processed_at=row.processed_at,
+            node_id=row.node_id,
         )
     return body
 

@@ -17,6 +17,8 @@ def main() -> None:
     tracker = ray.get_actor(TRACKER_NAME, namespace=NAMESPACE)
     if what == "tracker":
         answer = ray.get(tracker.stats.remote(), timeout=60)
+    elif what == "nodes":
+        answer = [[n["NodeID"], n["Alive"], n["Resources"].get("image_slots")] for n in ray.nodes()]
     elif what == "workers":
         answer = ray.get(tracker.worker_pids.remote(), timeout=60)
     else:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ class ServiceProcess:
         self.process.wait()
         wait_group_gone(head_pgid)
 
+    def alive_nodes(self) -> set[str]:
+        return {node for node, alive, _slots in self.probe("nodes") if alive}
+
     def probe(self, what: str) -> Any:
         """Ask the cluster (not the API) for process ids, from a separate driver process."""
         output = subprocess.run(
@@ -137,3 +141,88 @@ def wait_group_gone(pgid: int, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError(f"process group {pgid} still alive")
+
+
+@dataclass
+class WorkerNode:
+    """A Ray worker node joined to a service's cluster: `ray start --address ... --block`."""
+
+    service: ServiceProcess
+    image_slots: int
+    process: subprocess.Popen[bytes] | None = None
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def start(self, timeout: float = 120) -> WorkerNode:
+        """Start the node and wait until the cluster lists it: nodes on one host must join one
+        at a time, since a joining raylet picks its socket names by looking at what exists."""
+        known = self.service.alive_nodes()
+        self._launch()
+        deadline = time.monotonic() + timeout
+        while not self.service.alive_nodes() - known:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the node did not join the cluster")
+            time.sleep(0.5)
+        return self
+
+    def _launch(self) -> None:
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        log = open(self.service.data_dir / f"node-{self.tag}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                ray_bin, "start", "--block", "--disable-usage-stats",
+                f"--address={self.service.ray_address}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                f"--resources={json.dumps({'image_slots': self.image_slots})}",
+                # Every port a node binds, chosen here, so nodes on one host never collide.
+                f"--node-manager-port={free_port()}",
+                f"--object-manager-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+            ],
+            env=self.service.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """The node dies at once: its raylet and every process it started."""
+        assert self.process is not None
+        pids = descendants_of(self.process.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def descendants_of(root: int) -> list[int]:
+    """The process and all its descendants, including those that left its process group."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found

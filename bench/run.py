@@ -1,0 +1,241 @@
+"""`make bench`: the service loaded the way users load it, measured in one run.
+
+Prints a table and writes bench/out/results.json. Every figure sits beside its ideal or its
+plain baseline from the same run, since this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.procs import cpu_seconds, descendants, rss_bytes
+from tests.service_process import ROOT, ServiceProcess, free_port
+
+OUT = ROOT / "bench" / "out"
+IMAGE_COUNT = 300
+IN_FLIGHT = 256
+MEAN_DELAY = 0.25
+
+
+@contextmanager
+def child(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A helper process in its own group, stopped by group id when done."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE
+    )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def wait_http(url: str) -> None:
+    for _ in range(100):
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def make_job(image_port: int, images: int, first_visit: int = 0) -> dict[str, Any]:
+    visits = []
+    for v in range(images // 10):
+        urls = [
+            f"http://127.0.0.1:{image_port}/img/{n % IMAGE_COUNT}.{['jpeg', 'png', 'webp'][n % 3]}"
+            for n in range(v * 10, v * 10 + 10)
+        ]
+        store = f"RP{(first_visit + v) % 1000 + 1:05d}"
+        visits.append({"store_id": store, "image_url": urls, "visit_time": "2025-03-11"})
+    return {"count": len(visits), "visits": visits}
+
+
+def service_pids(service: ServiceProcess) -> set[int]:
+    assert service.process is not None
+    return descendants([service.process.pid, service.ray_head_pgid()])
+
+
+def submit(service: ServiceProcess, payload: dict[str, Any]) -> tuple[int, float]:
+    body = json.dumps(payload).encode()
+    started = time.perf_counter()
+    response = requests.post(
+        f"{service.url}/api/submit/",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=120,
+    )
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 201, response.text
+    return int(response.json()["job_id"]), elapsed
+
+
+def wait_done(service: ServiceProcess, job_id: int, poll: float = 0.05) -> float:
+    while True:
+        body = requests.get(
+            f"{service.url}/api/status", params={"jobid": job_id}, timeout=60
+        ).json()
+        if body["status"] != "ongoing":
+            assert body["status"] == "completed", body
+            return time.perf_counter()
+        time.sleep(poll)
+
+
+def load(url: str, seconds: float) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, "-m", "bench.load", url, "16", str(seconds)],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    return dict(json.loads(output.stdout.decode().strip().splitlines()[-1]))
+
+
+class PeakMemory:
+    def __init__(self, service: ServiceProcess) -> None:
+        self.peak = 0
+        self._service = service
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, rss_bytes(service_pids(self._service)))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def with_delay(work: Path, image_port: int, floor_port: int) -> dict[str, Any]:
+    service = ServiceProcess(
+        work / "delay",
+        env_overrides={
+            "IMAGE_SERVICE_GPU_DELAY": "0.1-0.4",
+            "IMAGE_SERVICE_CONCURRENCY": str(IN_FLIGHT),
+        },
+    ).start()
+    try:
+        memory = PeakMemory(service)
+        job_id, _ = submit(service, make_job(image_port, 10_000))
+        started = time.perf_counter()
+        time.sleep(1.5)
+        status = load(f"{service.url}/api/status?jobid={job_id}", 3)
+        floor = load(f"http://127.0.0.1:{floor_port}/api/status?jobid=1", 3)
+        finished = wait_done(service, job_id)
+        peak = memory.stop()
+
+        first, _ = submit(service, make_job(image_port, 5_000))
+        second, _ = submit(service, make_job(image_port, 5_000, first_visit=500))
+        pair_started = time.perf_counter()
+        ends = {}
+        while len(ends) < 2:
+            for job in (first, second):
+                body = requests.get(f"{service.url}/api/status", params={"jobid": job}, timeout=60)
+                if job not in ends and body.json()["status"] != "ongoing":
+                    ends[job] = time.perf_counter() - pair_started
+            time.sleep(0.05)
+    finally:
+        service.stop()
+    return {
+        "throughput_ips": 10_000 / (finished - started),
+        "status": status,
+        "floor": floor,
+        "peak_rss_bytes": peak,
+        "fair_pair_seconds": [ends[first], ends[second]],
+    }
+
+
+def without_delay(work: Path, image_port: int) -> dict[str, Any]:
+    service = ServiceProcess(
+        work / "nodelay",
+        env_overrides={"IMAGE_SERVICE_GPU_DELAY": "0", "IMAGE_SERVICE_CONCURRENCY": str(IN_FLIGHT)},
+    ).start()
+    try:
+        time.sleep(2)
+        pids = service_pids(service)
+        cpu_before = cpu_seconds(pids)
+        job_id, _ = submit(service, make_job(image_port, 10_000))
+        started = time.perf_counter()
+        finished = wait_done(service, job_id, poll=0.02)
+        cpu = cpu_seconds(service_pids(service)) - cpu_before
+        latencies = []
+        for n in range(5):
+            later, latency = submit(service, make_job(image_port, 10_000, first_visit=n))
+            latencies.append(latency)
+            wait_done(service, later)
+    finally:
+        service.stop()
+    return {
+        "throughput_ips": 10_000 / (finished - started),
+        "cpu_ms_per_image": cpu * 1000 / 10_000,
+        "submit_p50_ms": statistics.median(latencies) * 1000,
+        "submit_ms": [round(x * 1000, 1) for x in latencies],
+    }
+
+
+def table(delay: dict[str, Any], nodelay: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    ideal = IN_FLIGHT / MEAN_DELAY
+    fair = delay["fair_pair_seconds"]
+    status, floor = delay["status"], delay["floor"]
+    return [
+        ("1 job of 10k, delay 0.1-0.4, 256 in flight", f"{delay['throughput_ips']:.0f} img/s",
+         f"ideal {ideal:.0f}", f"{delay['throughput_ips'] / ideal:.2f} of ideal (target 0.90)"),
+        ("same job, delay 0", f"{nodelay['throughput_ips']:.0f} img/s", "target 2000",
+         f"{nodelay['throughput_ips'] / 2000:.2f} of target"),
+        ("CPU per image, delay 0, all processes", f"{nodelay['cpu_ms_per_image']:.2f} ms",
+         "target 1.0", f"{nodelay['cpu_ms_per_image']:.2f}x target"),
+        ("submit 10k images, p50 of 5", f"{nodelay['submit_p50_ms']:.0f} ms", "target 150",
+         f"{nodelay['submit_p50_ms'] / 150:.2f}x target"),
+        ("GET /api/status, 16 conns, during job", f"{status['rps']:.0f} req/s",
+         f"floor {floor['rps']:.0f}", f"{status['rps'] / floor['rps']:.2f} of floor (target 2000)"),
+        ("  status p50 / p99", f"{status['p50_ms']:.1f} / {status['p99_ms']:.1f} ms",
+         f"floor {floor['p50_ms']:.1f} / {floor['p99_ms']:.1f}", "target p99 50 ms"),
+        ("  status 5xx during load", str(status["errors_5xx"]), "0", ""),
+        ("peak RSS of the service, job 1", f"{delay['peak_rss_bytes'] / 2**30:.2f} GiB",
+         "target 2.5", f"{delay['peak_rss_bytes'] / 2**30 / 2.5:.2f}x target"),
+        ("two 5k jobs at once: finish times", f"{fair[0]:.1f} s / {fair[1]:.1f} s", "within 10%",
+         f"{abs(fair[0] - fair[1]) / max(fair):.1%} apart"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    image_port, floor_port = free_port(), free_port()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        child("bench.imagehost", str(image_port), str(IMAGE_COUNT)),
+        child("bench.floor", str(floor_port)),
+    ):
+        wait_http(f"http://127.0.0.1:{image_port}/img/0.jpeg")
+        wait_http(f"http://127.0.0.1:{floor_port}/api/status?jobid=1")
+        delay = with_delay(Path(tmp), image_port, floor_port)
+        nodelay = without_delay(Path(tmp), image_port)
+    rows = table(delay, nodelay)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    (OUT / "results.json").write_text(json.dumps({"delay": delay, "nodelay": nodelay}, indent=2))
+    print(f"\nJSON: {OUT / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

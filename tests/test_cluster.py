@@ -1,0 +1,102 @@
+"""The service on a multi-node Ray cluster on this machine: a head and worker nodes joined with
+`ray start --address`, each with its own `image_slots` capacity."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Client, job
+from tests.imageserver import ImageServer
+from tests.service_process import ServiceProcess, WorkerNode
+
+pytestmark = pytest.mark.timeout(600)
+
+SLOTS = {"IMAGE_SERVICE_CONCURRENCY": "4", "IMAGE_SERVICE_GPU_DELAY": "0.05-0.1"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(tmp_path_factory.mktemp("cluster"), env_overrides=SLOTS).start()
+    nodes = [WorkerNode(service, image_slots=4).start() for _ in range(2)]
+    service.nodes = nodes  # type: ignore[attr-defined]
+    try:
+        wait_for_workers(service, 3)
+        yield service
+    finally:
+        for node in nodes:
+            node.stop()
+        service.stop()
+
+
+def wait_for_workers(service: ServiceProcess, count: int, timeout: float = 120) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = service.probe("workers")
+        if len(workers) >= count:
+            return dict(workers)
+        time.sleep(1)
+    raise AssertionError(f"fewer than {count} image workers after {timeout}s")
+
+
+def cluster_job(server: ImageServer, tag: str, images: int) -> dict[str, Any]:
+    urls = [server.url(f"img/green.png?{tag}={i}") for i in range(images)]
+    return job(*[(f"RP{n + 1:05d}", urls[n * 10 : (n + 1) * 10]) for n in range(images // 10)])
+
+
+def nodes_of(rows: list[dict[str, Any]]) -> set[str]:
+    return {row["node_id"] for row in rows}
+
+
+def assert_exactly_once(
+    client: Client, job_id: int, server: ImageServer, tag: str, images: int
+) -> None:
+    rows = client.all_results(job_id)
+    assert [r["image_url"] for r in rows] == [
+        server.url(f"img/green.png?{tag}={i}") for i in range(images)
+    ]
+    assert all(r["state"] == "done" and r["perimeter"] == 1000 for r in rows)
+
+
+def test_work_lands_on_every_node(cluster: ServiceProcess, image_server: ImageServer) -> None:
+    client = Client(cluster.url)
+    workers = cluster.probe("workers")
+    job_id = client.submit_ok(cluster_job(image_server, "spread", 240))
+    assert client.wait(job_id, timeout=180)["status"] == "completed"
+    rows = client.all_results(job_id)
+    assert_exactly_once(client, job_id, image_server, "spread", 240)
+    assert nodes_of(rows) == set(workers)
+    per_node = [sum(r["node_id"] == node for r in rows) for node in workers]
+    assert min(per_node) >= 240 / 3 * 0.5  # equal capacities share the work roughly equally
+
+
+def test_node_that_dies_mid_job_has_its_images_redone(
+    cluster: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = Client(cluster.url)
+    before = cluster.probe("workers")
+    victim: WorkerNode = cluster.nodes[0]  # type: ignore[attr-defined]
+    job_id = client.submit_ok(cluster_job(image_server, "nodekill", 300))
+    time.sleep(1.5)
+    victim.kill()
+    assert client.wait(job_id, timeout=240)["status"] == "completed"
+    assert_exactly_once(client, job_id, image_server, "nodekill", 300)
+    after = cluster.probe("workers")
+    assert len(after) == len(before) - 1
+
+
+def test_node_that_joins_mid_job_takes_work(
+    cluster: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = Client(cluster.url)
+    known = set(cluster.probe("workers"))
+    job_id = client.submit_ok(cluster_job(image_server, "join", 2000))
+    newcomer = WorkerNode(cluster, image_slots=8).start()
+    cluster.nodes.append(newcomer)  # type: ignore[attr-defined]
+    assert client.wait(job_id, timeout=240)["status"] == "completed"
+    assert_exactly_once(client, job_id, image_server, "join", 2000)
+    joined = nodes_of(client.all_results(job_id)) - known
+    assert len(joined) == 1

@@ -1,0 +1,26 @@
+"""The deployment descriptions agree with each other and with the code they name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from service.app import build_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_kuberay_serve_config_equals_serve_config_yaml() -> None:
+    serve_config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    rayservice = yaml.safe_load((ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    embedded = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    assert embedded["applications"] == serve_config["applications"]
+
+
+def test_serve_config_import_path_builds_the_app() -> None:
+    serve_config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    [application] = serve_config["applications"]
+    assert application["import_path"] == "service.app:build_app"
+    assert build_app({}) is not None
+    assert application["deployments"][0]["name"] == "ImageServiceAPI"
