@@ -8,7 +8,8 @@ Nodes that join are picked up on the next refresh; workers that die are dropped 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.actor import ActorHandle
@@ -21,13 +22,16 @@ CAPACITY_RESOURCE = "image_slots"
 
 log = logging.getLogger(__name__)
 
+ImageKey = tuple[int, int]  # (job id, image index)
+
 
 @dataclass(eq=False)
 class WorkerSlot:
+    key: str
     node_id: str
     handle: ActorHandle
     capacity: int
-    busy: int = 0
+    in_flight: set[ImageKey] = field(default_factory=set)
     alive: bool = True
     # Work goes only to a worker that has answered once: a worker placed on a node that has
     # just died never starts, and images sent to it would wait for Ray to notice.
@@ -35,20 +39,29 @@ class WorkerSlot:
 
     @property
     def free(self) -> int:
-        return self.capacity - self.busy if self.alive and self.ready else 0
+        return self.capacity - len(self.in_flight) if self.alive and self.ready else 0
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracker: ActorHandle) -> None:
         self._settings = settings
-        self._workers: dict[str, WorkerSlot] = {}
+        self._tracker = tracker
+        self._workers: dict[str, WorkerSlot] = {}  # by node id
+        self._by_key: dict[str, WorkerSlot] = {}
 
     @property
     def capacity(self) -> int:
         return sum(worker.capacity for worker in self.workers())
 
+    @property
+    def in_flight(self) -> int:
+        return sum(len(worker.in_flight) for worker in self._by_key.values())
+
     def workers(self) -> list[WorkerSlot]:
         return [worker for worker in self._workers.values() if worker.alive and worker.ready]
+
+    def by_key(self, key: str) -> WorkerSlot | None:
+        return self._by_key.get(key)
 
     def refresh(self, nodes: list[dict[str, Any]]) -> list[WorkerSlot]:
         """Match the workers to the alive nodes (`ray.nodes()`); returns the workers started,
@@ -66,6 +79,7 @@ class WorkerPool:
             if node_id not in self._workers:
                 worker = self._start_worker(node_id, self.node_capacity(node))
                 self._workers[node_id] = worker
+                self._by_key[worker.key] = worker
                 started.append(worker)
         return started
 
@@ -73,7 +87,7 @@ class WorkerPool:
         advertised = node.get("Resources", {}).get(CAPACITY_RESOURCE)
         return int(advertised) if advertised is not None else self._settings.concurrency
 
-    def acquire(self) -> WorkerSlot | None:
+    def most_free(self) -> WorkerSlot | None:
         """The worker with the largest share of free capacity, so load follows capacity."""
         best: WorkerSlot | None = None
         best_share = 0.0
@@ -82,26 +96,26 @@ class WorkerPool:
                 share = worker.free / worker.capacity
                 if share > best_share:
                     best, best_share = worker, share
-        if best is not None:
-            best.busy += 1
         return best
-
-    def release(self, worker: WorkerSlot) -> None:
-        worker.busy -= 1
 
     def mark_ready(self, worker: WorkerSlot) -> None:
         worker.ready = True
 
-    def lost(self, worker: WorkerSlot) -> None:
+    def lost(self, worker: WorkerSlot) -> set[ImageKey]:
+        """Forget a dead worker; returns the images it held, to be dispatched again."""
         if worker.alive:
             log.warning("image worker on node %s is gone; its images are requeued", worker.node_id)
         worker.alive = False
+        self._by_key.pop(worker.key, None)
+        orphans, worker.in_flight = worker.in_flight, set()
+        return orphans
 
     def _start_worker(self, node_id: str, capacity: int) -> WorkerSlot:
+        key = uuid.uuid4().hex
         handle = ImageWorker.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-            # Headroom above capacity so `pid`-style control calls never queue behind images.
-            max_concurrency=capacity + 8,
-        ).remote(self._settings, capacity)
+            # Headroom above the image batches so control calls (`pid`, `lifeline`) always run.
+            max_concurrency=capacity + 16,
+        ).remote(self._settings, capacity, key, self._tracker)
         log.info("started an image worker on node %s with capacity %d", node_id, capacity)
-        return WorkerSlot(node_id=node_id, handle=handle, capacity=capacity)
+        return WorkerSlot(key=key, node_id=node_id, handle=handle, capacity=capacity)

@@ -7,6 +7,7 @@ first; on a restart it reloads the unfinished jobs and dispatches only their uns
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from actors.pool import WorkerPool, WorkerSlot
 from core.models import (
@@ -92,8 +93,7 @@ class JobTracker:
         self._fully_settled: list[int] = []
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._pool = WorkerPool(settings)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._pool = WorkerPool(settings, ray.get_runtime_context().current_actor)
         self._helpers: set[asyncio.Task[None]] = set()
         self._stopping = False
         loop = asyncio.get_running_loop()
@@ -106,9 +106,10 @@ class JobTracker:
 
     # ---- API called by the Serve deployment -------------------------------------------------
 
-    async def ping(self) -> bool:
+    async def ping(self) -> str:
+        """Answers once recovery is done, with the id of the node holding the database."""
         await self._recovered
-        return True
+        return str(ray.get_runtime_context().get_node_id())
 
     async def submit(self, submission: JobSubmission, submission_key: str | None) -> int:
         await self._recovered
@@ -145,6 +146,15 @@ class JobTracker:
         total, rows = await self._in_db_thread(self._store.results_page, job_id, offset, limit)
         return ResultsPage(job=view, total=total, offset=offset, results=tuple(rows))
 
+    async def report(self, worker_key: str, outcomes: list[ImageOutcome]) -> None:
+        """Called by image workers with the outcomes of images they settled."""
+        worker = self._pool.by_key(worker_key)
+        for outcome in outcomes:
+            if worker is not None:
+                worker.in_flight.discard((outcome.job_id, outcome.index))
+            self._record(outcome)
+        self._wake.set()
+
     async def shutdown(self) -> int:
         """Stop dispatching and put everything settled so far on disk; returns images saved."""
         self._stopping = True
@@ -158,7 +168,7 @@ class JobTracker:
         return {
             "active_jobs": len(self._jobs),
             "queued_images": len(self._queue),
-            "in_flight_images": len(self._in_flight),
+            "in_flight_images": self._pool.in_flight,
             "capacity": self._pool.capacity,
             "nodes": len(self._pool.workers()),
             "pid": os.getpid(),
@@ -192,35 +202,42 @@ class JobTracker:
             await self._wake.wait()
             self._wake.clear()
             while self._queue and not self._stopping:
-                worker = self._pool.acquire()
+                worker = self._pool.most_free()
                 if worker is None:
                     break
-                taken = self._queue.take()
-                assert taken is not None
-                job_id, index = taken
-                task = ImageTask(job_id, index, self._jobs[job_id].urls[index])
-                self._keep(asyncio.create_task(self._run_image(worker, task)), self._in_flight)
+                batch = self._take_batch(worker)
+                if batch:
+                    self._keep(asyncio.create_task(self._send(worker, batch)))
 
-    async def _run_image(self, worker: WorkerSlot, task: ImageTask) -> None:
+    def _take_batch(self, worker: WorkerSlot) -> list[ImageTask]:
+        """Up to the worker's free capacity of images, taken fairly across jobs."""
+        batch: list[ImageTask] = []
+        while len(batch) < worker.free and (taken := self._queue.take()) is not None:
+            job_id, index = taken
+            job = self._jobs.get(job_id)
+            if job is None or job.settled[index]:
+                continue  # settled meanwhile by a worker thought lost: nothing to redo
+            worker.in_flight.add(taken)
+            batch.append(ImageTask(job_id, index, job.urls[index]))
+        return batch
+
+    async def _send(self, worker: WorkerSlot, batch: list[ImageTask]) -> None:
         try:
-            outcome: ImageOutcome = await worker.handle.process.remote(task)
+            await worker.handle.accept.remote(batch)
         except (RayActorError, ObjectLostError):
-            self._pool.lost(worker)
-            self._queue.requeue(task.job_id, task.index)
-            return
-        except RayTaskError as exc:
-            # A bug in processing, not a property of the image: settle it rather than loop on it.
-            log.error("processing job %d image %d raised: %s", task.job_id, task.index, exc)
-            outcome = ImageOutcome(
-                job_id=task.job_id,
-                index=task.index,
-                processed_at=0.0,
-                error="internal error while processing the image",
-            )
-        finally:
-            self._pool.release(worker)
-            self._wake.set()
-        self._record(outcome)
+            self._worker_lost(worker)
+
+    async def _watch(self, worker: WorkerSlot) -> None:
+        with contextlib.suppress(RayActorError, ObjectLostError):
+            await worker.handle.lifeline.remote()
+        self._worker_lost(worker)
+
+    def _worker_lost(self, worker: WorkerSlot) -> None:
+        for job_id, index in self._pool.lost(worker):
+            job = self._jobs.get(job_id)
+            if job is not None and not job.settled[index]:
+                self._queue.requeue(job_id, index)
+        self._wake.set()
 
     def _record(self, outcome: ImageOutcome) -> None:
         job = self._jobs.get(outcome.job_id)
@@ -263,11 +280,10 @@ class JobTracker:
                 self._keep(asyncio.create_task(self._warm_up(worker)))
             await asyncio.sleep(NODE_REFRESH_SECONDS)
 
-    def _keep(self, task: asyncio.Task[None], group: set[asyncio.Task[None]] | None = None) -> None:
+    def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a reference until the task ends: the loop itself keeps only weak ones."""
-        tasks = self._helpers if group is None else group
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
 
     async def _warm_up(self, worker: WorkerSlot) -> None:
         try:
@@ -276,6 +292,7 @@ class JobTracker:
             self._pool.lost(worker)
             return
         self._pool.mark_ready(worker)
+        self._keep(asyncio.create_task(self._watch(worker)))
         log.info(
             "image worker ready on node %s; capacity now %d", worker.node_id, self._pool.capacity
         )

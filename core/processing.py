@@ -10,6 +10,9 @@ from core.fetch import Downloader, ImageDownloadError, redact_url
 from core.measure import BrokenImageError, NotAnImageError, measure_image
 from core.models import ImageOutcome, ImageTask
 
+# Below this size decoding costs less than handing the work to a thread and back.
+INLINE_DECODE_BYTES = 64 * 1024
+
 
 async def process_image(
     task: ImageTask,
@@ -27,8 +30,11 @@ async def process_image(
     except ImageDownloadError as exc:
         return _failure(task, f"image download failed: {shown_url}: {exc}", node_id)
     try:
-        # Decoding a large image takes milliseconds of CPU: keep the event loop free meanwhile.
-        width, height = await asyncio.to_thread(measure_image, data, max_pixels)
+        if len(data) <= INLINE_DECODE_BYTES:
+            width, height = measure_image(data, max_pixels)
+        else:
+            # Decoding a large image takes milliseconds: keep the event loop free meanwhile.
+            width, height = await asyncio.to_thread(measure_image, data, max_pixels)
     except NotAnImageError as exc:
         return _failure(task, f"not an image: {shown_url}: {exc}", node_id)
     except BrokenImageError as exc:

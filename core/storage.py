@@ -170,10 +170,7 @@ class JobStore:
         )
 
     def job_view(self, job_id: int) -> JobView | None:
-        row = self._db.execute("SELECT status, errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return None
-        return _job_view(job_id, row[0], row[1])
+        return read_job_view(self._db, job_id)
 
     def unfinished_jobs(self) -> list[UnfinishedJob]:
         jobs = []
@@ -244,6 +241,27 @@ def _flatten(submission: JobSubmission) -> Iterable[tuple[Visit, str]]:
             yield visit, url
 
 
-def _job_view(job_id: int, status: str, errors_json: str | None) -> JobView:
-    errors = tuple(StoreError(**entry) for entry in json.loads(errors_json or "[]"))
-    return JobView(job_id=job_id, status=JobStatus(status), errors=errors)
+def read_job_view(db: sqlite3.Connection, job_id: int) -> JobView | None:
+    row = db.execute("SELECT status, errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    errors = tuple(StoreError(**entry) for entry in json.loads(row[1] or "[]"))
+    return JobView(job_id=job_id, status=JobStatus(row[0]), errors=errors)
+
+
+class StatusReader:
+    """A read-only view of job statuses for processes beside the tracker's database.
+
+    A job's row says `ongoing` from the commit that answers its submission until the commit
+    that closes it, and only then its final status: reading it can never go backwards.
+    WAL readers do not wait for the writer, and the lookup is by primary key: microseconds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+    def job_view(self, job_id: int) -> JobView | None:
+        try:
+            return read_job_view(self._db, job_id)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read job {job_id}: {exc}") from exc
