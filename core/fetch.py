@@ -81,6 +81,16 @@ class Downloader:
             await self._trusted.close()
 
     async def fetch(self, url: str) -> bytes:
+        """The image's bytes, within `total_timeout` seconds for all attempts together."""
+        try:
+            async with asyncio.timeout(self._limits.total_timeout):
+                return await self._fetch_with_retries(url)
+        except TimeoutError:
+            raise ImageDownloadError(
+                f"not downloaded within {self._limits.total_timeout:g} s"
+            ) from None
+
+    async def _fetch_with_retries(self, url: str) -> bytes:
         attempt = 0
         while True:
             try:

@@ -4,7 +4,10 @@ broken files, error codes, redirects, and failures that pass after a few tries."
 from __future__ import annotations
 
 import io
+import struct
 import threading
+import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +39,36 @@ def encode(fmt: str, width: int, height: int, color: tuple[int, int, int] = (200
     return buffer.getvalue()
 
 
+def encode_mode(mode: str, fmt: str, width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def animated_gif(width: int, height: int) -> bytes:
+    frames = [Image.new("P", (width, height), color) for color in (1, 2, 3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buffer.getvalue()
+
+
+def exif_rotated_jpeg(width: int, height: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated by 90 degrees; the stored size stays width x height
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size: a decompression bomb's calling card."""
+    data = bytearray(encode("PNG", 1, 1))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(data[ihdr : ihdr + 17]))
+    return bytes(data)
+
+
 def perimeter(name: str) -> int:
     _fmt, width, height = SIZES[name]
     return 2 * (width + height)
@@ -57,6 +90,12 @@ class ImageServer:
         self.files["truncated.jpg"] = (jpeg[: len(jpeg) // 3], "image/jpeg")
         self.files["page.jpg"] = (b"<html><body>not an image</body></html>", "image/jpeg")
         self.files["empty.png"] = (b"", "image/png")
+        self.files["png-named.jpg"] = (self.files["green.png"][0], "image/jpeg")
+        self.files["bomb.png"] = (png_declaring(200_000, 200_000), "image/png")
+        self.files["animated.gif"] = (animated_gif(30, 20), "image/gif")
+        self.files["cmyk.jpg"] = (encode_mode("CMYK", "JPEG", 50, 40), "image/jpeg")
+        self.files["deep.png"] = (encode_mode("I;16", "PNG", 33, 22), "image/png")
+        self.files["rotated.jpg"] = (exif_rotated_jpeg(40, 10), "image/jpeg")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -86,6 +125,20 @@ class ImageServer:
                         return self._send(503, b"busy", "text/plain")
                     body, content_type = server.files[parts[3]]
                     return self._send(200, body, content_type)
+                if parts[0] == "trickle":
+                    # Headers at once, then one byte every half second: a slow-loris server.
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    for _ in range(40):
+                        time.sleep(0.5)
+                        self.wfile.write(b"\x89")
+                        self.wfile.flush()
+                    return None
+                if parts[0] == "silent":
+                    time.sleep(20)  # accepts the connection, never answers
+                    return None
                 if parts[0] == "goto":
                     # /goto?to=<absolute url>: one redirect to anywhere, another host included
                     return self._redirect(parse_qs(urlsplit(self.path).query)["to"][0])

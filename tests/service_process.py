@@ -56,6 +56,8 @@ class ServiceProcess:
                 "IMAGE_SERVICE_GPU_DELAY": "0.01-0.03",
                 "IMAGE_SERVICE_CONCURRENCY": "32",
                 "IMAGE_SERVICE_RETRY_BACKOFF": "0.05",
+                "IMAGE_SERVICE_DOWNLOAD_TIMEOUT": "4",
+                "IMAGE_SERVICE_READ_TIMEOUT": "1.5",
                 "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
                 # Ports Ray would otherwise take at fixed numbers, so two services can coexist.
                 "IMAGE_SERVICE_RAY_START_ARGS": (
