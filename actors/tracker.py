@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError
 
 from actors.pool import WorkerPool, WorkerSlot
+from core.clients import TooManyOpenJobs
 from core.models import (
     ImageOutcome,
     ImageTask,
@@ -46,6 +47,7 @@ class ActiveJob:
     job_id: int
     urls: list[str]
     settled: bytearray  # one flag per image: settled images are never dispatched again
+    client_id: str | None = None
     unsettled: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,8 +113,17 @@ class JobTracker:
         await self._recovered
         return str(ray.get_runtime_context().get_node_id())
 
-    async def submit(self, submission: JobSubmission, submission_key: str | None) -> int:
+    async def submit(
+        self, submission: JobSubmission, submission_key: str | None, client_id: str | None = None
+    ) -> int:
         await self._recovered
+        if client_id is not None:
+            open_jobs = sum(1 for job in self._jobs.values() if job.client_id == client_id)
+            if open_jobs >= self._settings.max_open_jobs_per_client:
+                raise TooManyOpenJobs(
+                    f"{open_jobs} jobs are still open; at most"
+                    f" {self._settings.max_open_jobs_per_client} may be"
+                )
         known = await self._in_db_thread(self._store_master.current)
         failed = {}
         index = 0
@@ -122,25 +133,29 @@ class JobTracker:
                     failed[index] = UNKNOWN_STORE
                 index += 1
         job_id, created = await self._in_db_thread(
-            self._store.create_job, submission, submission_key, failed
+            self._store.create_job, submission, submission_key, failed, client_id
         )
         if created and len(failed) < submission.image_count:
             urls = [url for visit in submission.visits for url in visit.image_urls]
             settled = bytearray(len(urls))
             for failed_index in failed:
                 settled[failed_index] = 1
-            self._activate(ActiveJob(job_id, urls, settled))
+            self._activate(ActiveJob(job_id, urls, settled, client_id))
         log.info("job %d recorded: %d images", job_id, submission.image_count)
         return job_id
 
-    async def status(self, job_id: int) -> JobView | None:
-        if job_id in self._jobs:
+    async def status(self, job_id: int, client_id: str | None = None) -> JobView | None:
+        """None for an unknown job, and for another client's job when `client_id` is given."""
+        job = self._jobs.get(job_id)
+        if job is not None and (client_id is None or job.client_id == client_id):
             return JobView(job_id=job_id, status=JobStatus.ONGOING)
-        return await self._in_db_thread(self._store.job_view, job_id)
+        return await self._in_db_thread(self._store.job_view, job_id, client_id)
 
-    async def results(self, job_id: int, offset: int, limit: int) -> ResultsPage | None:
+    async def results(
+        self, job_id: int, offset: int, limit: int, client_id: str | None = None
+    ) -> ResultsPage | None:
         await self._flush()
-        view = await self.status(job_id)
+        view = await self.status(job_id, client_id)
         if view is None:
             return None
         total, rows = await self._in_db_thread(self._store.results_page, job_id, offset, limit)
@@ -190,9 +205,8 @@ class JobTracker:
             settled = bytearray(len(stored.images))
             for index in stored.settled:
                 settled[index] = 1
-            self._activate(
-                ActiveJob(stored.job_id, [image.url for image in stored.images], settled)
-            )
+            urls = [image.url for image in stored.images]
+            self._activate(ActiveJob(stored.job_id, urls, settled, stored.client_id))
         if unfinished:
             log.info("resumed %d unfinished jobs", len(unfinished))
 

@@ -42,12 +42,19 @@ class Settings:
     retry_backoff: float = 0.25
     max_redirects: int = 5
 
+    api_keys: tuple[str, ...] = ()
+    submit_rate: float = 10.0  # submissions per second per client, sustained
+    submit_burst: int = 50
+    max_open_jobs_per_client: int = 100
+
     results_page_max: int = 1000
     flush_interval: float = 0.2
 
     ray_port: int = 6379
     dashboard_port: int = 8265
     include_dashboard: bool = True
+    # Serve's HAProxy ingress with its throughput-optimized mode (see service/launcher.py).
+    fast_ingress: bool = True
     ray_start_args: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -123,11 +130,18 @@ class Settings:
             download_retries=integer("DOWNLOAD_RETRIES", defaults.download_retries),
             retry_backoff=number("RETRY_BACKOFF", defaults.retry_backoff),
             max_redirects=integer("MAX_REDIRECTS", defaults.max_redirects),
+            api_keys=tuple(k.strip() for k in (get("API_KEYS") or "").split(",") if k.strip()),
+            submit_rate=number("SUBMIT_RATE", defaults.submit_rate),
+            submit_burst=integer("SUBMIT_BURST", defaults.submit_burst, minimum=1),
+            max_open_jobs_per_client=integer(
+                "MAX_OPEN_JOBS_PER_CLIENT", defaults.max_open_jobs_per_client, minimum=1
+            ),
             results_page_max=integer("RESULTS_PAGE_MAX", defaults.results_page_max, minimum=1),
             flush_interval=number("FLUSH_INTERVAL", defaults.flush_interval),
             ray_port=integer("RAY_PORT", defaults.ray_port, minimum=1),
             dashboard_port=integer("DASHBOARD_PORT", defaults.dashboard_port, minimum=1),
             include_dashboard=flag("INCLUDE_DASHBOARD", defaults.include_dashboard),
+            fast_ingress=flag("FAST_INGRESS", defaults.fast_ingress),
             ray_start_args=tuple((get("RAY_START_ARGS") or "").split()),
         )
 

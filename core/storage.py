@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     image_count INTEGER NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
-    errors TEXT
+    errors TEXT,
+    client_id TEXT  -- who submitted it, when API keys are on; NULL otherwise
 );
 CREATE INDEX IF NOT EXISTS jobs_ongoing ON jobs (status) WHERE status = 'ongoing';
 CREATE TABLE IF NOT EXISTS images (
@@ -74,6 +75,7 @@ class UnfinishedJob:
     job_id: int
     images: tuple[StoredImage, ...]
     settled: frozenset[int]
+    client_id: str | None
 
 
 class JobStore:
@@ -87,6 +89,9 @@ class JobStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "client_id" not in columns:  # a database from before API keys
+            self._db.execute("ALTER TABLE jobs ADD COLUMN client_id TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -96,6 +101,7 @@ class JobStore:
         submission: JobSubmission,
         submission_key: str | None,
         failed_images: dict[int, str],
+        client_id: str | None = None,
     ) -> tuple[int, bool]:
         """Record a job with all its images in one transaction; `failed_images` (index to
         reason) settle at once. Returns `(job_id, created)`; a known key returns its old job."""
@@ -109,9 +115,15 @@ class JobStore:
                     if row is not None:
                         return int(row[0]), False
                 cursor = self._db.execute(
-                    "INSERT INTO jobs (submission_key, status, image_count, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (submission_key, JobStatus.ONGOING.value, submission.image_count, now),
+                    "INSERT INTO jobs (submission_key, status, image_count, created_at, client_id)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        submission_key,
+                        JobStatus.ONGOING.value,
+                        submission.image_count,
+                        now,
+                        client_id,
+                    ),
                 )
                 job_id = int(cursor.lastrowid or 0)
                 self._db.executemany(
@@ -169,13 +181,14 @@ class JobStore:
             (status.value, time.time(), json.dumps(errors), job_id, JobStatus.ONGOING.value),
         )
 
-    def job_view(self, job_id: int) -> JobView | None:
-        return read_job_view(self._db, job_id)
+    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
+        return read_job_view(self._db, job_id, client_id)
 
     def unfinished_jobs(self) -> list[UnfinishedJob]:
         jobs = []
-        for (job_id,) in self._db.execute(
-            "SELECT id FROM jobs WHERE status = ? ORDER BY id", (JobStatus.ONGOING.value,)
+        for job_id, client_id in self._db.execute(
+            "SELECT id, client_id FROM jobs WHERE status = ? ORDER BY id",
+            (JobStatus.ONGOING.value,),
         ).fetchall():
             images = tuple(
                 StoredImage(index, store_id, url)
@@ -189,7 +202,7 @@ class JobStore:
                     "SELECT idx FROM results WHERE job_id = ?", (job_id,)
                 )
             )
-            jobs.append(UnfinishedJob(job_id, images, settled))
+            jobs.append(UnfinishedJob(job_id, images, settled, client_id))
         return jobs
 
     def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
@@ -241,9 +254,14 @@ def _flatten(submission: JobSubmission) -> Iterable[tuple[Visit, str]]:
             yield visit, url
 
 
-def read_job_view(db: sqlite3.Connection, job_id: int) -> JobView | None:
-    row = db.execute("SELECT status, errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
+def read_job_view(
+    db: sqlite3.Connection, job_id: int, client_id: str | None = None
+) -> JobView | None:
+    """The job's status; None if unknown, or if `client_id` is given and the job is another's."""
+    row = db.execute(
+        "SELECT status, errors, client_id FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    if row is None or (client_id is not None and row[2] != client_id):
         return None
     errors = tuple(StoreError(**entry) for entry in json.loads(row[1] or "[]"))
     return JobView(job_id=job_id, status=JobStatus(row[0]), errors=errors)
@@ -260,8 +278,8 @@ class StatusReader:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
 
-    def job_view(self, job_id: int) -> JobView | None:
+    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
         try:
-            return read_job_view(self._db, job_id)
+            return read_job_view(self._db, job_id, client_id)
         except sqlite3.Error as exc:
             raise StorageError(f"could not read job {job_id}: {exc}") from exc

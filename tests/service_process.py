@@ -17,6 +17,9 @@ from typing import Any
 
 import requests
 
+from core.settings import Settings
+from service.launcher import ray_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -186,12 +189,22 @@ class WorkerNode:
                 f"--dashboard-agent-grpc-port={free_port()}",
                 f"--dashboard-agent-listen-port={free_port()}",
             ],
-            env=self.service.environment(),
+            env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        """The head's Ray variables, with this node's own HAProxy files."""
+        env = self.service.environment()
+        own_dir = self.service.data_dir / f"node-{self.tag}"
+        own_dir.mkdir(parents=True, exist_ok=True)
+        env.update(
+            ray_environment(Settings.from_env({**env, "IMAGE_SERVICE_DATA_DIR": str(own_dir)}))
+        )
+        return env
 
     def kill(self) -> None:
         """The node dies at once: its raylet and every process it started."""

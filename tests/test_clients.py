@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from core.clients import ApiKeys, RateLimiter, client_id_for_key
+
+
+def test_bearer_key_names_its_client() -> None:
+    keys = ApiKeys(("alpha-key", "beta-key"))
+    assert keys.client_for("Bearer beta-key") == client_id_for_key("beta-key")
+    assert keys.client_for("bearer alpha-key") == client_id_for_key("alpha-key")
+    assert client_id_for_key("alpha-key") != client_id_for_key("beta-key")
+
+
+def test_invalid_or_missing_keys_are_refused() -> None:
+    keys = ApiKeys(("alpha-key",))
+    for header in (None, "", "Bearer", "Bearer ", "Basic alpha-key", "Bearer alpha", "alpha-key"):
+        assert keys.client_for(header) is None
+
+
+def test_client_id_does_not_contain_the_key() -> None:
+    assert "secret" not in client_id_for_key("secret")
+
+
+def test_rate_limiter_allows_a_burst_then_paces() -> None:
+    limiter = RateLimiter(rate=2, burst=3)
+    assert [limiter.retry_after("a", 0.0) for _ in range(3)] == [None, None, None]
+    assert limiter.retry_after("a", 0.0) == 1
+    assert limiter.retry_after("b", 0.0) is None  # clients have their own buckets
+    assert limiter.retry_after("a", 0.5) is None  # half a second buys one token at 2/s
+    assert limiter.retry_after("a", 0.5) == 1
