@@ -11,6 +11,7 @@ GET /healthz, and the OpenAPI docs at /docs. `serve_config.yaml` names `build_ap
 import asyncio
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.tracker import tracker_handle
+from core.clients import ApiKeys, RateLimiter, TooManyOpenJobs
 from core.settings import Settings
 from core.storage import StatusReader, StorageError
 from core.submission import (
@@ -66,6 +68,18 @@ LOOK_UP_IN_TRACKER = object()
 
 class BodyTooLarge(Exception):
     pass
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def unauthorized() -> JSONResponse:
+    return JSONResponse(
+        {"error": "missing or invalid API key"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -124,8 +138,19 @@ class ImageServiceAPI:
             max_images=self._settings.max_images_per_job,
             max_url_length=self._settings.max_url_length,
         )
+        self._api_keys = ApiKeys(self._settings.api_keys)
+        self._submit_limiter = RateLimiter(self._settings.submit_rate, self._settings.submit_burst)
         self._tracker = tracker_handle(self._settings)
         self._statuses = self._local_status_reader()
+
+    def _client(self, request: Request) -> str | None:
+        """The caller's client id when API keys are on (None when they are off)."""
+        if not self._api_keys.required:
+            return None
+        client = self._api_keys.client_for(request.headers.get("authorization"))
+        if client is None:
+            raise Unauthorized
+        return client
 
     def _local_status_reader(self) -> StatusReader | None:
         """Status straight from the database when this replica runs beside it: it spares every
@@ -142,10 +167,22 @@ class ImageServiceAPI:
         "/api/submit/",
         status_code=201,
         response_model=SubmitAccepted,
-        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 413, 429, 503)},
     )
     async def submit(self, request: Request) -> JSONResponse:
         """Submit a job of store visits; answers the new job's id once it is recorded."""
+        try:
+            client = self._client(request)
+        except Unauthorized:
+            return unauthorized()
+        caller = client or (request.client.host if request.client else "unknown")
+        wait = self._submit_limiter.retry_after(caller, time.monotonic())
+        if wait is not None:
+            return JSONResponse(
+                {"error": f"too many submissions; retry in {wait} s"},
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
         try:
             body = await read_body(request, self._settings.max_body_bytes)
         except BodyTooLarge:
@@ -163,7 +200,9 @@ class ImageServiceAPI:
         # the key makes the retry return the job already recorded instead of a second one.
         key = uuid.uuid4().hex
         try:
-            job_id = await self._ask(self._tracker.submit.remote(submission, key))
+            job_id = await self._ask(self._tracker.submit.remote(submission, key, client))
+        except TooManyOpenJobs as exc:
+            return error(429, f"too many open jobs: {exc}")
         except StorageError as exc:
             log.error("recording a job failed: %s", exc)
             return error(503, "the job could not be recorded; nothing was kept, please retry")
@@ -175,33 +214,45 @@ class ImageServiceAPI:
     async def submit_without_slash(self, request: Request) -> JSONResponse:
         return await self.submit(request)
 
-    def _read_status(self, job_id: int) -> Any:
+    def _read_status(self, job_id: int, client: str | None) -> Any:
         if self._statuses is None:
             return LOOK_UP_IN_TRACKER
         try:
-            return self._statuses.job_view(job_id)
+            return self._statuses.job_view(job_id, client)
         except StorageError as exc:
             log.warning("status from the database failed, asking the tracker: %s", exc)
             return LOOK_UP_IN_TRACKER
 
     @api.get("/api/status", response_model=StatusBody, responses={400: {"model": dict}})
-    async def status(self, jobid: str | None = None) -> JSONResponse:
+    async def status(self, request: Request, jobid: str | None = None) -> JSONResponse:
         """The job's status: ongoing, completed, or failed with the failing store ids."""
+        try:
+            client = self._client(request)
+        except Unauthorized:
+            return unauthorized()
         job_id = parse_job_id(jobid)
         if job_id is None:
             return UNKNOWN_JOB
-        view = self._read_status(job_id)
+        view = self._read_status(job_id, client)
         if view is LOOK_UP_IN_TRACKER:
-            view = await self._ask(self._tracker.status.remote(job_id))
+            view = await self._ask(self._tracker.status.remote(job_id, client))
         if view is None:
             return UNKNOWN_JOB
         return JSONResponse(status_body(view))
 
     @api.get("/api/results", response_model=ResultsBody, responses={400: {"model": dict}})
     async def results(
-        self, jobid: str | None = None, offset: str | None = None, limit: str | None = None
+        self,
+        request: Request,
+        jobid: str | None = None,
+        offset: str | None = None,
+        limit: str | None = None,
     ) -> JSONResponse:
         """Per-image results in a stable order (visit order, then URL order), one page at a time."""
+        try:
+            client = self._client(request)
+        except Unauthorized:
+            return unauthorized()
         job_id = parse_job_id(jobid)
         if job_id is None:
             return UNKNOWN_JOB
@@ -210,7 +261,7 @@ class ImageServiceAPI:
             size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
         except InvalidSubmission as exc:
             return error(400, str(exc))
-        page = await self._ask(self._tracker.results.remote(job_id, start, size))
+        page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
         if page is None:
             return UNKNOWN_JOB
         return JSONResponse(results_body(page, size))

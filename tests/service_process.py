@@ -60,9 +60,14 @@ class ServiceProcess:
                 "IMAGE_SERVICE_CONCURRENCY": "32",
                 "IMAGE_SERVICE_RETRY_BACKOFF": "0.05",
                 "IMAGE_SERVICE_DOWNLOAD_TIMEOUT": "4",
+                "IMAGE_SERVICE_SUBMIT_RATE": "1000",
+                "IMAGE_SERVICE_SUBMIT_BURST": "1000",
                 "IMAGE_SERVICE_READ_TIMEOUT": "1.5",
                 "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
-                # Ports Ray would otherwise take at fixed numbers, so two services can coexist.
+                # Ports Ray and Serve's HAProxy would otherwise take at fixed numbers, so that
+                # several services can run on this machine at once.
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
                 "IMAGE_SERVICE_RAY_START_ARGS": (
                     f"--ray-client-server-port={free_port()} "
                     f"--dashboard-agent-listen-port={free_port()} "
@@ -132,9 +137,14 @@ class ServiceProcess:
             env=self.environment(),
             capture_output=True,
             timeout=120,
-            check=True,
         )
-        return json.loads(output.stdout.decode().strip().splitlines()[-1])
+        if output.returncode != 0:
+            raise RuntimeError(f"probe {what} failed: {output.stderr.decode()[-2000:]}")
+        # Ray may print to stdout too; the answer is the line the probe marked.
+        [answer] = [
+            line for line in output.stdout.decode().splitlines() if line.startswith("PROBE ")
+        ]
+        return json.loads(answer.removeprefix("PROBE "))
 
 
 def wait_group_gone(pgid: int, timeout: float = 60) -> None:
@@ -199,6 +209,8 @@ class WorkerNode:
     def environment(self) -> dict[str, str]:
         """The head's Ray variables, with this node's own HAProxy files."""
         env = self.service.environment()
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         own_dir = self.service.data_dir / f"node-{self.tag}"
         own_dir.mkdir(parents=True, exist_ok=True)
         env.update(

@@ -1,0 +1,152 @@
+"""`make soak`: 32 clients on loopback submit small jobs and poll them for 60 s while a
+20,000-image job runs. Passes when no answer was a 5xx, every job reached a final status and
+every job holds exactly one result per image. Bounded in time; stops by itself."""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.run import IMAGE_COUNT, child, make_job, wait_http
+from tests.service_process import ServiceProcess, free_port
+
+CLIENTS = 32
+SECONDS = 60
+FINAL_WAIT_SECONDS = 300
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.codes: Counter[int] = Counter()
+        self.jobs: dict[int, int] = {}  # job id -> images submitted
+
+    def answer(self, response: requests.Response) -> requests.Response:
+        with self.lock:
+            self.codes[response.status_code] += 1
+        return response
+
+
+def small_job(rng: random.Random, image_port: int) -> dict[str, Any]:
+    visits = []
+    for _ in range(rng.randint(1, 3)):
+        urls = [
+            f"http://127.0.0.1:{image_port}/img/{rng.randrange(IMAGE_COUNT)}.jpeg"
+            if rng.random() > 0.1
+            else f"http://127.0.0.1:{image_port}/img/missing.png"
+            for _ in range(rng.randint(1, 5))
+        ]
+        store = f"RP{rng.randint(1, 1000):05d}" if rng.random() > 0.1 else "NOT-IN-MASTER"
+        visits.append({"store_id": store, "image_url": urls, "visit_time": "2025-03-11"})
+    return {"count": len(visits), "visits": visits}
+
+
+def client_loop(seed: int, url: str, image_port: int, tally: Tally, deadline: float) -> None:
+    rng = random.Random(seed)
+    session = requests.Session()
+    while time.monotonic() < deadline:
+        payload = small_job(rng, image_port)
+        response = tally.answer(session.post(f"{url}/api/submit/", json=payload, timeout=60))
+        if response.status_code != 201:
+            continue
+        job_id = response.json()["job_id"]
+        with tally.lock:
+            tally.jobs[job_id] = sum(len(v["image_url"]) for v in payload["visits"])
+        while time.monotonic() < deadline:
+            status = tally.answer(
+                session.get(f"{url}/api/status", params={"jobid": job_id}, timeout=60)
+            )
+            if status.status_code == 200 and status.json()["status"] != "ongoing":
+                break
+            time.sleep(0.2)
+
+
+def check_jobs(url: str, jobs: dict[int, int], tally: Tally) -> list[str]:
+    problems = []
+    deadline = time.monotonic() + FINAL_WAIT_SECONDS
+    for job_id, images in sorted(jobs.items()):
+        while True:
+            body = tally.answer(requests.get(f"{url}/api/status", params={"jobid": job_id})).json()
+            if body["status"] != "ongoing":
+                break
+            if time.monotonic() > deadline:
+                problems.append(f"job {job_id} still ongoing")
+                break
+            time.sleep(0.5)
+        rows: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = tally.answer(
+                requests.get(
+                    f"{url}/api/results", params={"jobid": job_id, "offset": offset, "limit": 1000}
+                )
+            ).json()
+            rows.extend(page["results"])
+            offset = page["next_offset"]
+        settled = [row for row in rows if row["state"] != "pending"]
+        if len(rows) != images or len(settled) != images:
+            problems.append(
+                f"job {job_id}: {len(settled)} settled of {len(rows)} rows, {images} sent"
+            )
+    return problems
+
+
+def main() -> None:
+    image_port = free_port()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        child("bench.imagehost", str(image_port), str(IMAGE_COUNT)),
+    ):
+        wait_http(f"http://127.0.0.1:{image_port}/img/0.jpeg")
+        service = ServiceProcess(
+            Path(tmp) / "soak",
+            env_overrides={
+                "IMAGE_SERVICE_GPU_DELAY": "0.1-0.4",
+                "IMAGE_SERVICE_CONCURRENCY": "128",
+            },
+        ).start()
+        try:
+            tally = Tally()
+            big = requests.post(
+                f"{service.url}/api/submit/", json=make_job(image_port, 20_000), timeout=120
+            )
+            tally.answer(big)
+            tally.jobs[big.json()["job_id"]] = 20_000
+            deadline = time.monotonic() + SECONDS
+            threads = [
+                threading.Thread(
+                    target=client_loop, args=(n, service.url, image_port, tally, deadline)
+                )
+                for n in range(CLIENTS)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            problems = check_jobs(service.url, dict(tally.jobs), tally)
+        finally:
+            service.stop()
+    errors = sum(n for code, n in tally.codes.items() if code >= 500)
+    requests_made = sum(tally.codes.values())
+    print(
+        f"soak: {CLIENTS} clients, {SECONDS} s, {requests_made} requests, {len(tally.jobs)} jobs,"
+    )
+    print(f"  answers by code {dict(sorted(tally.codes.items()))}, 5xx: {errors}")
+    print(f"  jobs with a problem: {len(problems)}")
+    for problem in problems[:20]:
+        print("  ", problem)
+    if errors or problems:
+        sys.exit(1)
+    print("soak passed")
+
+
+if __name__ == "__main__":
+    main()

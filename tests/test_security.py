@@ -1,0 +1,129 @@
+"""API keys, per-client isolation and limits, and the SSRF guard, end to end on a service with
+keys on and the address guard on (only the host name `localhost` is allowed, for the image
+server; its address 127.0.0.1 stays refused)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.conftest import Client, job
+from tests.imageserver import ImageServer
+from tests.service_process import ServiceProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+KEYS = {"a": "key-alpha-0123456789", "b": "key-bravo-0123456789", "c": "key-charlie-0123456789"}
+
+
+@pytest.fixture(scope="module")
+def secure_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    running = ServiceProcess(
+        tmp_path_factory.mktemp("secure"),
+        env_overrides={
+            "IMAGE_SERVICE_API_KEYS": ",".join(KEYS.values()),
+            "IMAGE_SERVICE_SUBMIT_RATE": "0.2",
+            "IMAGE_SERVICE_SUBMIT_BURST": "4",
+            "IMAGE_SERVICE_MAX_OPEN_JOBS_PER_CLIENT": "2",
+            "IMAGE_SERVICE_ALLOW_PRIVATE_URLS": "0",
+            "IMAGE_SERVICE_ALLOWED_HOSTS": "localhost",
+        },
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+def as_client(service: ServiceProcess, who: str) -> Client:
+    client = Client(service.url)
+    client.session.headers["Authorization"] = f"Bearer {KEYS[who]}"
+    return client
+
+
+def test_every_api_call_needs_a_valid_key(secure_service: ServiceProcess) -> None:
+    url = secure_service.url
+    calls = [
+        ("post", "/api/submit/"),
+        ("get", "/api/status?jobid=1"),
+        ("get", "/api/results?jobid=1"),
+    ]
+    for method, path in calls:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEYS["a"]}):
+            response = requests.request(method, url + path, headers=headers, json={}, timeout=30)
+            assert response.status_code == 401, (path, headers)
+            assert response.json() == {"error": "missing or invalid API key"}
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+
+def test_a_client_sees_only_its_own_jobs(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    alpha, bravo = as_client(secure_service, "a"), as_client(secure_service, "b")
+    job_id = alpha.submit_ok(job(("NOT-IN-MASTER", [f"http://localhost:{image_server.port}/x"])))
+    assert alpha.status(job_id).json()["job_id"] == job_id
+    other = bravo.status(job_id)
+    assert (other.status_code, other.content) == (400, b"{}")
+    other_results = bravo.session.get(
+        f"{secure_service.url}/api/results", params={"jobid": job_id}, timeout=30
+    )
+    assert (other_results.status_code, other_results.json()) == (400, {})
+
+
+def test_open_jobs_per_client_are_limited(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    alpha = as_client(secure_service, "a")
+    slow = job(("RP00001", [f"http://localhost:{image_server.port}/silent/x.png"]))
+    first, second = alpha.submit_ok(slow), alpha.submit_ok(slow)
+    refused = alpha.submit(slow)
+    assert refused.status_code == 429
+    assert refused.json()["error"].startswith("too many open jobs")
+    assert {alpha.wait(first)["status"], alpha.wait(second)["status"]} == {"failed"}
+
+
+def test_submissions_are_rate_limited_per_client(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    bravo, charlie = as_client(secure_service, "b"), as_client(secure_service, "c")
+    done = job(("NOT-IN-MASTER", [f"http://localhost:{image_server.port}/y"]))
+    answers = [bravo.submit(done).status_code for _ in range(5)]
+    assert answers == [201, 201, 201, 201, 429]
+    limited = bravo.submit(done)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert "retry in" in limited.json()["error"]
+    assert charlie.submit(done).status_code == 201  # another client is not affected
+
+
+def test_ssrf_guard_refuses_loopback_and_redirects_to_it(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    charlie = as_client(secure_service, "c")
+    port = image_server.port
+    loopback_target = f"http://127.0.0.1:{port}/img/blue.webp?ssrf-redirected"
+    payload = job(
+        ("RP00001", [f"http://127.0.0.1:{port}/img/red.jpg?ssrf-v4"]),
+        ("RP00002", [f"http://[::1]:{port}/img/red.jpg?ssrf-v6"]),
+        ("RP00003", [f"http://localhost:{port}/goto?to={loopback_target}"]),
+        ("RP00004", [f"http://localhost:{port}/img/green.png?ssrf-allowed"]),
+    )
+    job_id = charlie.submit_ok(payload)
+    final = charlie.wait(job_id)
+    reasons = {entry["store_id"]: entry["error"] for entry in final["error"]}
+    assert set(reasons) == {"RP00001", "RP00002", "RP00003"}
+    assert all("refused" in reason for reason in reasons.values())
+    rows = charlie.all_results(job_id)
+    assert rows[3]["state"] == "done" and rows[3]["perimeter"] == 1000
+    assert image_server.hits["/img/red.jpg?ssrf-v4"] == 0
+    assert image_server.hits["/img/blue.webp?ssrf-redirected"] == 0
+
+
+def test_logs_hold_no_key_and_no_query_string(secure_service: ServiceProcess) -> None:
+    logs = "".join(
+        path.read_text(errors="replace") for path in secure_service.data_dir.glob("*.log")
+    )
+    assert logs, "the service wrote no log at all"
+    assert not any(key in logs for key in KEYS.values())
+    assert "ssrf-v4" not in logs
