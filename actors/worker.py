@@ -13,14 +13,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 
 import ray
 from ray.actor import ActorHandle
 
 from core.fetch import Downloader, FetchLimits
 from core.models import ImageOutcome, ImageTask
-from core.processing import process_image
+from core.processing import failed_outcome, process_image
 from core.settings import Settings
 from core.urlguard import AddressPolicy
 
@@ -84,12 +83,8 @@ class ImageWorker:
             # A bug, not a property of the image: log it loudly, and still settle the image so
             # that its job cannot hang on it.
             log.exception("processing job %d image %d failed", task.job_id, task.index)
-            outcome = ImageOutcome(
-                job_id=task.job_id,
-                index=task.index,
-                processed_at=time.time(),
-                error="internal error while processing the image",
-                node_id=self._node_id,
+            outcome = failed_outcome(
+                task, "internal error while processing the image", self._node_id
             )
         self._outbox.append(outcome)
         if len(self._outbox) >= REPORT_BATCH:

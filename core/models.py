@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 
+def perimeter(width: int | None, height: int | None) -> int | None:
+    """The spec's measure of an image: `2 * (height + width)`; None for an unmeasured one."""
+    if width is None or height is None:
+        return None
+    return 2 * (height + width)
+
+
 class JobStatus(StrEnum):
     ONGOING = "ongoing"  # some image is not settled yet
     COMPLETED = "completed"  # every image settled and none failed
@@ -53,9 +60,7 @@ class ImageOutcome:
 
     @property
     def perimeter(self) -> int | None:
-        if self.width is None or self.height is None:
-            return None
-        return 2 * (self.height + self.width)
+        return perimeter(self.width, self.height)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +94,7 @@ class ImageResult:
 
     @property
     def perimeter(self) -> int | None:
-        if self.width is None or self.height is None:
-            return None
-        return 2 * (self.height + self.width)
+        return perimeter(self.width, self.height)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ async def process_image(
     try:
         data = await downloader.fetch(task.url)
     except ImageDownloadError as exc:
-        return _failure(task, f"image download failed: {shown_url}: {exc}", node_id)
+        return failed_outcome(task, f"image download failed: {shown_url}: {exc}", node_id)
     try:
         if len(data) <= INLINE_DECODE_BYTES:
             width, height = measure_image(data, max_pixels)
@@ -36,9 +36,9 @@ async def process_image(
             # Decoding a large image takes milliseconds: keep the event loop free meanwhile.
             width, height = await asyncio.to_thread(measure_image, data, max_pixels)
     except NotAnImageError as exc:
-        return _failure(task, f"not an image: {shown_url}: {exc}", node_id)
+        return failed_outcome(task, f"not an image: {shown_url}: {exc}", node_id)
     except BrokenImageError as exc:
-        return _failure(task, f"image decode failed: {shown_url}: {exc}", node_id)
+        return failed_outcome(task, f"image decode failed: {shown_url}: {exc}", node_id)
     low, high = gpu_delay
     if high > 0:
         await asyncio.sleep(random.uniform(low, high))
@@ -52,7 +52,7 @@ async def process_image(
     )
 
 
-def _failure(task: ImageTask, reason: str, node_id: str | None) -> ImageOutcome:
+def failed_outcome(task: ImageTask, reason: str, node_id: str | None) -> ImageOutcome:
     return ImageOutcome(
         job_id=task.job_id,
         index=task.index,

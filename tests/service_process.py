@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from bench.procs import descendants
 from core.settings import Settings
 from service.launcher import ray_environment
 
@@ -29,6 +30,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def host_ports(head: bool, width: int = 20) -> dict[str, str]:
+    """Ports Ray and Serve would otherwise take at fixed numbers or from shared ranges, chosen
+    once per service (or node) so that several run on this machine at once. Replicas listen
+    for HAProxy on a port from a range, with SO_REUSEPORT: two services sharing the default
+    range would take each other's traffic."""
+    http, grpc = free_port(), free_port()
+    ports = {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + width),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + width),
+    }
+    if head:
+        ports["IMAGE_SERVICE_RAY_START_ARGS"] = (
+            f"--ray-client-server-port={free_port()} "
+            f"--dashboard-agent-listen-port={free_port()} --num-cpus=2"
+        )
+    return ports
+
+
 @dataclass
 class ServiceProcess:
     """One service: its own Ray head, Serve app and data directory, all on loopback."""
@@ -38,6 +61,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     ray_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    own_ports: dict[str, str] = field(default_factory=lambda: host_ports(head=True))
 
     @property
     def url(self) -> str:
@@ -64,15 +88,7 @@ class ServiceProcess:
                 "IMAGE_SERVICE_SUBMIT_BURST": "1000",
                 "IMAGE_SERVICE_READ_TIMEOUT": "1.5",
                 "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
-                # Ports Ray and Serve's HAProxy would otherwise take at fixed numbers, so that
-                # several services can run on this machine at once.
-                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-                "IMAGE_SERVICE_RAY_START_ARGS": (
-                    f"--ray-client-server-port={free_port()} "
-                    f"--dashboard-agent-listen-port={free_port()} "
-                    f"--num-cpus=2"
-                ),
+                **self.own_ports,
             }
         )
         env.update(self.env_overrides)
@@ -166,19 +182,24 @@ class WorkerNode:
     image_slots: int
     process: subprocess.Popen[bytes] | None = None
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    own_ports: dict[str, str] = field(default_factory=lambda: host_ports(head=False))
 
     def start(self, timeout: float = 120) -> WorkerNode:
         """Start the node and wait until the cluster lists it: nodes on one host must join one
         at a time, since a joining raylet picks its socket names by looking at what exists."""
         known = self.service.alive_nodes()
         self._launch()
-        deadline = time.monotonic() + timeout
-        while not self.service.alive_nodes() - known:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.process.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the node did not join the cluster")
-            time.sleep(0.5)
+        try:
+            deadline = time.monotonic() + timeout
+            while not self.service.alive_nodes() - known:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"ray start exited with {self.process.returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the node did not join the cluster")
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _launch(self) -> None:
@@ -208,9 +229,7 @@ class WorkerNode:
 
     def environment(self) -> dict[str, str]:
         """The head's Ray variables, with this node's own HAProxy files."""
-        env = self.service.environment()
-        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
-        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+        env = {**self.service.environment(), **self.own_ports}
         own_dir = self.service.data_dir / f"node-{self.tag}"
         own_dir.mkdir(parents=True, exist_ok=True)
         env.update(
@@ -221,7 +240,7 @@ class WorkerNode:
     def kill(self) -> None:
         """The node dies at once: its raylet and every process it started."""
         assert self.process is not None
-        pids = descendants_of(self.process.pid)
+        pids = descendants([self.process.pid])
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -234,22 +253,3 @@ class WorkerNode:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def descendants_of(root: int) -> list[int]:
-    """The process and all its descendants, including those that left its process group."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found

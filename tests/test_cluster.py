@@ -21,9 +21,11 @@ SLOTS = {"IMAGE_SERVICE_CONCURRENCY": "4", "IMAGE_SERVICE_GPU_DELAY": "0.05-0.1"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     service = ServiceProcess(tmp_path_factory.mktemp("cluster"), env_overrides=SLOTS).start()
-    nodes = [WorkerNode(service, image_slots=4).start() for _ in range(2)]
+    nodes: list[WorkerNode] = []
     service.nodes = nodes  # type: ignore[attr-defined]
     try:
+        for _ in range(2):
+            nodes.append(WorkerNode(service, image_slots=4).start())
         wait_for_workers(service, 3)
         yield service
     finally:

@@ -188,13 +188,17 @@ def test_whole_service_killed_then_restarted_resumes_everything(
 ) -> None:
     data_dir = tmp_path / "whole"
     first = ServiceProcess(data_dir, env_overrides=SLOW).start()
-    client = Client(first.url)
-    finished = client.submit_ok(job(("RP00001", [image_server.url("img/green.png?whole=done")])))
-    finished_status = client.wait(finished)
-    finished_rows = client.all_results(finished)
-    ongoing = client.submit_ok(crash_job(image_server, "kill"))
-    wait_until_some_done(client, ongoing, at_least=60)
-    first.kill()
+    try:
+        client = Client(first.url)
+        finished = client.submit_ok(
+            job(("RP00001", [image_server.url("img/green.png?whole=done")]))
+        )
+        finished_status = client.wait(finished)
+        finished_rows = client.all_results(finished)
+        ongoing = client.submit_ok(crash_job(image_server, "kill"))
+        wait_until_some_done(client, ongoing, at_least=60)
+    finally:
+        first.kill()
 
     second = ServiceProcess(data_dir, env_overrides=SLOW).start()
     try:
