@@ -54,7 +54,8 @@ class Settings:
     dashboard_port: int = 8265
     include_dashboard: bool = True
     # Serve's HAProxy ingress with its throughput-optimized mode (see service/launcher.py).
-    fast_ingress: bool = True
+    # Off by default: with it, two services on one host crossed traffic in the test suite.
+    fast_ingress: bool = False
     ray_start_args: tuple[str, ...] = field(default_factory=tuple)
 
     @property
