@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from bench.procs import cpu_seconds, descendants, rss_bytes
-from tests.service_process import ROOT, ServiceProcess, free_port
+from tests.service_process import ROOT, ServiceProcess, WorkerNode, free_port
 
 OUT = ROOT / "bench" / "out"
 IMAGE_COUNT = 300
@@ -200,7 +200,32 @@ def without_delay(work: Path, image_port: int) -> dict[str, Any]:
     }
 
 
-def table(delay: dict[str, Any], nodelay: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def scale_out(work: Path, image_port: int) -> dict[str, Any]:
+    """The same job on one node, then on two, with the GPU capacity (32 per node) the bound."""
+    service = ServiceProcess(
+        work / "scale",
+        env_overrides={"IMAGE_SERVICE_GPU_DELAY": "0.1-0.4", "IMAGE_SERVICE_CONCURRENCY": "32"},
+    ).start()
+    node = WorkerNode(service, image_slots=32)
+    try:
+        seconds = []
+        for nodes in (1, 2):
+            if nodes == 2:
+                node.start()
+                while len(service.probe("workers")) < 2:
+                    time.sleep(0.5)
+            job_id, _ = submit(service, make_job(image_port, 2_000))
+            started = time.perf_counter()
+            seconds.append(wait_done(service, job_id) - started)
+    finally:
+        node.stop()
+        service.stop()
+    return {"one_node_seconds": seconds[0], "two_node_seconds": seconds[1]}
+
+
+def table(
+    delay: dict[str, Any], nodelay: dict[str, Any], scale: dict[str, Any]
+) -> list[tuple[str, str, str, str]]:
     ideal = IN_FLIGHT / MEAN_DELAY
     fair = delay["fair_pair_seconds"]
     status, floor = delay["status"], delay["floor"]
@@ -222,6 +247,9 @@ def table(delay: dict[str, Any], nodelay: dict[str, Any]) -> list[tuple[str, str
          "target 2.5", f"{delay['peak_rss_bytes'] / 2**30 / 2.5:.2f}x target"),
         ("two 5k jobs at once: finish times", f"{fair[0]:.1f} s / {fair[1]:.1f} s", "within 10%",
          f"{abs(fair[0] - fair[1]) / max(fair):.1%} apart"),
+        ("2k images, 32 slots/node: 1 node vs 2",
+         f"{scale['one_node_seconds']:.1f} s / {scale['two_node_seconds']:.1f} s", "target 0.55",
+         f"{scale['two_node_seconds'] / scale['one_node_seconds']:.2f} of one node's time"),
     ]  # fmt: skip
 
 
@@ -237,11 +265,14 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{floor_port}/api/status?jobid=1")
         delay = with_delay(Path(tmp), image_port, floor_port)
         nodelay = without_delay(Path(tmp), image_port)
-    rows = table(delay, nodelay)
+        scale = scale_out(Path(tmp), image_port)
+    rows = table(delay, nodelay, scale)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
-    (OUT / "results.json").write_text(json.dumps({"delay": delay, "nodelay": nodelay}, indent=2))
+    (OUT / "results.json").write_text(
+        json.dumps({"delay": delay, "nodelay": nodelay, "scale": scale}, indent=2)
+    )
     print(f"\nJSON: {OUT / 'results.json'}")
 
 
