@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -65,17 +66,15 @@ class ActiveJob:
 class StoreMasterCache:
     """The known store ids, reloaded when the file changes (checked at most once per submit)."""
 
-    def __init__(self, path: os.PathLike[str]) -> None:
+    def __init__(self, path: Path) -> None:
         self._path = path
         self._mtime: float | None = None
         self._ids: frozenset[str] = frozenset()
 
     def current(self) -> frozenset[str]:
-        from pathlib import Path
-
-        mtime = Path(self._path).stat().st_mtime
+        mtime = self._path.stat().st_mtime
         if mtime != self._mtime:
-            self._ids = load_store_master(Path(self._path))
+            self._ids = load_store_master(self._path)
             self._mtime = mtime
         return self._ids
 
@@ -226,7 +225,7 @@ class JobTracker:
     def _take_batch(self, worker: WorkerSlot) -> list[ImageTask]:
         """Up to the worker's free capacity of images, taken fairly across jobs."""
         batch: list[ImageTask] = []
-        while len(batch) < worker.free and (taken := self._queue.take()) is not None:
+        while worker.free > 0 and (taken := self._queue.take()) is not None:
             job_id, index = taken
             job = self._jobs.get(job_id)
             if job is None or job.settled[index]:

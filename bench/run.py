@@ -128,15 +128,20 @@ class PeakMemory:
         return self.peak
 
 
-def with_delay(work: Path, image_port: int, floor_port: int) -> dict[str, Any]:
-    service = ServiceProcess(
-        work / "delay",
+def start_service(data_dir: Path, gpu_delay: str) -> ServiceProcess:
+    """The service as users run it, with 256 images in flight on its one node."""
+    return ServiceProcess(
+        data_dir,
         env_overrides={
             **FAST,
-            "IMAGE_SERVICE_GPU_DELAY": "0.1-0.4",
+            "IMAGE_SERVICE_GPU_DELAY": gpu_delay,
             "IMAGE_SERVICE_CONCURRENCY": str(IN_FLIGHT),
         },
     ).start()
+
+
+def with_delay(work: Path, image_port: int, floor_port: int) -> dict[str, Any]:
+    service = start_service(work / "delay", gpu_delay="0.1-0.4")
     try:
         memory = PeakMemory(service)
         job_id, _ = submit(service, make_job(image_port, 10_000))
@@ -169,14 +174,7 @@ def with_delay(work: Path, image_port: int, floor_port: int) -> dict[str, Any]:
 
 
 def without_delay(work: Path, image_port: int) -> dict[str, Any]:
-    service = ServiceProcess(
-        work / "nodelay",
-        env_overrides={
-            **FAST,
-            "IMAGE_SERVICE_GPU_DELAY": "0",
-            "IMAGE_SERVICE_CONCURRENCY": str(IN_FLIGHT),
-        },
-    ).start()
+    service = start_service(work / "nodelay", gpu_delay="0")
     try:
         time.sleep(2)
         pids = service_pids(service)
