@@ -57,6 +57,15 @@ class WorkerPool:
     def in_flight(self) -> int:
         return sum(len(worker.in_flight) for worker in self._by_key.values())
 
+    def in_flight_of(self, job_id: int) -> set[int]:
+        """Indexes of the job's images now held by workers."""
+        return {
+            index
+            for worker in self._by_key.values()
+            for held_job, index in worker.in_flight
+            if held_job == job_id
+        }
+
     def workers(self) -> list[WorkerSlot]:
         return [worker for worker in self._workers.values() if worker.alive and worker.ready]
 

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,28 +20,42 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import ObjectLostError, RayActorError
 
+from actors.metrics import ImageMetrics, TrackerMetrics
 from actors.pool import WorkerPool, WorkerSlot
+from core.callback import CallbackLimits, CallbackSender
 from core.clients import TooManyOpenJobs
+from core.logs import use_json_logs
 from core.models import (
+    IMAGE_CANCELLED,
+    FailureReason,
     ImageOutcome,
     ImageTask,
+    JobDetail,
+    JobState,
     JobStatus,
     JobSubmission,
     JobView,
     ResultsPage,
+    status_payload,
 )
 from core.scheduler import FairQueue
 from core.settings import Settings
-from core.storage import JobStore, StorageError
+from core.storage import DueCallback, JobStore, StorageError
 from core.store_master import load_store_master
+from core.urlguard import AddressPolicy
 
 TRACKER_NAME = "job_tracker"
 NAMESPACE = "image_service"
 UNKNOWN_STORE = "store_id not in store master"
 NODE_REFRESH_SECONDS = 2.0
+METRICS_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class JobAlreadyFinished(ValueError):
+    """A cancel for a job that has already ended."""
 
 
 @dataclass(eq=False)
@@ -49,6 +64,8 @@ class ActiveJob:
     urls: list[str]
     settled: bytearray  # one flag per image: settled images are never dispatched again
     client_id: str | None = None
+    started: bool = False
+    cancelled: bool = False
     unsettled: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +78,13 @@ class ActiveJob:
         self.settled[index] = 1
         self.unsettled -= 1
         return True
+
+    def unsettled_indexes(self) -> list[int]:
+        return [index for index, flag in enumerate(self.settled) if not flag]
+
+
+def cancelled_outcome(job_id: int, index: int, when: float) -> ImageOutcome:
+    return ImageOutcome(job_id, index, when, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
 
 
 class StoreMasterCache:
@@ -82,7 +106,7 @@ class StoreMasterCache:
 @ray.remote(num_cpus=0)
 class JobTracker:
     def __init__(self, settings: Settings) -> None:
-        logging.basicConfig(level=logging.INFO)
+        use_json_logs()
         self._settings = settings
         self._store = JobStore(settings.database_path)
         # SQLite is driven from this one thread only: writes stay ordered, the loop never blocks.
@@ -92,17 +116,28 @@ class JobTracker:
         self._jobs: dict[int, ActiveJob] = {}
         self._unsaved: list[ImageOutcome] = []
         self._fully_settled: list[int] = []
+        self._started: list[tuple[int, float]] = []  # (job id, when), saved with the next flush
+        self._cancelled: list[tuple[int, float]] = []
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._pool = WorkerPool(settings, ray.get_runtime_context().current_actor)
         self._helpers: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._image_metrics = ImageMetrics()
+        self._metrics = TrackerMetrics()
+        self._callbacks = CallbackSender(
+            CallbackLimits(
+                settings.callback_attempts, settings.callback_backoff, settings.callback_timeout
+            ),
+            AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts),
+        )
         loop = asyncio.get_running_loop()
         self._recovered = loop.create_task(self._recover())
         self._background = [
             loop.create_task(self._dispatch_loop()),
             loop.create_task(self._flush_loop()),
             loop.create_task(self._node_loop()),
+            loop.create_task(self._metrics_loop()),
         ]
 
     # ---- API called by the Serve deployment -------------------------------------------------
@@ -113,8 +148,14 @@ class JobTracker:
         return str(ray.get_runtime_context().get_node_id())
 
     async def submit(
-        self, submission: JobSubmission, submission_key: str | None, client_id: str | None = None
+        self,
+        submission: JobSubmission,
+        submission_key: str | None,
+        client_id: str | None = None,
+        request_hash: str | None = None,
     ) -> int:
+        """Record the job and start it; a known `submission_key` returns its job instead
+        (`IdempotencyConflict` if `request_hash` differs from the one it was recorded with)."""
         await self._recovered
         if client_id is not None:
             open_jobs = sum(1 for job in self._jobs.values() if job.client_id == client_id)
@@ -132,15 +173,24 @@ class JobTracker:
                     failed[index] = UNKNOWN_STORE
                 index += 1
         job_id, created = await self._in_db_thread(
-            self._store.create_job, submission, submission_key, failed, client_id
+            self._store.create_job, submission, submission_key, failed, client_id, request_hash
         )
-        if created and len(failed) < submission.image_count:
+        if not created:
+            log.info("submission repeated: answered with its job", extra={"job_id": job_id})
+            return job_id
+        self._image_metrics.failed_at_once(FailureReason.UNKNOWN_STORE, len(failed))
+        if len(failed) < submission.image_count:
             urls = [url for visit in submission.visits for url in visit.image_urls]
             settled = bytearray(len(urls))
             for failed_index in failed:
                 settled[failed_index] = 1
             self._activate(ActiveJob(job_id, urls, settled, client_id))
-        log.info("job %d recorded: %d images", job_id, submission.image_count)
+        else:
+            self._keep(asyncio.create_task(self._send_callbacks([job_id])))
+        log.info(
+            "job recorded",
+            extra={"job_id": job_id, "images": submission.image_count, "state": "ongoing"},
+        )
         return job_id
 
     async def status(self, job_id: int, client_id: str | None = None) -> JobView | None:
@@ -159,6 +209,37 @@ class JobTracker:
             return None
         total, rows = await self._in_db_thread(self._store.results_page, job_id, offset, limit)
         return ResultsPage(job=view, total=total, offset=offset, results=tuple(rows))
+
+    async def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
+        """Lifecycle, progress and times; None for an unknown job or another client's."""
+        detail = await self._in_db_thread(self._store.job_detail, job_id, client_id)
+        return None if detail is None else self._with_live_progress(detail)
+
+    async def jobs(
+        self, client_id: str | None, offset: int, limit: int
+    ) -> tuple[int, list[JobDetail]]:
+        """Recent jobs, newest first, and how many there are in all."""
+        total, details = await self._in_db_thread(self._store.recent_jobs, client_id, offset, limit)
+        return total, [self._with_live_progress(detail) for detail in details]
+
+    async def cancel(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
+        """Stop dispatching the job's images; the queued ones settle as cancelled at once, the
+        ones in flight settle as they finish, then the job ends as failed. Answers once the
+        cancel is on disk. None for an unknown job; `JobAlreadyFinished` for an ended one."""
+        await self._recovered
+        job = self._jobs.get(job_id)
+        if job is not None and client_id is not None and job.client_id != client_id:
+            return None
+        if job is not None and not job.cancelled:
+            # What settled before the cancel is saved as settled, not as cancelled.
+            await self._flush()
+            if job_id in self._jobs:
+                self._cancel_queued(job)
+            await self._flush()
+        detail = await self.job_detail(job_id, client_id)
+        if detail is not None and detail.state in (JobState.COMPLETED, JobState.FAILED):
+            raise JobAlreadyFinished(f"job {job_id} has already {detail.state.value}")
+        return detail
 
     async def report(self, worker_key: str, outcomes: list[ImageOutcome]) -> None:
         """Called by image workers with the outcomes of images they settled."""
@@ -190,10 +271,47 @@ class JobTracker:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def _cancel_queued(self, job: ActiveJob) -> None:
+        job.cancelled = True
+        self._queue.drop_job(job.job_id)
+        in_flight = self._pool.in_flight_of(job.job_id)
+        now = time.time()
+        self._cancelled.append((job.job_id, now))
+        queued = [index for index in job.unsettled_indexes() if index not in in_flight]
+        for index in queued:
+            self._record(cancelled_outcome(job.job_id, index, now))
+        self._image_metrics.failed_at_once(FailureReason.CANCELLED, len(queued))
+        log.info(
+            "job cancelled: %d queued images dropped, %d in flight settling",
+            len(queued),
+            len(in_flight),
+            extra={"job_id": job.job_id, "state": "cancelling"},
+        )
+
+    def _with_live_progress(self, detail: JobDetail) -> JobDetail:
+        """Counts from disk plus what settled since the last flush, and the images in flight."""
+        if detail.state not in (JobState.ONGOING, JobState.CANCELLING):
+            return detail
+        unsaved = [o for o in self._unsaved if o.job_id == detail.job_id]
+        failed = sum(1 for o in unsaved if o.error is not None)
+        return replace(
+            detail,
+            done=detail.done + len(unsaved) - failed,
+            failed=detail.failed + failed,
+            in_flight=len(self._pool.in_flight_of(detail.job_id)),
+        )
+
     def _activate(self, job: ActiveJob) -> None:
         self._jobs[job.job_id] = job
+        if job.cancelled:
+            # Recovered while cancelling: its images in flight went down with the old tracker,
+            # so nothing is left to wait for.
+            now = time.time()
+            for index in job.unsettled_indexes():
+                self._record(cancelled_outcome(job.job_id, index, now))
         if job.unsettled == 0:
-            self._fully_settled.append(job.job_id)
+            if job.job_id not in self._fully_settled:
+                self._fully_settled.append(job.job_id)
             return
         self._queue.add(job.job_id, (i for i, flag in enumerate(job.settled) if not flag))
         self._wake.set()
@@ -205,9 +323,20 @@ class JobTracker:
             for index in stored.settled:
                 settled[index] = 1
             urls = [image.url for image in stored.images]
-            self._activate(ActiveJob(stored.job_id, urls, settled, stored.client_id))
+            self._activate(
+                ActiveJob(
+                    stored.job_id,
+                    urls,
+                    settled,
+                    stored.client_id,
+                    started=stored.started,
+                    cancelled=stored.cancelled,
+                )
+            )
         if unfinished:
             log.info("resumed %d unfinished jobs", len(unfinished))
+        due = await self._in_db_thread(self._store.callbacks_due, None)
+        self._keep(asyncio.create_task(self._deliver_all(due)))
 
     async def _dispatch_loop(self) -> None:
         await self._recovered
@@ -230,6 +359,9 @@ class JobTracker:
             job = self._jobs.get(job_id)
             if job is None or job.settled[index]:
                 continue  # settled meanwhile by a worker thought lost: nothing to redo
+            if not job.started:
+                job.started = True
+                self._started.append((job_id, time.time()))
             worker.in_flight.add(taken)
             batch.append(ImageTask(job_id, index, job.urls[index]))
         return batch
@@ -246,9 +378,14 @@ class JobTracker:
         self._worker_lost(worker)
 
     def _worker_lost(self, worker: WorkerSlot) -> None:
+        now = time.time()
         for job_id, index in self._pool.lost(worker):
             job = self._jobs.get(job_id)
-            if job is not None and not job.settled[index]:
+            if job is None or job.settled[index]:
+                continue
+            if job.cancelled:
+                self._record(cancelled_outcome(job_id, index, now))
+            else:
                 self._queue.requeue(job_id, index)
         self._wake.set()
 
@@ -272,19 +409,51 @@ class JobTracker:
         async with self._flush_lock:
             batch, self._unsaved = self._unsaved, []
             finished, self._fully_settled = self._fully_settled, []
-            if not batch and not finished:
+            started, self._started = self._started, []
+            cancelled, self._cancelled = self._cancelled, []
+            if not (batch or finished or started or cancelled):
                 return 0
             try:
-                await self._in_db_thread(self._store.save_outcomes, batch, finished)
+                await self._in_db_thread(
+                    self._store.save_outcomes, batch, finished, started, cancelled
+                )
             except StorageError:
                 self._unsaved[:0] = batch
                 self._fully_settled[:0] = finished
+                self._started[:0] = started
+                self._cancelled[:0] = cancelled
                 raise
             for job_id in finished:
                 del self._jobs[job_id]
                 self._queue.drop_job(job_id)
-                log.info("job %d finished", job_id)
+                log.info("job finished", extra={"job_id": job_id})
+            if finished:
+                self._keep(asyncio.create_task(self._send_callbacks(finished)))
             return len(batch)
+
+    async def _send_callbacks(self, job_ids: list[int]) -> None:
+        due = await self._in_db_thread(self._store.callbacks_due, job_ids)
+        await self._deliver_all(due)
+
+    async def _deliver_all(self, due: list[DueCallback]) -> None:
+        await asyncio.gather(*(self._deliver(callback) for callback in due))
+
+    async def _deliver(self, callback: DueCallback) -> None:
+        context = {"job_id": callback.job_id, "state": callback.view.status.value}
+        attempts, failure = await self._callbacks.deliver(
+            callback.url, status_payload(callback.view)
+        )
+        if failure is None:
+            log.info("callback delivered", extra={**context, "attempts": attempts})
+        else:
+            log.warning(
+                "callback not delivered; giving up",
+                extra={**context, "attempts": attempts, "error": failure},
+            )
+        try:
+            await self._in_db_thread(self._store.mark_callback_done, callback.job_id, time.time())
+        except StorageError as exc:
+            log.error("recording the callback failed: %s", exc, extra=context)
 
     async def _node_loop(self) -> None:
         while True:
@@ -292,6 +461,19 @@ class JobTracker:
             for worker in self._pool.refresh(nodes):
                 self._keep(asyncio.create_task(self._warm_up(worker)))
             await asyncio.sleep(NODE_REFRESH_SECONDS)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            self._metrics.in_flight.set(self._pool.in_flight)
+            self._metrics.queue_depth.set(len(self._queue))
+            try:
+                counts = await self._in_db_thread(self._store.job_counts)
+            except StorageError as exc:
+                log.warning("counting jobs for the metrics failed: %s", exc)
+            else:
+                for state in JobState:
+                    self._metrics.jobs.set(counts.get(state, 0), tags={"state": state.value})
+            await asyncio.sleep(METRICS_SECONDS)
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a reference until the task ends: the loop itself keeps only weak ones."""

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 import ray
 from ray.actor import ActorHandle
 
+from actors.metrics import ImageMetrics, TimedFetcher
 from core.fetch import Downloader, FetchLimits
-from core.models import ImageOutcome, ImageTask
+from core.logs import use_json_logs
+from core.models import FailureReason, ImageOutcome, ImageTask
 from core.processing import failed_outcome, process_image
 from core.settings import Settings
 from core.urlguard import AddressPolicy
@@ -44,12 +47,17 @@ def fetch_limits(settings: Settings) -> FetchLimits:
 @ray.remote(num_cpus=0, max_restarts=0)
 class ImageWorker:
     def __init__(self, settings: Settings, capacity: int, key: str, tracker: ActorHandle) -> None:
+        use_json_logs()
         self._settings = settings
         self._key = key
         self._tracker = tracker
         self._node_id = ray.get_runtime_context().get_node_id()
         policy = AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts)
-        self._downloader = Downloader(fetch_limits(settings), policy, pool_size=capacity)
+        self._metrics = ImageMetrics()
+        self._downloader = TimedFetcher(
+            Downloader(fetch_limits(settings), policy, pool_size=capacity),
+            self._metrics.download_seconds,
+        )
         self._outbox: list[ImageOutcome] = []
         self._outbox_full = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -71,6 +79,7 @@ class ImageWorker:
         return os.getpid()
 
     async def _settle(self, task: ImageTask) -> None:
+        start = time.perf_counter()
         try:
             outcome = await process_image(
                 task,
@@ -82,10 +91,15 @@ class ImageWorker:
         except Exception:
             # A bug, not a property of the image: log it loudly, and still settle the image so
             # that its job cannot hang on it.
-            log.exception("processing job %d image %d failed", task.job_id, task.index)
+            log.exception("processing image %d failed", task.index, extra={"job_id": task.job_id})
             outcome = failed_outcome(
-                task, "internal error while processing the image", self._node_id
+                task,
+                FailureReason.INTERNAL,
+                "internal error while processing the image",
+                self._node_id,
             )
+        self._metrics.processing_seconds.observe(time.perf_counter() - start)
+        self._metrics.settled(outcome)
         self._outbox.append(outcome)
         if len(self._outbox) >= REPORT_BATCH:
             self._outbox_full.set()

@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Protocol
 
-from core.fetch import Downloader, ImageDownloadError, redact_url
+from core.fetch import ImageDownloadError, redact_url
 from core.measure import BrokenImageError, NotAnImageError, measure_image
-from core.models import ImageOutcome, ImageTask
+from core.models import FailureReason, ImageOutcome, ImageTask
 
 # Below this size decoding costs less than handing the work to a thread and back.
 INLINE_DECODE_BYTES = 64 * 1024
 
 
+class ImageFetcher(Protocol):
+    """Downloads one image's bytes or raises `ImageDownloadError` (`core.fetch.Downloader`)."""
+
+    async def fetch(self, url: str) -> bytes: ...
+
+
 async def process_image(
     task: ImageTask,
-    downloader: Downloader,
+    downloader: ImageFetcher,
     *,
     max_pixels: int,
     gpu_delay: tuple[float, float],
@@ -28,7 +35,9 @@ async def process_image(
     try:
         data = await downloader.fetch(task.url)
     except ImageDownloadError as exc:
-        return failed_outcome(task, f"image download failed: {shown_url}: {exc}", node_id)
+        return failed_outcome(
+            task, FailureReason.DOWNLOAD, f"image download failed: {shown_url}: {exc}", node_id
+        )
     try:
         if len(data) <= INLINE_DECODE_BYTES:
             width, height = measure_image(data, max_pixels)
@@ -36,9 +45,13 @@ async def process_image(
             # Decoding a large image takes milliseconds: keep the event loop free meanwhile.
             width, height = await asyncio.to_thread(measure_image, data, max_pixels)
     except NotAnImageError as exc:
-        return failed_outcome(task, f"not an image: {shown_url}: {exc}", node_id)
+        return failed_outcome(
+            task, FailureReason.NOT_AN_IMAGE, f"not an image: {shown_url}: {exc}", node_id
+        )
     except BrokenImageError as exc:
-        return failed_outcome(task, f"image decode failed: {shown_url}: {exc}", node_id)
+        return failed_outcome(
+            task, FailureReason.DECODE, f"image decode failed: {shown_url}: {exc}", node_id
+        )
     low, high = gpu_delay
     if high > 0:
         await asyncio.sleep(random.uniform(low, high))
@@ -52,11 +65,14 @@ async def process_image(
     )
 
 
-def failed_outcome(task: ImageTask, reason: str, node_id: str | None) -> ImageOutcome:
+def failed_outcome(
+    task: ImageTask, reason: FailureReason, message: str, node_id: str | None
+) -> ImageOutcome:
     return ImageOutcome(
         job_id=task.job_id,
         index=task.index,
         processed_at=time.time(),
-        error=reason,
+        error=message,
         node_id=node_id,
+        reason=reason,
     )

@@ -50,8 +50,14 @@ class Settings:
     results_page_max: int = 1000
     flush_interval: float = 0.2
 
+    callback_attempts: int = 5
+    callback_backoff: float = 1.0
+    callback_timeout: float = 10.0
+
     ray_port: int = 6379
     dashboard_port: int = 8265
+    # Where the head's metrics agent serves Prometheus text (`ray start --metrics-export-port`).
+    metrics_port: int = 8080
     include_dashboard: bool = True
     # Serve's HAProxy ingress with its throughput-optimized mode (see service/launcher.py).
     # Off by default: with it, two services on one host crossed traffic in the test suite.
@@ -139,8 +145,12 @@ class Settings:
             ),
             results_page_max=integer("RESULTS_PAGE_MAX", defaults.results_page_max, minimum=1),
             flush_interval=number("FLUSH_INTERVAL", defaults.flush_interval),
+            callback_attempts=integer("CALLBACK_ATTEMPTS", defaults.callback_attempts, minimum=1),
+            callback_backoff=number("CALLBACK_BACKOFF", defaults.callback_backoff),
+            callback_timeout=number("CALLBACK_TIMEOUT", defaults.callback_timeout),
             ray_port=integer("RAY_PORT", defaults.ray_port, minimum=1),
             dashboard_port=integer("DASHBOARD_PORT", defaults.dashboard_port, minimum=1),
+            metrics_port=integer("METRICS_PORT", defaults.metrics_port, minimum=1),
             include_dashboard=flag("INCLUDE_DASHBOARD", defaults.include_dashboard),
             fast_ingress=flag("FAST_INGRESS", defaults.fast_ingress),
             ray_start_args=tuple((get("RAY_START_ARGS") or "").split()),

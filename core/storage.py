@@ -13,10 +13,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.models import (
+    JOB_CANCELLED,
     ImageOutcome,
     ImageResult,
+    JobDetail,
+    JobState,
     JobStatus,
     JobSubmission,
     JobView,
@@ -56,9 +60,47 @@ CREATE TABLE IF NOT EXISTS results (
 ) WITHOUT ROWID;
 """
 
+# Columns added after the first release; a database from before gets them on opening.
+LATER_JOB_COLUMNS = {
+    "client_id": "TEXT",
+    "started_at": "REAL",  # the first image went to a worker
+    "cancelled_at": "REAL",
+    "request_hash": "TEXT",  # fingerprint of an Idempotency-Key submission
+    "callback_url": "TEXT",
+    "callback_done_at": "REAL",  # delivered, or given up on
+    "settled_count": "INTEGER NOT NULL DEFAULT 0",
+    "failed_count": "INTEGER NOT NULL DEFAULT 0",
+}
+
+# Progress counts kept by the database itself: exact whatever inserts are ignored as duplicates,
+# and O(1) to read for a job of any size.
+COUNT_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS results_count AFTER INSERT ON results BEGIN
+    UPDATE jobs SET settled_count = settled_count + 1,
+                    failed_count = failed_count + (NEW.error IS NOT NULL)
+    WHERE id = NEW.job_id;
+END;
+"""
+
+JOB_DETAIL_COLUMNS = (
+    "id, status, errors, image_count, settled_count, failed_count,"
+    " created_at, started_at, finished_at, cancelled_at"
+)
+
 
 class StorageError(RuntimeError):
     """The database could not record something (disk full, I/O error, locked)."""
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key already names a job submitted with a different body."""
+
+
+@dataclass(frozen=True, slots=True)
+class DueCallback:
+    job_id: int
+    url: str
+    view: JobView
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +118,8 @@ class UnfinishedJob:
     images: tuple[StoredImage, ...]
     settled: frozenset[int]
     client_id: str | None
+    started: bool = False
+    cancelled: bool = False
 
 
 class JobStore:
@@ -89,9 +133,22 @@ class JobStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "client_id" not in columns:  # a database from before API keys
-            self._db.execute("ALTER TABLE jobs ADD COLUMN client_id TEXT")
+        with self._transaction():
+            for name, kind in LATER_JOB_COLUMNS.items():
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            if "settled_count" not in columns:
+                self._db.execute(
+                    "UPDATE jobs SET"
+                    " settled_count = (SELECT COUNT(*) FROM results r WHERE r.job_id = jobs.id),"
+                    " failed_count = (SELECT COUNT(*) FROM results r"
+                    "                 WHERE r.job_id = jobs.id AND r.error IS NOT NULL)"
+                )
+            self._db.execute(COUNT_TRIGGER)
 
     def close(self) -> None:
         self._db.close()
@@ -102,27 +159,37 @@ class JobStore:
         submission_key: str | None,
         failed_images: dict[int, str],
         client_id: str | None = None,
+        request_hash: str | None = None,
     ) -> tuple[int, bool]:
         """Record a job with all its images in one transaction; `failed_images` (index to
-        reason) settle at once. Returns `(job_id, created)`; a known key returns its old job."""
+        reason) settle at once. Returns `(job_id, created)`; a known key returns its old job,
+        unless `request_hash` says the body differs: then `IdempotencyConflict`."""
         now = time.time()
         try:
             with self._transaction():
                 if submission_key is not None:
                     row = self._db.execute(
-                        "SELECT id FROM jobs WHERE submission_key = ?", (submission_key,)
+                        "SELECT id, request_hash FROM jobs WHERE submission_key = ?",
+                        (submission_key,),
                     ).fetchone()
                     if row is not None:
+                        if request_hash is not None and row[1] != request_hash:
+                            raise IdempotencyConflict(
+                                f"this Idempotency-Key was used for job {row[0]} with a"
+                                " different body"
+                            )
                         return int(row[0]), False
                 cursor = self._db.execute(
-                    "INSERT INTO jobs (submission_key, status, image_count, created_at, client_id)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
+                    " created_at, client_id, callback_url) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         submission_key,
+                        request_hash,
                         JobStatus.ONGOING.value,
                         submission.image_count,
                         now,
                         client_id,
+                        submission.callback_url,
                     ),
                 )
                 job_id = int(cursor.lastrowid or 0)
@@ -144,11 +211,24 @@ class JobStore:
             raise StorageError(f"could not record the job: {exc}") from exc
         return job_id, True
 
-    def save_outcomes(self, outcomes: Sequence[ImageOutcome], finished_jobs: Iterable[int]) -> None:
-        """Store a batch of settled images, then close the jobs that are now fully settled.
-        An image already settled keeps its first result."""
+    def save_outcomes(
+        self,
+        outcomes: Sequence[ImageOutcome],
+        finished_jobs: Iterable[int],
+        started: Iterable[tuple[int, float]] = (),
+        cancelled: Iterable[tuple[int, float]] = (),
+    ) -> None:
+        """In one transaction: mark jobs started and cancelled (`(job_id, when)` pairs), store a
+        batch of settled images, then close the jobs now fully settled. An image already
+        settled keeps its first result."""
         try:
             with self._transaction():
+                self._db.executemany(
+                    "UPDATE jobs SET started_at = ? WHERE id = ? AND started_at IS NULL",
+                    ((when, job_id) for job_id, when in started),
+                )
+                for job_id, when in cancelled:
+                    self._cancel_job(job_id, when)
                 self._db.executemany(
                     "INSERT OR IGNORE INTO results"
                     " (job_id, idx, width, height, error, processed_at, node_id)"
@@ -163,19 +243,44 @@ class JobStore:
         except sqlite3.Error as exc:
             raise StorageError(f"could not save results: {exc}") from exc
 
-    def _finish_job(self, job_id: int) -> None:
-        errors = [
-            {"store_id": store_id, "error": error}
-            for store_id, error, _first in self._db.execute(
-                # SQLite gives the bare columns of the row holding MIN(): the first failure.
-                "SELECT i.store_id, r.error, MIN(i.idx) FROM images i"
-                " JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
-                " WHERE i.job_id = ? AND r.error IS NOT NULL"
+    def _cancel_job(self, job_id: int, when: float) -> None:
+        """Record the cancel with one error entry per store that still has unsettled images:
+        the entries `/api/status` shows once the job has ended."""
+        entries = [
+            {"store_id": store_id, "error": JOB_CANCELLED}
+            for store_id, _first in self._db.execute(
+                "SELECT i.store_id, MIN(i.idx) FROM images i"
+                " LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
+                " WHERE i.job_id = ? AND r.idx IS NULL"
                 " GROUP BY i.store_id ORDER BY MIN(i.idx)",
                 (job_id,),
             )
         ]
-        status = JobStatus.FAILED if errors else JobStatus.COMPLETED
+        self._db.execute(
+            "UPDATE jobs SET cancelled_at = ?, errors = ?"
+            " WHERE id = ? AND status = ? AND cancelled_at IS NULL",
+            (when, json.dumps(entries), job_id, JobStatus.ONGOING.value),
+        )
+
+    def _finish_job(self, job_id: int) -> None:
+        cancelled_at, saved_errors = self._db.execute(
+            "SELECT cancelled_at, errors FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        # A cancelled job leads with its cancel entries; other stores show their first failure.
+        errors = json.loads(saved_errors or "[]") if cancelled_at is not None else []
+        named = {entry["store_id"] for entry in errors}
+        for store_id, error, _first in self._db.execute(
+            # SQLite gives the bare columns of the row holding MIN(): the first failure.
+            "SELECT i.store_id, r.error, MIN(i.idx) FROM images i"
+            " JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
+            " WHERE i.job_id = ? AND r.error IS NOT NULL"
+            " GROUP BY i.store_id ORDER BY MIN(i.idx)",
+            (job_id,),
+        ):
+            if store_id not in named:
+                errors.append({"store_id": store_id, "error": error})
+        failed = bool(errors) or cancelled_at is not None
+        status = JobStatus.FAILED if failed else JobStatus.COMPLETED
         self._db.execute(
             "UPDATE jobs SET status = ?, finished_at = ?, errors = ? WHERE id = ? AND status = ?",
             (status.value, time.time(), json.dumps(errors), job_id, JobStatus.ONGOING.value),
@@ -184,10 +289,64 @@ class JobStore:
     def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
         return read_job_view(self._db, job_id, client_id)
 
+    def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
+        return read_job_detail(self._db, job_id, client_id)
+
+    def recent_jobs(
+        self, client_id: str | None, offset: int, limit: int
+    ) -> tuple[int, list[JobDetail]]:
+        """Newest first, with the number of jobs in all (this client's only, when given)."""
+        where, args = ("WHERE client_id = ?", (client_id,)) if client_id is not None else ("", ())
+        (total,) = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()
+        rows = self._db.execute(
+            f"SELECT {JOB_DETAIL_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        return int(total), [_job_detail(row) for row in rows]
+
+    def job_counts(self) -> dict[JobState, int]:
+        try:
+            rows = self._db.execute(
+                "SELECT status, cancelled_at IS NOT NULL, COUNT(*) FROM jobs GROUP BY 1, 2"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not count jobs: {exc}") from exc
+        counts: dict[JobState, int] = {}
+        for status, cancelled, count in rows:
+            state = _job_state(status, bool(cancelled))
+            counts[state] = counts.get(state, 0) + count
+        return counts
+
+    def callbacks_due(self, job_ids: Iterable[int] | None = None) -> list[DueCallback]:
+        """Finished jobs whose callback is neither delivered nor given up on; all of them when
+        `job_ids` is None (after a restart)."""
+        query = (
+            "SELECT id, callback_url FROM jobs WHERE callback_url IS NOT NULL"
+            " AND callback_done_at IS NULL AND status != ?"
+        )
+        rows = self._db.execute(query, (JobStatus.ONGOING.value,)).fetchall()
+        wanted = None if job_ids is None else set(job_ids)
+        due = []
+        for job_id, url in rows:
+            if wanted is None or job_id in wanted:
+                view = self.job_view(job_id)
+                if view is not None:
+                    due.append(DueCallback(job_id, url, view))
+        return due
+
+    def mark_callback_done(self, job_id: int, when: float) -> None:
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE jobs SET callback_done_at = ? WHERE id = ?", (when, job_id)
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not record the callback of job {job_id}: {exc}") from exc
+
     def unfinished_jobs(self) -> list[UnfinishedJob]:
         jobs = []
-        for job_id, client_id in self._db.execute(
-            "SELECT id, client_id FROM jobs WHERE status = ? ORDER BY id",
+        for job_id, client_id, started_at, cancelled_at in self._db.execute(
+            "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.ONGOING.value,),
         ).fetchall():
             images = tuple(
@@ -202,7 +361,16 @@ class JobStore:
                     "SELECT idx FROM results WHERE job_id = ?", (job_id,)
                 )
             )
-            jobs.append(UnfinishedJob(job_id, images, settled, client_id))
+            jobs.append(
+                UnfinishedJob(
+                    job_id,
+                    images,
+                    settled,
+                    client_id,
+                    started=started_at is not None,
+                    cancelled=cancelled_at is not None,
+                )
+            )
         return jobs
 
     def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
@@ -265,6 +433,43 @@ def read_job_view(
         return None
     errors = tuple(StoreError(**entry) for entry in json.loads(row[1] or "[]"))
     return JobView(job_id=job_id, status=JobStatus(row[0]), errors=errors)
+
+
+def read_job_detail(
+    db: sqlite3.Connection, job_id: int, client_id: str | None = None
+) -> JobDetail | None:
+    row = db.execute(
+        f"SELECT {JOB_DETAIL_COLUMNS}, client_id FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    if row is None or (client_id is not None and row[-1] != client_id):
+        return None
+    return _job_detail(row)
+
+
+def _job_detail(row: Sequence[Any]) -> JobDetail:
+    (job_id, status, errors, total, settled, failed, created, started, finished, cancelled) = row[
+        :10
+    ]
+    state = _job_state(status, cancelled is not None)
+    shown_errors = () if status == JobStatus.ONGOING.value else json.loads(errors or "[]")
+    return JobDetail(
+        job_id=job_id,
+        state=state,
+        total=total,
+        done=settled - failed,
+        failed=failed,
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+        cancelled_at=cancelled,
+        errors=tuple(StoreError(**entry) for entry in shown_errors),
+    )
+
+
+def _job_state(status: str, cancelled: bool) -> JobState:
+    if not cancelled:
+        return JobState(status)
+    return JobState.CANCELLING if status == JobStatus.ONGOING.value else JobState.CANCELLED
 
 
 class StatusReader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -39,6 +40,9 @@ def validate_submission(payload: Any, limits: SubmissionLimits) -> JobSubmission
     for key in ("count", "visits"):
         if key not in payload:
             raise InvalidSubmission(f"missing field: {key}")
+    callback_url = payload.get("callback_url")
+    if callback_url is not None:
+        _validate_url(callback_url, "callback_url", limits)
     count = payload["count"]
     if not _is_int(count) or count < 0:
         raise InvalidSubmission("count must be a non-negative integer")
@@ -59,7 +63,20 @@ def validate_submission(payload: Any, limits: SubmissionLimits) -> JobSubmission
         if image_count > limits.max_images:
             raise SubmissionTooLarge(f"a job may hold at most {limits.max_images} images")
         visits.append(visit)
-    return JobSubmission(visits=tuple(visits))
+    return JobSubmission(visits=tuple(visits), callback_url=callback_url)
+
+
+def submission_fingerprint(submission: JobSubmission) -> str:
+    """A digest of what the submission asks for, blind to JSON spacing and key order: an
+    Idempotency-Key retry matches it exactly, a different body does not."""
+    canonical = json.dumps(
+        [
+            submission.callback_url,
+            [[v.store_id, v.visit_time, list(v.image_urls)] for v in submission.visits],
+        ],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _validate_visit(raw: Any, where: str, limits: SubmissionLimits) -> Visit:

@@ -2,7 +2,8 @@
 contract's bodies. Nothing here owns state.
 
 Endpoints: POST /api/submit/ (and /api/submit), GET /api/status, GET /api/results,
-GET /healthz, and the OpenAPI docs at /docs. `serve_config.yaml` names `build_app` as its
+GET /api/jobs, GET /api/jobs/{id}, POST /api/jobs/{id}/cancel, GET /healthz, and the OpenAPI
+docs at /docs. `serve_config.yaml` names `build_app` as its
 `import_path`; configuration comes from `IMAGE_SERVICE_*` environment variables.
 """
 
@@ -23,23 +24,28 @@ from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.tracker import tracker_handle
+from actors.tracker import JobAlreadyFinished, tracker_handle
 from core.clients import ApiKeys, RateLimiter, TooManyOpenJobs
+from core.models import status_payload
 from core.settings import Settings
-from core.storage import StatusReader, StorageError
+from core.storage import IdempotencyConflict, StatusReader, StorageError
 from core.submission import (
     InvalidSubmission,
     SubmissionLimits,
     SubmissionTooLarge,
     parse_submission,
+    submission_fingerprint,
 )
 from service.schemas import (
     ErrorBody,
+    JobDetailBody,
+    JobListBody,
     ResultsBody,
     StatusBody,
     SubmitAccepted,
+    job_detail_body,
+    job_list_body,
     results_body,
-    status_body,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,8 @@ TRACKER_TIMEOUT_SECONDS = 60.0
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
 INLINE_PARSE_BYTES = 256 * 1024
 DEFAULT_PAGE = 100
+DEFAULT_JOBS_PAGE = 20
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's
 
 api = FastAPI(
     title="Image job service",
@@ -91,6 +99,12 @@ async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResp
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in exc.errors())
     return error(400, f"invalid request: {fields}")
+
+
+def tracker_reason(exc: Exception) -> str:
+    """The message of an exception the tracker raised. Ray re-raises it as a subclass that
+    prints the remote traceback; the client gets the original message only."""
+    return str(getattr(exc, "cause", None) or exc)
 
 
 def parse_job_id(raw: str | None) -> int | None:
@@ -167,10 +181,14 @@ class ImageServiceAPI:
         "/api/submit/",
         status_code=201,
         response_model=SubmitAccepted,
-        responses={code: {"model": ErrorBody} for code in (400, 401, 413, 429, 503)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 409, 413, 429, 503)},
     )
     async def submit(self, request: Request) -> JSONResponse:
-        """Submit a job of store visits; answers the new job's id once it is recorded."""
+        """Submit a job of store visits; answers the new job's id once it is recorded.
+
+        Optional: a `callback_url` field receives one POST with the final status (the body
+        `/api/status` gives). An `Idempotency-Key` header makes a retry answer the same job id;
+        the same key with a different body is a 409."""
         try:
             client = self._client(request)
         except Unauthorized:
@@ -196,13 +214,25 @@ class ImageServiceAPI:
             return error(400, str(exc))
         except SubmissionTooLarge as exc:
             return error(413, str(exc))
-        # A fresh key per request: if the tracker restarts mid-call, Ray retries the call and
-        # the key makes the retry return the job already recorded instead of a second one.
-        key = uuid.uuid4().hex
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is None:
+            # A fresh key per request: if the tracker restarts mid-call, Ray retries the call
+            # and the key makes the retry return the job already recorded, not a second one.
+            key, fingerprint = uuid.uuid4().hex, None
+        elif IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
+            # Scoped by client: one client's key never finds another client's job.
+            key = f"idempotency:{client or ''}:{idempotency_key}"
+            fingerprint = submission_fingerprint(submission)
+        else:
+            return error(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")
         try:
-            job_id = await self._ask(self._tracker.submit.remote(submission, key, client))
+            job_id = await self._ask(
+                self._tracker.submit.remote(submission, key, client, fingerprint)
+            )
+        except IdempotencyConflict as exc:
+            return error(409, tracker_reason(exc))
         except TooManyOpenJobs as exc:
-            return error(429, f"too many open jobs: {exc}")
+            return error(429, f"too many open jobs: {tracker_reason(exc)}")
         except StorageError as exc:
             log.error("recording a job failed: %s", exc)
             return error(503, "the job could not be recorded; nothing was kept, please retry")
@@ -238,7 +268,7 @@ class ImageServiceAPI:
             view = await self._ask(self._tracker.status.remote(job_id, client))
         if view is None:
             return UNKNOWN_JOB
-        return JSONResponse(status_body(view))
+        return JSONResponse(status_payload(view))
 
     @api.get("/api/results", response_model=ResultsBody, responses={400: {"model": dict}})
     async def results(
@@ -265,6 +295,73 @@ class ImageServiceAPI:
         if page is None:
             return UNKNOWN_JOB
         return JSONResponse(results_body(page, size))
+
+    @api.get(
+        "/api/jobs",
+        response_model=JobListBody,
+        responses={code: {"model": ErrorBody} for code in (400, 401)},
+    )
+    async def list_jobs(
+        self, request: Request, offset: str | None = None, limit: str | None = None
+    ) -> JSONResponse:
+        """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
+        try:
+            client = self._client(request)
+            start = parse_non_negative(offset, "offset", 0, None)
+            size = parse_non_negative(limit, "limit", DEFAULT_JOBS_PAGE, 1000)
+        except Unauthorized:
+            return unauthorized()
+        except InvalidSubmission as exc:
+            return error(400, str(exc))
+        total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
+        return JSONResponse(job_list_body(total, start, size, jobs))
+
+    @api.get(
+        "/api/jobs/{job_id}",
+        response_model=JobDetailBody,
+        responses={code: {"model": ErrorBody} for code in (401, 404)},
+    )
+    async def job_detail(self, request: Request, job_id: str) -> JSONResponse:
+        """A job's lifecycle, progress counts, times and per-store errors."""
+        try:
+            client = self._client(request)
+        except Unauthorized:
+            return unauthorized()
+        number = parse_job_id(job_id)
+        detail = None
+        if number is not None:
+            detail = await self._ask(self._tracker.job_detail.remote(number, client))
+        if detail is None:
+            return error(404, f"no job {job_id}")
+        return JSONResponse(job_detail_body(detail))
+
+    @api.post(
+        "/api/jobs/{job_id}/cancel",
+        status_code=202,
+        response_model=JobDetailBody,
+        responses={code: {"model": ErrorBody} for code in (401, 404, 409, 503)},
+    )
+    async def cancel(self, request: Request, job_id: str) -> JSONResponse:
+        """Cancel a job: its queued images are dropped (they settle as cancelled), the ones in
+        flight finish, then the job ends; `/api/status` reports it `failed` with a cancel entry
+        per store left unfinished. Cancelling again is harmless; an ended job is a 409."""
+        try:
+            client = self._client(request)
+        except Unauthorized:
+            return unauthorized()
+        number = parse_job_id(job_id)
+        if number is None:
+            return error(404, f"no job {job_id}")
+        try:
+            detail = await self._ask(self._tracker.cancel.remote(number, client))
+        except JobAlreadyFinished as exc:
+            return error(409, tracker_reason(exc))
+        except StorageError as exc:
+            log.error("recording a cancel failed: %s", exc)
+            return error(503, "the cancel could not be recorded; please retry")
+        if detail is None:
+            return error(404, f"no job {job_id}")
+        return JSONResponse(job_detail_body(detail), status_code=202)
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

@@ -68,6 +68,7 @@ def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
         f"--include-dashboard={'true' if settings.include_dashboard else 'false'}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}",
+        f"--metrics-export-port={settings.metrics_port}",
         f"--resources={json.dumps({'image_slots': settings.concurrency})}",
         *settings.ray_start_args,
     ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.models import ImageResult, JobView, ResultsPage
+from core.models import ImageResult, JobDetail, ResultsPage
 
 
 class ErrorBody(BaseModel):
@@ -55,11 +56,69 @@ class ResultsBody(BaseModel):
     results: list[ImageResultBody]
 
 
-def status_body(view: JobView) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": view.status.value, "job_id": view.job_id}
-    if view.status.value == "failed":
-        body["error"] = [{"store_id": e.store_id, "error": e.error} for e in view.errors]
-    return body
+class JobDetailBody(BaseModel):
+    """A job's lifecycle and progress. `status` adds `cancelling` (cancelled, images in flight
+    still settling) and `cancelled` to the spec's three; `/api/status` reports a cancelled job
+    as `failed`."""
+
+    job_id: int
+    status: Literal["ongoing", "cancelling", "completed", "failed", "cancelled"]
+    total: int = Field(description="Images in the job.")
+    done: int = Field(description="Images measured.")
+    failed: int = Field(description="Images that failed (cancelled ones included).")
+    in_flight: int = Field(description="Images being processed now.")
+    queued: int = Field(description="Images waiting for a worker.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+    started_at: str | None = Field(description="When its first image went to a worker.")
+    finished_at: str | None
+    cancelled_at: str | None
+    errors: list[StoreErrorBody] = Field(description="Per-store errors, once the job has ended.")
+
+
+class JobListBody(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    jobs: list[JobDetailBody] = Field(description="Newest first.")
+
+
+def iso_time(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def job_detail_body(detail: JobDetail) -> dict[str, Any]:
+    return {
+        "job_id": detail.job_id,
+        "status": detail.state.value,
+        "total": detail.total,
+        "done": detail.done,
+        "failed": detail.failed,
+        "in_flight": detail.in_flight,
+        "queued": detail.queued,
+        "created_at": iso_time(detail.created_at),
+        "started_at": iso_time(detail.started_at),
+        "finished_at": iso_time(detail.finished_at),
+        "cancelled_at": iso_time(detail.cancelled_at),
+        "errors": [{"store_id": e.store_id, "error": e.error} for e in detail.errors],
+    }
+
+
+def job_list_body(total: int, offset: int, limit: int, jobs: list[JobDetail]) -> dict[str, Any]:
+    end = offset + len(jobs)
+    return {
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "next_offset": end if end < total else None,
+        "jobs": [job_detail_body(detail) for detail in jobs],
+    }
 
 
 def image_result_body(row: ImageResult) -> dict[str, Any]:

@@ -4,6 +4,7 @@ broken files, error codes, redirects, and failures that pass after a few tries."
 from __future__ import annotations
 
 import io
+import json
 import struct
 import threading
 import time
@@ -11,6 +12,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
@@ -78,6 +80,7 @@ def perimeter(name: str) -> int:
 class ImageServer:
     files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
+    callbacks: dict[str, list[Any]] = field(default_factory=dict)  # bodies POSTed, by key
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
 
@@ -117,6 +120,11 @@ class ImageServer:
                 if parts[0] == "img" and len(parts) == 2 and parts[1] in server.files:
                     body, content_type = server.files[parts[1]]
                     return self._send(200, body, content_type)
+                if parts[0] == "slow" and len(parts) == 3:
+                    # /slow/<milliseconds>/<name>: the image, after a pause
+                    time.sleep(int(parts[1]) / 1000)
+                    body, content_type = server.files[parts[2]]
+                    return self._send(200, body, content_type)
                 if parts[0] == "status" and len(parts) == 2:
                     return self._send(int(parts[1]), b"error", "text/plain")
                 if parts[0] == "flaky" and len(parts) == 4:
@@ -148,6 +156,22 @@ class ImageServer:
                     target = f"/img/{parts[2]}" if hops <= 1 else f"/redirect/{hops - 1}/{parts[2]}"
                     return self._redirect(target)
                 return self._send(404, b"not found", "text/plain")
+
+            def do_POST(self) -> None:
+                # /callback/<failures>/<key>: answers 503 <failures> times, then takes the body
+                with server.lock:
+                    server.hits[self.path] += 1
+                    hits = server.hits[self.path]
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                parts = urlsplit(self.path).path.strip("/").split("/")
+                if parts[0] != "callback" or len(parts) != 3:
+                    return self._send(404, b"not found", "text/plain")
+                if hits <= int(parts[1]):
+                    return self._send(503, b"busy", "text/plain")
+                with server.lock:
+                    server.callbacks.setdefault(parts[2], []).append(json.loads(body))
+                return self._send(204, b"", "text/plain")
 
             def _redirect(self, location: str) -> None:
                 self.send_response(302)

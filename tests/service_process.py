@@ -60,6 +60,7 @@ class ServiceProcess:
     env_overrides: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     ray_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     own_ports: dict[str, str] = field(default_factory=lambda: host_ports(head=True))
 
@@ -78,11 +79,13 @@ class ServiceProcess:
                 "RAY_AUTH_MODE": "token",
                 "IMAGE_SERVICE_PORT": str(self.port),
                 "IMAGE_SERVICE_RAY_PORT": str(self.ray_port),
+                "IMAGE_SERVICE_METRICS_PORT": str(self.metrics_port),
                 "IMAGE_SERVICE_DATA_DIR": str(self.data_dir),
                 "IMAGE_SERVICE_ALLOW_PRIVATE_URLS": "1",
                 "IMAGE_SERVICE_GPU_DELAY": "0.01-0.03",
                 "IMAGE_SERVICE_CONCURRENCY": "32",
                 "IMAGE_SERVICE_RETRY_BACKOFF": "0.05",
+                "IMAGE_SERVICE_CALLBACK_BACKOFF": "0.05",
                 "IMAGE_SERVICE_DOWNLOAD_TIMEOUT": "4",
                 "IMAGE_SERVICE_SUBMIT_RATE": "1000",
                 "IMAGE_SERVICE_SUBMIT_BURST": "1000",

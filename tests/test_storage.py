@@ -5,8 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from core.models import ImageOutcome, JobStatus, JobSubmission, StoreError, Visit
-from core.storage import JobStore, StorageError
+from core.models import (
+    IMAGE_CANCELLED,
+    JOB_CANCELLED,
+    FailureReason,
+    ImageOutcome,
+    JobState,
+    JobStatus,
+    JobSubmission,
+    StoreError,
+    Visit,
+)
+from core.storage import IdempotencyConflict, JobStore, StorageError
 
 
 def submission() -> JobSubmission:
@@ -104,3 +114,101 @@ def test_database_uses_wal(tmp_path: Path) -> None:
     JobStore(tmp_path / "db.sqlite3").close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_progress_counts_are_exact_whatever_duplicates_arrive(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {2: "store_id not in store master"})
+    store.save_outcomes([done(job_id, 0), done(job_id, 0), done(job_id, 0, 99)], [])
+    detail = store.job_detail(job_id)
+    assert detail is not None
+    assert (detail.state, detail.total, detail.done, detail.failed) == (JobState.ONGOING, 3, 1, 1)
+    assert detail.started_at is None and detail.errors == ()
+
+
+def test_started_time_is_kept_from_the_first_dispatch(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {})
+    store.save_outcomes([], [], started=[(job_id, 5.0)])
+    store.save_outcomes([], [], started=[(job_id, 9.0)])
+    assert store.job_detail(job_id).started_at == 5.0  # type: ignore[union-attr]
+    [unfinished] = store.unfinished_jobs()
+    assert unfinished.started and not unfinished.cancelled
+
+
+def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {})
+    store.save_outcomes([done(job_id, 0), done(job_id, 1)], [])
+    cancelled = ImageOutcome(job_id, 2, 2.0, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
+    store.save_outcomes([cancelled], [], cancelled=[(job_id, 2.0)])
+    detail = store.job_detail(job_id)
+    assert detail is not None and detail.state is JobState.CANCELLING
+    assert store.job_view(job_id).status is JobStatus.ONGOING  # type: ignore[union-attr]
+    assert store.unfinished_jobs()[0].cancelled
+    store.save_outcomes([], [job_id])
+    view = store.job_view(job_id)
+    assert view is not None and view.status is JobStatus.FAILED
+    assert view.errors == (StoreError("S2", JOB_CANCELLED),)  # S1 had nothing left
+    finished = store.job_detail(job_id)
+    assert finished is not None and finished.state is JobState.CANCELLED
+    assert (finished.done, finished.failed, finished.cancelled_at) == (2, 1, 2.0)
+
+
+def test_a_cancelled_job_that_lost_nothing_still_ends_failed(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {})
+    store.save_outcomes([done(job_id, 0)], [], cancelled=[(job_id, 1.0)])
+    store.save_outcomes([done(job_id, 1), done(job_id, 2)], [job_id])
+    view = store.job_view(job_id)
+    assert view is not None and view.status is JobStatus.FAILED
+    assert view.errors == (StoreError("S1", JOB_CANCELLED), StoreError("S2", JOB_CANCELLED))
+
+
+def test_idempotency_conflict_when_the_body_differs(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), "key", {}, request_hash="a")
+    assert store.create_job(submission(), "key", {}, request_hash="a") == (job_id, False)
+    with pytest.raises(IdempotencyConflict, match=f"job {job_id}"):
+        store.create_job(submission(), "key", {}, request_hash="b")
+
+
+def test_recent_jobs_newest_first_per_client(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    ids = [store.create_job(submission(), None, {}, client_id=c)[0] for c in "abab"]
+    total, jobs = store.recent_jobs("a", 0, 10)
+    assert total == 2 and [j.job_id for j in jobs] == [ids[2], ids[0]]
+    total, jobs = store.recent_jobs(None, 1, 2)
+    assert total == 4 and [j.job_id for j in jobs] == [ids[2], ids[1]]
+    assert store.job_detail(ids[0], client_id="b") is None
+
+
+def test_callbacks_are_due_once_a_job_ends_until_marked_done(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    with_callback = JobSubmission(submission().visits, callback_url="http://cb.test/done")
+    job_id, _ = store.create_job(with_callback, None, {})
+    assert store.callbacks_due() == []
+    store.save_outcomes([done(job_id, i) for i in range(3)], [job_id])
+    [due] = store.callbacks_due([job_id])
+    assert (due.url, due.view.status) == ("http://cb.test/done", JobStatus.COMPLETED)
+    store.mark_callback_done(job_id, 3.0)
+    assert store.callbacks_due() == []
+
+
+def test_database_from_before_job_control_gains_its_columns_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.executescript(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, submission_key TEXT UNIQUE,"
+            " status TEXT NOT NULL, image_count INTEGER NOT NULL, created_at REAL NOT NULL,"
+            " finished_at REAL, errors TEXT);"
+            "CREATE TABLE results (job_id INTEGER NOT NULL, idx INTEGER NOT NULL, width INTEGER,"
+            " height INTEGER, error TEXT, processed_at REAL NOT NULL, node_id TEXT,"
+            " PRIMARY KEY (job_id, idx)) WITHOUT ROWID;"
+            "INSERT INTO jobs VALUES (1, NULL, 'ongoing', 3, 1.0, NULL, NULL);"
+            "INSERT INTO results VALUES (1, 0, 5, 5, NULL, 1.0, NULL), (1, 1, NULL, NULL, 'x', 1.0,"
+            " NULL);"
+        )
+    old.close()
+    detail = JobStore(path).job_detail(1)
+    assert detail is not None and (detail.done, detail.failed, detail.total) == (1, 1, 3)

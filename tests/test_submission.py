@@ -12,6 +12,7 @@ from core.submission import (
     is_http_url,
     is_iso8601,
     parse_submission,
+    submission_fingerprint,
 )
 
 LIMITS = SubmissionLimits(max_images=5, max_url_length=64)
@@ -89,3 +90,28 @@ def test_http_url_judgement(url: str, ok: bool) -> None:
 )
 def test_iso8601_judgement(text: str, ok: bool) -> None:
     assert is_iso8601(text) is ok
+
+
+def test_callback_url_is_optional_and_checked() -> None:
+    plain = parse_submission(encode(visit("S1", ["http://a.test/1.jpg"])), LIMITS)
+    assert plain.callback_url is None
+    body = json.loads(encode(visit("S1", ["http://a.test/1.jpg"])))
+    with_callback = parse_submission(
+        json.dumps({**body, "callback_url": "https://hooks.test/done"}).encode(), LIMITS
+    )
+    assert with_callback.callback_url == "https://hooks.test/done"
+    for bad in ("ftp://hooks.test/x", 5, "https://hooks.test/" + "x" * 64):
+        with pytest.raises(InvalidSubmission, match=r"^callback_url "):
+            parse_submission(json.dumps({**body, "callback_url": bad}).encode(), LIMITS)
+
+
+def test_fingerprint_ignores_json_layout_but_not_content() -> None:
+    first = parse_submission(encode(visit("S1", ["http://a.test/1.jpg"])), LIMITS)
+    reordered = parse_submission(
+        b'{"visits": [{"visit_time": "2025-03-11", "image_url": ["http://a.test/1.jpg"],'
+        b' "store_id": "S1"}], "count": 1}',
+        LIMITS,
+    )
+    other = parse_submission(encode(visit("S2", ["http://a.test/1.jpg"])), LIMITS)
+    assert submission_fingerprint(first) == submission_fingerprint(reordered)
+    assert submission_fingerprint(first) != submission_fingerprint(other)

@@ -1,0 +1,67 @@
+"""The completion callback: one POST of the job's final status to the client's `callback_url`,
+retried with backoff where a retry can help. Its result is only logged: a callback that cannot
+be delivered never changes the job."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from core.fetch import backoff_delay
+from core.urlguard import AddressPolicy, BlockedAddressError
+
+RETRYABLE_CODES = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True)
+class CallbackLimits:
+    attempts: int = 5
+    backoff: float = 1.0  # seconds before the second attempt; doubles after each
+    timeout: float = 10.0
+
+
+class CallbackSender:
+    """One per process; create and use it inside one event loop. Callback URLs go through the
+    same address guard as image URLs: a job cannot make the service call its own network."""
+
+    def __init__(self, limits: CallbackLimits, policy: AddressPolicy) -> None:
+        self._limits = limits
+        connector = aiohttp.TCPConnector(
+            limit=32, socket_factory=policy.socket_factory if policy.guards else None
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=limits.timeout),
+            headers={"User-Agent": "image-job-service callback"},
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def deliver(self, url: str, body: dict[str, Any]) -> tuple[int, str | None]:
+        """POST `body` as JSON until a 2xx answer. Returns the attempts made and None when
+        delivered, else the last failure."""
+        failure: str | None = None
+        attempt = 0
+        while attempt < self._limits.attempts:
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt - 1, self._limits.backoff))
+            attempt += 1
+            try:
+                async with self._session.post(url, json=body, allow_redirects=False) as response:
+                    if 200 <= response.status < 300:
+                        return attempt, None
+                    failure = f"HTTP {response.status}"
+                    if response.status < 500 and response.status not in RETRYABLE_CODES:
+                        break  # the receiver refuses this request; asking again will not help
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, BlockedAddressError):
+                    return attempt, f"refused: {exc.os_error}"
+                failure = f"connection failed: {exc.os_error.strerror or exc}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return attempt, failure

@@ -1,0 +1,62 @@
+"""The completion callback sender against the loopback server, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from core.callback import CallbackLimits, CallbackSender
+from core.urlguard import AddressPolicy
+from tests.imageserver import ImageServer
+
+FAST = CallbackLimits(attempts=3, backoff=0.01, timeout=5)
+BODY = {"status": "completed", "job_id": 7}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ImageServer]:
+    running = ImageServer().start()
+    yield running
+    running.stop()
+
+
+def deliver(url: str, policy: AddressPolicy) -> tuple[int, str | None]:
+    async def run() -> tuple[int, str | None]:
+        sender = CallbackSender(FAST, policy)
+        try:
+            return await sender.deliver(url, BODY)
+        finally:
+            await sender.close()
+
+    return asyncio.run(run())
+
+
+LOOPBACK_ALLOWED = AddressPolicy.from_entries(allow_private=True, entries=())
+
+
+def test_delivered_after_retryable_failures(server: ImageServer) -> None:
+    key = uuid.uuid4().hex
+    assert deliver(server.url(f"callback/2/{key}"), LOOPBACK_ALLOWED) == (3, None)
+    assert server.callbacks[key] == [BODY]
+
+
+def test_gives_up_after_the_last_attempt(server: ImageServer) -> None:
+    key = uuid.uuid4().hex
+    assert deliver(server.url(f"callback/5/{key}"), LOOPBACK_ALLOWED) == (3, "HTTP 503")
+    assert key not in server.callbacks
+
+
+def test_a_refusing_receiver_is_asked_once(server: ImageServer) -> None:
+    assert deliver(server.url("no/such/hook"), LOOPBACK_ALLOWED) == (1, "HTTP 404")
+    assert server.hits["/no/such/hook"] == 1
+
+
+def test_callback_to_a_private_address_is_refused_without_traffic(server: ImageServer) -> None:
+    key = uuid.uuid4().hex
+    guarded = AddressPolicy.from_entries(allow_private=False, entries=())
+    attempts, failure = deliver(server.url(f"callback/0/{key}"), guarded)
+    assert attempts == 1 and failure == "refused: address 127.0.0.1 is not a public address"
+    assert server.hits[f"/callback/0/{key}"] == 0
