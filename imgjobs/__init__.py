@@ -1,0 +1,1 @@
+"""`imgjobs`: the command-line client of the image job service."""

@@ -1,0 +1,3 @@
+from imgjobs.cli import main
+
+raise SystemExit(main())

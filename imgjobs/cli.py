@@ -1,0 +1,279 @@
+"""`imgjobs`: submit jobs and follow them, read results, cancel, list recent jobs.
+
+Exit codes: 0 done (a waited-for job completed), 1 a waited-for job failed or was cancelled,
+2 a usage, connection or service error. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from imgjobs.api import ServiceClient, ServiceError, Unreachable
+from imgjobs.jobfile import JobFileError, load_job_file
+from imgjobs.progress import ProgressMeter
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
+FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+CSV_FIELDS = (
+    "store_id",
+    "visit_time",
+    "image_url",
+    "state",
+    "width",
+    "height",
+    "perimeter",
+    "error",
+    "processed_at",
+    "node_id",
+)
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    client = ServiceClient(args.url, args.api_key)
+    try:
+        return int(args.run(client, args))
+    except (ServiceError, Unreachable, JobFileError, UsageError, OSError) as exc:
+        print(f"imgjobs: {error_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nimgjobs: interrupted", file=sys.stderr)
+        return 130
+
+
+def error_line(exc: Exception) -> str:
+    if isinstance(exc, ServiceError):
+        return f"error: {exc} (HTTP {exc.status_code})"
+    return f"error: {exc}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgjobs",
+        description="Client of the image job service: submit store visits, follow jobs, "
+        "read results.",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("IMAGE_SERVICE_URL", DEFAULT_URL),
+        help="the service's base URL (default: $IMAGE_SERVICE_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("IMAGE_SERVICE_API_KEY"),
+        help="API key, where the service requires one (default: $IMAGE_SERVICE_API_KEY)",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser(
+        "submit",
+        help="submit a job file (the API's JSON, or CSV rows store_id,visit_time,image_url)",
+        description="Submit a job. FILE is the JSON body of POST /api/submit/, or a CSV of "
+        "store_id,visit_time,image_url rows (header optional), grouped into one visit per "
+        "store and visit time. Prints the job id.",
+    )
+    submit.add_argument("file", type=Path, help="job file (.json or .csv)")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job with a progress bar until it ends"
+    )
+    submit.add_argument("--callback-url", help="URL that receives one POST with the final status")
+    submit.add_argument(
+        "--idempotency-key",
+        help="reuse a key to make a repeated submit return the same job (default: a fresh one)",
+    )
+    submit.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between polls with --wait"
+    )
+    submit.set_defaults(run=run_submit)
+
+    status = commands.add_parser("status", help="show a job's status and progress")
+    status.add_argument("job_id", type=int)
+    status.set_defaults(run=run_status)
+
+    results = commands.add_parser(
+        "results", help="write every result row of a job (streams all pages)"
+    )
+    results.add_argument("job_id", type=int)
+    results.add_argument("--format", choices=("csv", "json"), default="csv")
+    results.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    results.set_defaults(run=run_results)
+
+    cancel = commands.add_parser("cancel", help="cancel a job: queued images are dropped")
+    cancel.add_argument("job_id", type=int)
+    cancel.set_defaults(run=run_cancel)
+
+    jobs = commands.add_parser("jobs", help="a table of recent jobs, newest first")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
+    jobs.set_defaults(run=run_jobs)
+    return parser
+
+
+def run_submit(client: ServiceClient, args: argparse.Namespace) -> int:
+    payload = load_job_file(args.file)
+    if args.callback_url:
+        payload["callback_url"] = args.callback_url
+    job_id = client.submit(payload, args.idempotency_key)
+    print(job_id)
+    if not args.wait:
+        return EXIT_OK
+    final = follow(client, job_id, args.interval, sys.stderr)
+    print(summary(final), file=sys.stderr)
+    return EXIT_OK if final["status"] == "completed" else EXIT_JOB_FAILED
+
+
+def follow(
+    client: ServiceClient,
+    job_id: int,
+    interval: float,
+    out: TextIO,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Poll the job until it ends, drawing its progress; returns its final detail."""
+    interactive = out.isatty()
+    meter: ProgressMeter | None = None
+    last_printed = ""
+    while True:
+        job = client.job(job_id)
+        meter = meter or ProgressMeter(job["total"])
+        settled = job["done"] + job["failed"]
+        meter.add(clock(), settled)
+        line = meter.line(job["status"], settled, job["failed"])
+        if interactive:
+            out.write("\r" + line)
+        elif line.split("  ")[0] != last_printed.split("  ")[0] or job["status"] in FINAL_STATES:
+            out.write(line + "\n")  # a log, not a terminal: a line per change
+        out.flush()
+        last_printed = line
+        if job["status"] in FINAL_STATES:
+            if interactive:
+                out.write("\n")
+            return job
+        time.sleep(interval)
+
+
+def summary(job: dict[str, Any]) -> str:
+    lines = [
+        f"job {job['job_id']} {job['status']}: {job['total']} images,"
+        f" {job['done']} done, {job['failed']} failed"
+    ]
+    lines += [f"  {e['store_id']}: {e['error']}" for e in job["errors"]]
+    return "\n".join(lines)
+
+
+def run_status(client: ServiceClient, args: argparse.Namespace) -> int:
+    job = client.job(args.job_id)
+    print(
+        f"job {job['job_id']}: {job['status']}  {job['done'] + job['failed']}/{job['total']}"
+        f" settled ({job['done']} done, {job['failed']} failed, {job['in_flight']} in flight,"
+        f" {job['queued']} queued)"
+    )
+    for name in ("created_at", "started_at", "finished_at", "cancelled_at"):
+        if job[name]:
+            print(f"  {name.removesuffix('_at'):<9} {job[name]}")
+    for error in job["errors"]:
+        print(f"  {error['store_id']}: {error['error']}")
+    return EXIT_OK
+
+
+def run_results(client: ServiceClient, args: argparse.Namespace) -> int:
+    client.job(args.job_id)  # an unknown job fails here, before any file is touched
+    rows = client.results(args.job_id)
+    write = write_csv if args.format == "csv" else write_json
+    with output(args.output) as out:
+        count = write(rows, out)
+    if args.output is not None:
+        print(f"{count} rows written to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+@contextmanager
+def output(path: Path | None) -> Any:
+    """stdout, or a file that appears whole or not at all (written aside, then renamed)."""
+    if path is None:
+        yield sys.stdout
+        return
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline="", encoding="utf-8"
+    ) as handle:
+        try:
+            yield handle
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, path)
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def write_json(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    """A JSON array, written row by row: a job of any size streams in constant memory."""
+    count = 0
+    out.write("[")
+    for row in rows:
+        out.write(("," if count else "") + "\n  " + json.dumps(row))
+        count += 1
+    out.write("\n]\n")
+    return count
+
+
+def run_cancel(client: ServiceClient, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job_id)
+    print(
+        f"job {job['job_id']} {job['status']}: {job['failed']} images dropped or failed,"
+        f" {job['in_flight']} in flight finishing"
+    )
+    return EXIT_OK
+
+
+def run_jobs(client: ServiceClient, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    page = client.jobs(args.limit)
+    header = ("JOB", "STATUS", "IMAGES", "DONE", "FAILED", "CREATED", "FINISHED")
+    rows = [
+        (
+            str(job["job_id"]),
+            job["status"],
+            str(job["total"]),
+            str(job["done"]),
+            str(job["failed"]),
+            short_time(job["created_at"]),
+            short_time(job["finished_at"]),
+        )
+        for job in page["jobs"]
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if page["total"] > len(rows):
+        print(f"({len(rows)} of {page['total']} jobs; --limit for more)")
+    return EXIT_OK
+
+
+def short_time(iso: str | None) -> str:
+    return "-" if iso is None else iso.replace("T", " ")[:19]
