@@ -15,7 +15,13 @@ from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.timeout(300)
 
-KEYS = {"a": "key-alpha-0123456789", "b": "key-bravo-0123456789", "c": "key-charlie-0123456789"}
+KEYS = {
+    "a": "key-alpha-0123456789",
+    "b": "key-bravo-0123456789",
+    "c": "key-charlie-0123456789",
+    "d": "key-delta-0123456789",
+    "e": "key-echo-0123456789",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +54,9 @@ def test_every_api_call_needs_a_valid_key(secure_service: ServiceProcess) -> Non
         ("post", "/api/submit/"),
         ("get", "/api/status?jobid=1"),
         ("get", "/api/results?jobid=1"),
+        ("get", "/api/jobs"),
+        ("get", "/api/jobs/1"),
+        ("post", "/api/jobs/1/cancel"),
     ]
     for method, path in calls:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEYS["a"]}):
@@ -127,3 +136,29 @@ def test_logs_hold_no_key_and_no_query_string(secure_service: ServiceProcess) ->
     assert logs, "the service wrote no log at all"
     assert not any(key in logs for key in KEYS.values())
     assert "ssrf-v4" not in logs
+
+
+def test_job_control_is_per_client_too(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    delta, echo = as_client(secure_service, "d"), as_client(secure_service, "e")
+    url = f"http://localhost:{image_server.port}/x"
+    job_id = delta.submit_ok(job(("NOT-IN-MASTER", [url])))
+    base = secure_service.url
+    assert delta.session.get(f"{base}/api/jobs/{job_id}", timeout=30).status_code == 200
+    for response in (
+        echo.session.get(f"{base}/api/jobs/{job_id}", timeout=30),
+        echo.session.post(f"{base}/api/jobs/{job_id}/cancel", timeout=30),
+    ):
+        assert (response.status_code, response.json()) == (404, {"error": f"no job {job_id}"})
+    listed = echo.session.get(f"{base}/api/jobs", params={"limit": 1000}, timeout=30).json()
+    assert job_id not in [j["job_id"] for j in listed["jobs"]]
+    mine = delta.session.get(f"{base}/api/jobs", timeout=30).json()
+    assert [j["job_id"] for j in mine["jobs"]] == [job_id] and mine["total"] == 1
+    # One client's Idempotency-Key never finds another client's job.
+    body = job(("NOT-IN-MASTER", [url]))
+    headers = {"Idempotency-Key": "shared-key"}
+    first = delta.session.post(f"{base}/api/submit/", json=body, headers=headers, timeout=30)
+    second = echo.session.post(f"{base}/api/submit/", json=body, headers=headers, timeout=30)
+    assert first.status_code == second.status_code == 201
+    assert first.json() != second.json()
