@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench soak clean
+.PHONY: install run test lint format bench soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: install
 
 soak: install
 	$(BIN)/python -m bench.soak
+
+# Needs Debian's chromium package (apt-get install chromium).
+screenshot: install
+	$(BIN)/python -m scripts.dashboard_screenshot
 
 clean:
 	rm -rf $(VENV) build *.egg-info
