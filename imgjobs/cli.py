@@ -49,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     client = ServiceClient(args.url, args.api_key)
     try:
         return int(args.run(client, args))
-    except (ServiceError, Unreachable, JobFileError, UsageError, OSError) as exc:
+    except (ServiceError, Unreachable, JobFileError, UsageError) as exc:
+        print(f"imgjobs: {error_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`imgjobs results 1 | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except OSError as exc:  # the job file or the output file
         print(f"imgjobs: {error_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -155,7 +162,7 @@ def follow(
         meter.add(clock(), settled)
         line = meter.line(job["status"], settled, job["failed"])
         if interactive:
-            out.write("\r" + line)
+            out.write("\r" + line.ljust(len(last_printed)))
         elif line.split("  ")[0] != last_printed.split("  ")[0] or job["status"] in FINAL_STATES:
             out.write(line + "\n")  # a log, not a terminal: a line per change
         out.flush()
@@ -269,7 +276,8 @@ def run_jobs(client: ServiceClient, args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
     if page["total"] > len(rows):
         print(f"({len(rows)} of {page['total']} jobs; --limit for more)")
     return EXIT_OK
