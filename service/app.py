@@ -82,7 +82,8 @@ class Unauthorized(Exception):
     pass
 
 
-def unauthorized() -> JSONResponse:
+@api.exception_handler(Unauthorized)
+async def unauthorized(_request: Request, _exc: Unauthorized) -> JSONResponse:
     return JSONResponse(
         {"error": "missing or invalid API key"},
         status_code=401,
@@ -189,10 +190,7 @@ class ImageServiceAPI:
         Optional: a `callback_url` field receives one POST with the final status (the body
         `/api/status` gives). An `Idempotency-Key` header makes a retry answer the same job id;
         the same key with a different body is a 409."""
-        try:
-            client = self._client(request)
-        except Unauthorized:
-            return unauthorized()
+        client = self._client(request)
         caller = client or (request.client.host if request.client else "unknown")
         wait = self._submit_limiter.retry_after(caller, time.monotonic())
         if wait is not None:
@@ -256,10 +254,7 @@ class ImageServiceAPI:
     @api.get("/api/status", response_model=StatusBody, responses={400: {"model": dict}})
     async def status(self, request: Request, jobid: str | None = None) -> JSONResponse:
         """The job's status: ongoing, completed, or failed with the failing store ids."""
-        try:
-            client = self._client(request)
-        except Unauthorized:
-            return unauthorized()
+        client = self._client(request)
         job_id = parse_job_id(jobid)
         if job_id is None:
             return UNKNOWN_JOB
@@ -279,10 +274,7 @@ class ImageServiceAPI:
         limit: str | None = None,
     ) -> JSONResponse:
         """Per-image results in a stable order (visit order, then URL order), one page at a time."""
-        try:
-            client = self._client(request)
-        except Unauthorized:
-            return unauthorized()
+        client = self._client(request)
         job_id = parse_job_id(jobid)
         if job_id is None:
             return UNKNOWN_JOB
@@ -305,12 +297,10 @@ class ImageServiceAPI:
         self, request: Request, offset: str | None = None, limit: str | None = None
     ) -> JSONResponse:
         """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
+        client = self._client(request)
         try:
-            client = self._client(request)
             start = parse_non_negative(offset, "offset", 0, None)
             size = parse_non_negative(limit, "limit", DEFAULT_JOBS_PAGE, 1000)
-        except Unauthorized:
-            return unauthorized()
         except InvalidSubmission as exc:
             return error(400, str(exc))
         total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
@@ -323,10 +313,7 @@ class ImageServiceAPI:
     )
     async def job_detail(self, request: Request, job_id: str) -> JSONResponse:
         """A job's lifecycle, progress counts, times and per-store errors."""
-        try:
-            client = self._client(request)
-        except Unauthorized:
-            return unauthorized()
+        client = self._client(request)
         number = parse_job_id(job_id)
         detail = None
         if number is not None:
@@ -345,10 +332,7 @@ class ImageServiceAPI:
         """Cancel a job: its queued images are dropped (they settle as cancelled), the ones in
         flight finish, then the job ends; `/api/status` reports it `failed` with a cancel entry
         per store left unfinished. Cancelling again is harmless; an ended job is a 409."""
-        try:
-            client = self._client(request)
-        except Unauthorized:
-            return unauthorized()
+        client = self._client(request)
         number = parse_job_id(job_id)
         if number is None:
             return error(404, f"no job {job_id}")
