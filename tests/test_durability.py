@@ -225,3 +225,32 @@ def test_whole_service_killed_then_restarted_resumes_everything(
         assert comparable(client.all_results(stopped), "stop") == baseline
     finally:
         third.stop()
+
+
+def test_tracker_killed_while_cancelling_still_ends_the_job_and_calls_back(
+    slow_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = Client(slow_service.url)
+    key = f"restart-{time.monotonic_ns()}"
+    payload = {
+        **crash_job(image_server, "cxl"),
+        "callback_url": image_server.url(f"callback/0/{key}"),
+    }
+    job_id = client.submit_ok(payload)
+    wait_until_some_done(client, job_id, at_least=20)
+    tracker_pid = slow_service.probe("tracker")["pid"]
+    cancelled = client.session.post(f"{client.base_url}/api/jobs/{job_id}/cancel", timeout=60)
+    assert cancelled.status_code == 202
+    os.kill(tracker_pid, signal.SIGKILL)  # images may still be in flight: nothing waits for them
+
+    final = client.wait(job_id, timeout=180)
+    assert final["status"] == "failed"
+    assert any("cancelled" in entry["error"] for entry in final["error"])
+    rows = client.all_results(job_id)
+    assert all(row["state"] != "pending" for row in rows)
+    deadline = time.monotonic() + 60
+    while key not in image_server.callbacks and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert image_server.callbacks[key][0] == final
+    detail = client.session.get(f"{client.base_url}/api/jobs/{job_id}", timeout=30).json()
+    assert detail["status"] == "cancelled" and detail["done"] + detail["failed"] == detail["total"]
