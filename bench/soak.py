@@ -1,6 +1,8 @@
 """`make soak`: 32 clients on loopback submit small jobs and poll them for 60 s while a
-20,000-image job runs. Passes when no answer was a 5xx, every job reached a final status and
-every job holds exactly one result per image. Bounded in time; stops by itself."""
+20,000-image job runs; some submit twice with one Idempotency-Key, some cancel their job at
+once. Passes when no answer was a 5xx, a repeated key always gave the same job, every job
+reached a final status and holds exactly one result per image, and its progress counts add up.
+Bounded in time; stops by itself."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from tests.service_process import ServiceProcess, free_port
 CLIENTS = 32
 SECONDS = 60
 FINAL_WAIT_SECONDS = 300
+REPEAT_SHARE = 0.2  # submissions sent twice with one Idempotency-Key
+CANCEL_SHARE = 0.1  # jobs cancelled right after they are submitted
 
 
 class Tally:
@@ -28,6 +33,7 @@ class Tally:
         self.lock = threading.Lock()
         self.codes: Counter[int] = Counter()
         self.jobs: dict[int, int] = {}  # job id -> images submitted
+        self.problems: list[str] = []
 
     def answer(self, response: requests.Response) -> requests.Response:
         with self.lock:
@@ -54,17 +60,32 @@ def client_loop(seed: int, url: str, image_port: int, tally: Tally, deadline: fl
     session = requests.Session()
     while time.monotonic() < deadline:
         payload = small_job(rng, image_port)
-        response = tally.answer(session.post(f"{url}/api/submit/", json=payload, timeout=60))
+        repeat = rng.random() < REPEAT_SHARE
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if repeat else {}
+        submit = f"{url}/api/submit/"
+        response = tally.answer(session.post(submit, json=payload, headers=headers, timeout=60))
         if response.status_code != 201:
             continue
         job_id = response.json()["job_id"]
         with tally.lock:
             tally.jobs[job_id] = sum(len(v["image_url"]) for v in payload["visits"])
+        if repeat:
+            again = tally.answer(session.post(submit, json=payload, headers=headers, timeout=60))
+            if again.status_code != 201 or again.json()["job_id"] != job_id:
+                with tally.lock:
+                    tally.problems.append(f"job {job_id}: key repeated, got {again.text}")
+        if rng.random() < CANCEL_SHARE:
+            tally.answer(session.post(f"{url}/api/jobs/{job_id}/cancel", timeout=60))
         while time.monotonic() < deadline:
-            status = tally.answer(
-                session.get(f"{url}/api/status", params={"jobid": job_id}, timeout=60)
-            )
-            if status.status_code == 200 and status.json()["status"] != "ongoing":
+            if rng.random() < 0.5:
+                status = session.get(f"{url}/api/status", params={"jobid": job_id}, timeout=60)
+            else:
+                status = session.get(f"{url}/api/jobs/{job_id}", timeout=60)
+            tally.answer(status)
+            if status.status_code == 200 and status.json()["status"] not in (
+                "ongoing",
+                "cancelling",
+            ):
                 break
             time.sleep(0.2)
 
@@ -96,6 +117,10 @@ def check_jobs(url: str, jobs: dict[int, int], tally: Tally) -> list[str]:
             problems.append(
                 f"job {job_id}: {len(settled)} settled of {len(rows)} rows, {images} sent"
             )
+        detail = tally.answer(requests.get(f"{url}/api/jobs/{job_id}")).json()
+        counted = (detail["total"], detail["done"] + detail["failed"], detail["in_flight"])
+        if counted != (images, images, 0):
+            problems.append(f"job {job_id}: progress (total, settled, in flight) = {counted}")
     return problems
 
 
@@ -131,7 +156,7 @@ def main() -> None:
                 thread.start()
             for thread in threads:
                 thread.join()
-            problems = check_jobs(service.url, dict(tally.jobs), tally)
+            problems = tally.problems + check_jobs(service.url, dict(tally.jobs), tally)
         finally:
             service.stop()
     errors = sum(n for code, n in tally.codes.items() if code >= 500)

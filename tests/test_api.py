@@ -296,7 +296,17 @@ def test_small_job_is_not_stuck_behind_a_big_one(client: Client, image_server: I
 def test_healthz_and_docs(client: Client) -> None:
     assert requests.get(f"{client.base_url}/healthz", timeout=30).json() == {"status": "ok"}
     spec = requests.get(f"{client.base_url}/openapi.json", timeout=30).json()
-    assert {"/api/submit/", "/api/status", "/api/results", "/healthz"} <= set(spec["paths"])
+    assert {
+        "/api/submit/",
+        "/api/status",
+        "/api/results",
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/cancel",
+        "/healthz",
+    } <= set(spec["paths"])
+    cancel = spec["paths"]["/api/jobs/{job_id}/cancel"]["post"]["responses"]
+    assert {"202", "404", "409"} <= set(cancel)
     assert requests.get(f"{client.base_url}/docs", timeout=30).status_code == 200
 
 
