@@ -4,7 +4,11 @@ server; its address 127.0.0.1 stays refused)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -162,3 +166,23 @@ def test_job_control_is_per_client_too(
     second = echo.session.post(f"{base}/api/submit/", json=body, headers=headers, timeout=30)
     assert first.status_code == second.status_code == 201
     assert first.json() != second.json()
+
+
+def test_cli_sends_its_api_key(secure_service: ServiceProcess) -> None:
+    imgjobs = str(Path(sys.executable).with_name("imgjobs"))
+    environment = {**os.environ, "IMAGE_SERVICE_URL": secure_service.url}
+    environment.pop("IMAGE_SERVICE_API_KEY", None)
+    refused = subprocess.run(
+        [imgjobs, "jobs"], capture_output=True, text=True, timeout=60, env=environment
+    )
+    assert refused.returncode == 2
+    assert refused.stderr == "imgjobs: error: missing or invalid API key (HTTP 401)\n"
+    allowed = subprocess.run(
+        [imgjobs, "--api-key", KEYS["d"], "jobs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.startswith("JOB  STATUS")
