@@ -157,6 +157,11 @@ class JobTracker:
         """Record the job and start it; a known `submission_key` returns its job instead
         (`IdempotencyConflict` if `request_hash` differs from the one it was recorded with)."""
         await self._recovered
+        # A repeated submission answers with its job even when the client is at its limit.
+        known = await self._in_db_thread(self._store.job_for_key, submission_key, request_hash)
+        if known is not None:
+            log.info("submission repeated: answered with its job", extra={"job_id": known})
+            return int(known)
         if client_id is not None:
             open_jobs = sum(1 for job in self._jobs.values() if job.client_id == client_id)
             if open_jobs >= self._settings.max_open_jobs_per_client:

@@ -167,18 +167,9 @@ class JobStore:
         now = time.time()
         try:
             with self._transaction():
-                if submission_key is not None:
-                    row = self._db.execute(
-                        "SELECT id, request_hash FROM jobs WHERE submission_key = ?",
-                        (submission_key,),
-                    ).fetchone()
-                    if row is not None:
-                        if request_hash is not None and row[1] != request_hash:
-                            raise IdempotencyConflict(
-                                f"this Idempotency-Key was used for job {row[0]} with a"
-                                " different body"
-                            )
-                        return int(row[0]), False
+                known = self.job_for_key(submission_key, request_hash)
+                if known is not None:
+                    return known, False
                 cursor = self._db.execute(
                     "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
                     " created_at, client_id, callback_url) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -210,6 +201,22 @@ class JobStore:
         except sqlite3.Error as exc:
             raise StorageError(f"could not record the job: {exc}") from exc
         return job_id, True
+
+    def job_for_key(self, submission_key: str | None, request_hash: str | None) -> int | None:
+        """The job recorded under this key, if any; `IdempotencyConflict` when `request_hash`
+        is given and differs from the one recorded with it."""
+        if submission_key is None:
+            return None
+        row = self._db.execute(
+            "SELECT id, request_hash FROM jobs WHERE submission_key = ?", (submission_key,)
+        ).fetchone()
+        if row is None:
+            return None
+        if request_hash is not None and row[1] != request_hash:
+            raise IdempotencyConflict(
+                f"this Idempotency-Key was used for job {row[0]} with a different body"
+            )
+        return int(row[0])
 
     def save_outcomes(
         self,

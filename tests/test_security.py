@@ -25,6 +25,7 @@ KEYS = {
     "c": "key-charlie-0123456789",
     "d": "key-delta-0123456789",
     "e": "key-echo-0123456789",
+    "f": "key-foxtrot-0123456789",
 }
 
 
@@ -186,3 +187,19 @@ def test_cli_sends_its_api_key(secure_service: ServiceProcess) -> None:
     )
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.startswith("JOB  STATUS")
+
+
+def test_a_repeated_key_answers_even_at_the_open_jobs_limit(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    foxtrot = as_client(secure_service, "f")
+    slow = job(("RP00001", [f"http://localhost:{image_server.port}/silent/f.png"]))
+    submit = f"{secure_service.url}/api/submit/"
+    first, second = (
+        foxtrot.session.post(submit, json=slow, headers={"Idempotency-Key": key}, timeout=30)
+        for key in ("f-1", "f-2")
+    )
+    assert first.status_code == second.status_code == 201
+    replay = foxtrot.session.post(submit, json=slow, headers={"Idempotency-Key": "f-1"}, timeout=30)
+    assert (replay.status_code, replay.json()) == (201, first.json())
+    assert foxtrot.status(first.json()["job_id"]).json()["status"] == "ongoing"
