@@ -25,6 +25,7 @@ from imgjobs.progress import ProgressMeter
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+LOG_EVERY_SECONDS = 5.0
 CSV_FIELDS = (
     "store_id",
     "visit_time",
@@ -136,10 +137,18 @@ def run_submit(client: ServiceClient, args: argparse.Namespace) -> int:
     if args.callback_url:
         payload["callback_url"] = args.callback_url
     job_id = client.submit(payload, args.idempotency_key)
-    print(job_id)
+    print(job_id, flush=True)
     if not args.wait:
         return EXIT_OK
-    final = follow(client, job_id, args.interval, sys.stderr)
+    try:
+        final = follow(client, job_id, args.interval, sys.stderr)
+    except KeyboardInterrupt:
+        print(
+            f"\nimgjobs: stopped following job {job_id}; it goes on"
+            f" (imgjobs status {job_id}, imgjobs cancel {job_id})",
+            file=sys.stderr,
+        )
+        return 130
     print(summary(final), file=sys.stderr)
     return EXIT_OK if final["status"] == "completed" else EXIT_JOB_FAILED
 
@@ -151,25 +160,27 @@ def follow(
     out: TextIO,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll the job until it ends, drawing its progress; returns its final detail."""
+    """Poll the job until it ends, drawing its progress; returns its final detail. On a
+    terminal the line is redrawn in place; into a log, a line at most every few seconds."""
     interactive = out.isatty()
     meter: ProgressMeter | None = None
-    last_printed = ""
+    last_line, last_logged = "", -LOG_EVERY_SECONDS
     while True:
         job = client.job(job_id)
+        now = clock()
         meter = meter or ProgressMeter(job["total"])
         settled = job["done"] + job["failed"]
-        meter.add(clock(), settled)
+        meter.add(now, settled)
         line = meter.line(job["status"], settled, job["failed"])
+        final = job["status"] in FINAL_STATES
         if interactive:
-            out.write("\r" + line.ljust(len(last_printed)))
-        elif line.split("  ")[0] != last_printed.split("  ")[0] or job["status"] in FINAL_STATES:
-            out.write(line + "\n")  # a log, not a terminal: a line per change
+            out.write("\r" + line.ljust(len(last_line)) + ("\n" if final else ""))
+        elif final or now - last_logged >= LOG_EVERY_SECONDS:
+            out.write(line + "\n")
+            last_logged = now
         out.flush()
-        last_printed = line
-        if job["status"] in FINAL_STATES:
-            if interactive:
-                out.write("\n")
+        last_line = line
+        if final:
             return job
         time.sleep(interval)
 

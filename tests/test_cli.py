@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imgjobs.cli import follow
 from imgjobs.jobfile import JobFileError, visits_from_csv
 from imgjobs.progress import ProgressMeter, format_duration
 from tests.conftest import Client, job
@@ -228,3 +230,28 @@ def test_unreachable_service_and_bad_usage_exit_2(tmp_path: Path) -> None:
     for command in ("submit", "status", "results", "cancel", "jobs"):
         helped = subprocess.run([IMGJOBS, command, "--help"], capture_output=True, text=True)
         assert helped.returncode == 0 and helped.stdout.startswith(f"usage: imgjobs {command}")
+
+
+class ScriptedJob:
+    """Stands in for the service in a pure test of `follow`: answers a fixed series of details."""
+
+    def __init__(self, settled_counts: list[int]) -> None:
+        self._answers = iter(settled_counts)
+
+    def job(self, job_id: int) -> dict[str, object]:
+        settled = next(self._answers)
+        status = "completed" if settled == 100 else "ongoing"
+        return {"job_id": job_id, "status": status, "total": 100, "done": settled, "failed": 0}
+
+
+def test_follow_into_a_log_writes_a_line_every_few_seconds_and_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
+    ticks = iter(range(0, 100, 1))  # one second per poll
+    out = io.StringIO()
+    final = follow(ScriptedJob([*range(0, 100, 10), 100]), 1, 1.0, out, lambda: next(ticks))  # type: ignore[arg-type]
+    lines = out.getvalue().splitlines()
+    assert final["status"] == "completed"
+    assert [line.split("]")[1].split()[0] for line in lines] == ["0/100", "50/100", "100/100"]
+    assert lines[-1].endswith("completed") and "10.0 img/s" in lines[-1]
