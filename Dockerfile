@@ -7,6 +7,7 @@ COPY pyproject.toml README.md Makefile ./
 COPY core ./core
 COPY actors ./actors
 COPY service ./service
+COPY imgjobs ./imgjobs
 COPY data/store_master.csv ./data/store_master.csv
 COPY serve_config.yaml ./
 
@@ -19,7 +20,7 @@ ENV PATH="/app/.venv/bin:$PATH" \
     IMAGE_SERVICE_HOST=0.0.0.0 \
     IMAGE_SERVICE_DATA_DIR=/data
 VOLUME /data
-EXPOSE 8000 8265 6379
+EXPOSE 8000 8265 6379 8080
 
 # A single-node service, as `make run`. For a cluster, run `ray start` (head or worker) instead.
 CMD ["python", "-m", "service.launcher"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -24,3 +26,10 @@ def test_serve_config_import_path_builds_the_app() -> None:
     assert application["import_path"] == "service.app:build_app"
     assert build_app({}) is not None
     assert application["deployments"][0]["name"] == "ImageServiceAPI"
+
+
+def test_dockerfile_copies_every_package_the_install_needs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["setuptools"]["packages"]
+    copied = re.findall(r"^COPY (\S+) \./\1$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert set(packages) <= set(copied), set(packages) - set(copied)
