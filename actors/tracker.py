@@ -158,10 +158,10 @@ class JobTracker:
         (`IdempotencyConflict` if `request_hash` differs from the one it was recorded with)."""
         await self._recovered
         # A repeated submission answers with its job even when the client is at its limit.
-        known = await self._in_db_thread(self._store.job_for_key, submission_key, request_hash)
-        if known is not None:
-            log.info("submission repeated: answered with its job", extra={"job_id": known})
-            return int(known)
+        repeated = await self._in_db_thread(self._store.job_for_key, submission_key, request_hash)
+        if repeated is not None:
+            log.info("submission repeated: answered with its job", extra={"job_id": repeated})
+            return int(repeated)
         if client_id is not None:
             open_jobs = sum(1 for job in self._jobs.values() if job.client_id == client_id)
             if open_jobs >= self._settings.max_open_jobs_per_client:
@@ -280,18 +280,21 @@ class JobTracker:
         job.cancelled = True
         self._queue.drop_job(job.job_id)
         in_flight = self._pool.in_flight_of(job.job_id)
-        now = time.time()
-        self._cancelled.append((job.job_id, now))
+        self._cancelled.append((job.job_id, time.time()))
         queued = [index for index in job.unsettled_indexes() if index not in in_flight]
-        for index in queued:
-            self._record(cancelled_outcome(job.job_id, index, now))
-        self._image_metrics.failed_at_once(FailureReason.CANCELLED, len(queued))
+        self._settle_cancelled(job, queued)
         log.info(
             "job cancelled: %d queued images dropped, %d in flight settling",
             len(queued),
             len(in_flight),
             extra={"job_id": job.job_id, "state": "cancelling"},
         )
+
+    def _settle_cancelled(self, job: ActiveJob, indexes: list[int]) -> None:
+        now = time.time()
+        for index in indexes:
+            self._record(cancelled_outcome(job.job_id, index, now))
+        self._image_metrics.failed_at_once(FailureReason.CANCELLED, len(indexes))
 
     def _with_live_progress(self, detail: JobDetail) -> JobDetail:
         """Counts from disk plus what settled since the last flush, and the images in flight."""
@@ -311,14 +314,12 @@ class JobTracker:
         if job.cancelled:
             # Recovered while cancelling: its images in flight went down with the old tracker,
             # so nothing is left to wait for.
-            now = time.time()
-            for index in job.unsettled_indexes():
-                self._record(cancelled_outcome(job.job_id, index, now))
+            self._settle_cancelled(job, job.unsettled_indexes())
         if job.unsettled == 0:
             if job.job_id not in self._fully_settled:
                 self._fully_settled.append(job.job_id)
             return
-        self._queue.add(job.job_id, (i for i, flag in enumerate(job.settled) if not flag))
+        self._queue.add(job.job_id, job.unsettled_indexes())
         self._wake.set()
 
     async def _recover(self) -> None:
@@ -383,13 +384,12 @@ class JobTracker:
         self._worker_lost(worker)
 
     def _worker_lost(self, worker: WorkerSlot) -> None:
-        now = time.time()
         for job_id, index in self._pool.lost(worker):
             job = self._jobs.get(job_id)
             if job is None or job.settled[index]:
                 continue
             if job.cancelled:
-                self._record(cancelled_outcome(job_id, index, now))
+                self._settle_cancelled(job, [index])
             else:
                 self._queue.requeue(job_id, index)
         self._wake.set()

@@ -328,18 +328,18 @@ class JobStore:
         """Finished jobs whose callback is neither delivered nor given up on; all of them when
         `job_ids` is None (after a restart)."""
         query = (
-            "SELECT id, callback_url FROM jobs WHERE callback_url IS NOT NULL"
+            "SELECT id, callback_url, status, errors FROM jobs WHERE callback_url IS NOT NULL"
             " AND callback_done_at IS NULL AND status != ?"
         )
-        rows = self._db.execute(query, (JobStatus.ONGOING.value,)).fetchall()
-        wanted = None if job_ids is None else set(job_ids)
-        due = []
-        for job_id, url in rows:
-            if wanted is None or job_id in wanted:
-                view = self.job_view(job_id)
-                if view is not None:
-                    due.append(DueCallback(job_id, url, view))
-        return due
+        args: tuple[Any, ...] = (JobStatus.ONGOING.value,)
+        if job_ids is not None:
+            wanted = tuple(job_ids)
+            query += f" AND id IN ({', '.join('?' * len(wanted))})"
+            args += wanted
+        return [
+            DueCallback(job_id, url, JobView(job_id, JobStatus(status), store_errors(errors)))
+            for job_id, url, status, errors in self._db.execute(query, args)
+        ]
 
     def mark_callback_done(self, job_id: int, when: float) -> None:
         try:
@@ -438,8 +438,7 @@ def read_job_view(
     ).fetchone()
     if row is None or (client_id is not None and row[2] != client_id):
         return None
-    errors = tuple(StoreError(**entry) for entry in json.loads(row[1] or "[]"))
-    return JobView(job_id=job_id, status=JobStatus(row[0]), errors=errors)
+    return JobView(job_id=job_id, status=JobStatus(row[0]), errors=store_errors(row[1]))
 
 
 def read_job_detail(
@@ -458,7 +457,6 @@ def _job_detail(row: Sequence[Any]) -> JobDetail:
         :10
     ]
     state = _job_state(status, cancelled is not None)
-    shown_errors = () if status == JobStatus.ONGOING.value else json.loads(errors or "[]")
     return JobDetail(
         job_id=job_id,
         state=state,
@@ -469,8 +467,13 @@ def _job_detail(row: Sequence[Any]) -> JobDetail:
         started_at=started,
         finished_at=finished,
         cancelled_at=cancelled,
-        errors=tuple(StoreError(**entry) for entry in shown_errors),
+        errors=() if status == JobStatus.ONGOING.value else store_errors(errors),
     )
+
+
+def store_errors(errors_json: str | None) -> tuple[StoreError, ...]:
+    """The `errors` column: per-store entries, as saved when the job ended or was cancelled."""
+    return tuple(StoreError(**entry) for entry in json.loads(errors_json or "[]"))
 
 
 def _job_state(status: str, cancelled: bool) -> JobState:

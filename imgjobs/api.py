@@ -58,10 +58,6 @@ class ServiceClient:
                 time.sleep(attempt)
         raise AssertionError("unreachable")
 
-    def status(self, job_id: int) -> dict[str, Any]:
-        """The spec's status body; an unknown job is a ServiceError (400 with an empty body)."""
-        return self._call("GET", "/api/status", params={"jobid": job_id})
-
     def job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/api/jobs/{job_id}")
 
@@ -95,7 +91,7 @@ class ServiceClient:
             body = None
         if response.status_code >= 400:
             message = body.get("error") if isinstance(body, dict) else None
-            if not message and path in ("/api/status", "/api/results"):
+            if not message and path == "/api/results":
                 message = "no such job"  # the spec's answer for it is a bare 400 {}
             raise ServiceError(response.status_code, message or f"HTTP {response.status_code}")
         if not isinstance(body, dict):
