@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from imgjobs.api import ServiceClient, ServiceError, Unreachable
+from imgjobs.api import Patience, ServiceClient, ServiceError, Unreachable, describe, patiently
 from imgjobs.jobfile import JobFileError, load_job_file
 from imgjobs.progress import ProgressMeter
 
@@ -26,6 +27,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 LOG_EVERY_SECONDS = 5.0
+DEFAULT_PATIENCE = Patience()
 CSV_FIELDS = (
     "store_id",
     "visit_time",
@@ -66,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def error_line(exc: Exception) -> str:
-    if isinstance(exc, ServiceError):
-        return f"error: {exc} (HTTP {exc.status_code})"
+    if isinstance(exc, ServiceError | Unreachable):
+        return f"error: {describe(exc)}"
     return f"error: {exc}"
 
 
@@ -108,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--interval", type=float, default=0.5, help="seconds between polls with --wait"
     )
+    submit.add_argument(
+        "--give-up-after",
+        type=float,
+        default=Patience.give_up_after,
+        metavar="SECONDS",
+        help="with --wait, how long the service may stay unreachable (connection errors,"
+        " timeouts, 502/503/504) before imgjobs gives up; polls are retried meanwhile"
+        " (default %(default)g)",
+    )
     submit.set_defaults(run=run_submit)
 
     status = commands.add_parser("status", help="show a job's status and progress")
@@ -141,7 +152,8 @@ def run_submit(client: ServiceClient, args: argparse.Namespace) -> int:
     if not args.wait:
         return EXIT_OK
     try:
-        final = follow(client, job_id, args.interval, sys.stderr)
+        patience = Patience(give_up_after=args.give_up_after)
+        final = follow(client, job_id, args.interval, sys.stderr, patience=patience)
     except KeyboardInterrupt:
         print(
             f"\nimgjobs: stopped following job {job_id}; it goes on"
@@ -159,14 +171,16 @@ def follow(
     interval: float,
     out: TextIO,
     clock: Callable[[], float] = time.monotonic,
+    patience: Patience = DEFAULT_PATIENCE,
 ) -> dict[str, Any]:
     """Poll the job until it ends, drawing its progress; returns its final detail. On a
-    terminal the line is redrawn in place; into a log, a line at most every few seconds."""
+    terminal the line is redrawn in place; into a log, a line at most every few seconds.
+    A poll that meets transient trouble is retried, within `patience`."""
     interactive = out.isatty()
     meter: ProgressMeter | None = None
     last_line, last_logged = "", -LOG_EVERY_SECONDS
     while True:
-        job = client.job(job_id)
+        job = patiently(lambda: client.job(job_id, timeout=patience.request_timeout), patience)
         now = clock()
         meter = meter or ProgressMeter(job["total"])
         settled = job["done"] + job["failed"]
@@ -226,16 +240,35 @@ def output(path: Path | None) -> Any:
     if path is None:
         yield sys.stdout
         return
+    mode = replacement_mode(path)
     with tempfile.NamedTemporaryFile(
         "w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline="", encoding="utf-8"
     ) as handle:
         try:
+            os.fchmod(handle.fileno(), mode)  # mkstemp made it 0600
             yield handle
         except BaseException:
             handle.close()
             os.unlink(handle.name)
             raise
     os.replace(handle.name, path)
+
+
+def replacement_mode(path: Path) -> int:
+    """The permissions `open(path, "w")` would leave: an existing file keeps its own (one kept
+    private stays private), a new one gets 0666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode) & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    # The umask can only be read by setting it. Setting it straight back is safe here: the
+    # command creates no files from other threads.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> int:

@@ -238,7 +238,7 @@ class ScriptedJob:
     def __init__(self, settled_counts: list[int]) -> None:
         self._answers = iter(settled_counts)
 
-    def job(self, job_id: int) -> dict[str, object]:
+    def job(self, job_id: int, timeout: float | None = None) -> dict[str, object]:
         settled = next(self._answers)
         status = "completed" if settled == 100 else "ongoing"
         return {"job_id": job_id, "status": status, "total": 100, "done": settled, "failed": 0}

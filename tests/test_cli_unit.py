@@ -1,0 +1,289 @@
+"""`imgjobs` against a stand-in service on 127.0.0.1: results paging under a lower page cap,
+polls that ride out transient trouble, and the mode of files written with -o. No Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from imgjobs.api import Patience, ServiceClient, ServiceError
+from imgjobs.cli import follow, main, output
+
+JOB_ID = 7
+DROP = "drop"  # an answer that closes the connection without a word
+SLOW = "slow"  # an answer that comes after the client has stopped waiting
+
+Answer = tuple[int, Any] | str
+Route = Callable[[dict[str, str]], Answer]
+
+
+class FakeService:
+    """Answers each request by `routes[(method, path)](query)` and records what was asked."""
+
+    def __init__(self, routes: Mapping[tuple[str, str], Route]) -> None:
+        self.routes = routes
+        self.asked: list[tuple[str, str, dict[str, str]]] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._server.handle_error = lambda *_: None  # type: ignore[method-assign]
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer("GET")
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._answer("POST")
+
+            def _answer(self, method: str) -> None:
+                parts = urlsplit(self.path)
+                query = dict(parse_qsl(parts.query))
+                service.asked.append((method, parts.path, query))
+                answer = service.routes[(method, parts.path)](query)
+                if isinstance(answer, str):
+                    if answer == SLOW:  # waits on an Event: some tests replace time.sleep
+                        threading.Event().wait(1.0)
+                    return  # HTTP/1.0: the server closes the connection, nothing sent
+                status, body = answer
+                data = json.dumps(body).encode() if body is not None else b"<html>bad gateway"
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> FakeService:
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def detail(settled: int, total: int = 4) -> tuple[int, dict[str, Any]]:
+    status = "completed" if settled == total else "ongoing"
+    return 200, {
+        "job_id": JOB_ID,
+        "status": status,
+        "total": total,
+        "done": settled,
+        "failed": 0,
+        "in_flight": 0,
+        "queued": total - settled,
+        "created_at": "2025-03-11T10:00:00",
+        "started_at": None,
+        "finished_at": None,
+        "cancelled_at": None,
+        "errors": [],
+    }
+
+
+def scripted(*answers: Answer) -> Route:
+    """A route that gives these answers in turn, one per request."""
+    left: Iterator[Answer] = iter(answers)
+    return lambda _query: next(left)
+
+
+def job_file(tmp_path: Path) -> Path:
+    path = tmp_path / "visits.csv"
+    path.write_text("S1,2025-03-11,http://img.test/1.jpg\n")
+    return path
+
+
+# ---- results: the server's page cap ----------------------------------------------------------
+
+
+def capped_results(rows: list[dict[str, Any]], page_max: int) -> Route:
+    """GET /api/results as the service answers it with IMAGE_SERVICE_RESULTS_PAGE_MAX set."""
+
+    def answer(query: dict[str, str]) -> Answer:
+        offset, limit = int(query["offset"]), int(query["limit"])
+        if not 1 <= limit <= page_max:
+            return 400, {"error": f"limit must be between 1 and {page_max}"}
+        page = rows[offset : offset + limit]
+        end = offset + len(page)
+        return 200, {
+            "job_id": JOB_ID,
+            "total": len(rows),
+            "offset": offset,
+            "limit": limit,
+            "next_offset": end if end < len(rows) else None,
+            "results": page,
+        }
+
+    return answer
+
+
+def test_results_shrink_the_page_to_the_servers_cap_and_keep_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [{"store_id": "S1", "image_url": f"http://img.test/{i}.jpg"} for i in range(10)]
+    routes = {
+        ("GET", f"/api/jobs/{JOB_ID}"): lambda _q: detail(4),
+        ("GET", "/api/results"): capped_results(rows, page_max=3),
+    }
+    with FakeService(routes) as service:
+        code = main(["--url", service.url, "results", str(JOB_ID), "--format", "json"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out) == rows  # each row once, in order
+    pages = [
+        (int(q["offset"]), int(q["limit"])) for _, path, q in service.asked if "results" in path
+    ]
+    assert pages == [(0, 1000), (0, 3), (3, 3), (6, 3), (9, 3)]
+
+
+def test_results_give_up_when_the_named_cap_would_not_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    routes = {
+        ("GET", f"/api/jobs/{JOB_ID}"): lambda _q: detail(4),
+        ("GET", "/api/results"): lambda _q: (400, {"error": "limit must be between 1 and 5000"}),
+    }
+    with FakeService(routes) as service:
+        code = main(["--url", service.url, "results", str(JOB_ID)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "imgjobs: error: limit must be between 1 and 5000 (HTTP 400)\n"
+    )
+    assert [path for _, path, _ in service.asked].count("/api/results") == 1
+
+
+# ---- polls: transient trouble ----------------------------------------------------------------
+
+
+def test_submit_wait_rides_out_a_dropped_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = {
+        ("POST", "/api/submit/"): lambda _q: (201, {"job_id": JOB_ID}),
+        ("GET", f"/api/jobs/{JOB_ID}"): scripted(detail(0), DROP, detail(2), detail(4)),
+    }
+    with FakeService(routes) as service:
+        code = main(
+            ["--url", service.url, "submit", str(job_file(tmp_path)), "--wait", "--interval", "0"]
+        )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out == f"{JOB_ID}\n"
+    assert f"job {JOB_ID} completed: 4 images, 4 done, 0 failed" in captured.err
+
+
+def test_follow_retries_gateway_answers_and_timeouts_with_growing_delays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    answers = scripted(
+        detail(0), (503, {"error": "no replica ready"}), (502, None), SLOW, (504, None), detail(4)
+    )
+    patience = Patience(give_up_after=30, first_delay=0.1, max_delay=0.3, request_timeout=0.2)
+    with FakeService({("GET", f"/api/jobs/{JOB_ID}"): answers}) as service:
+        final = follow(ServiceClient(service.url), JOB_ID, 0.0, io.StringIO(), patience=patience)
+    assert final["status"] == "completed"
+    assert waits == [0.0, 0.1, 0.2, 0.3, 0.3]  # the poll interval, then the backoff
+
+
+def test_a_good_poll_resets_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    answers = scripted(detail(0), DROP, DROP, detail(1), DROP, detail(4))
+    patience = Patience(give_up_after=30, first_delay=0.1, max_delay=5)
+    with FakeService({("GET", f"/api/jobs/{JOB_ID}"): answers}) as service:
+        follow(ServiceClient(service.url), JOB_ID, 1.0, io.StringIO(), patience=patience)
+    assert waits == [1.0, 0.1, 0.2, 1.0, 0.1]
+
+
+def test_submit_wait_gives_up_after_the_service_stays_away(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = {
+        ("POST", "/api/submit/"): lambda _q: (201, {"job_id": JOB_ID}),
+        ("GET", f"/api/jobs/{JOB_ID}"): lambda _q: (503, {"error": "no replica ready"}),
+    }
+    args = ["submit", str(job_file(tmp_path)), "--wait", "--give-up-after", "0.3"]
+    started = time.monotonic()
+    with FakeService(routes) as service:
+        code = main(["--url", service.url, *args])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("imgjobs: error: the service has been unavailable for 0.3 s")
+    assert err.endswith("last error: no replica ready (HTTP 503)\n") and err.count("\n") == 1
+    assert 0.3 <= took < 5
+
+
+def test_a_poll_that_is_not_transient_fails_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    routes = {("GET", f"/api/jobs/{JOB_ID}"): scripted(detail(0), (404, {"error": "no job 7"}))}
+    patience = Patience(give_up_after=30, first_delay=5)
+    with FakeService(routes) as service:
+        client = ServiceClient(service.url)
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match="no job 7"):
+            follow(client, JOB_ID, 0.0, io.StringIO(), patience=patience)
+    assert time.monotonic() - started < 4  # no backoff wait for a 404
+
+
+# ---- -o: the written file's mode --------------------------------------------------------------
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], int]]:
+    """`os.umask` for one test; the process umask is put back after."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield os.umask
+    os.umask(before)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_output_file_gets_the_mode_of_a_new_file(
+    tmp_path: Path, umask: Callable[[int], int], mask: int, mode: int
+) -> None:
+    umask(mask)
+    path = tmp_path / "results.csv"
+    with output(path) as out:
+        out.write("a,b\n")
+    assert path.read_text() == "a,b\n"
+    assert path.stat().st_mode & 0o7777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_output_file_keeps_the_mode_of_the_file_it_replaces(
+    tmp_path: Path, umask: Callable[[int], int]
+) -> None:
+    umask(0o022)
+    path = tmp_path / "results.csv"
+    path.write_text("old\n")
+    path.chmod(0o600)  # someone kept these results private; a rewrite must not open them up
+    with output(path) as out:
+        out.write("new\n")
+    assert path.read_text() == "new\n"
+    assert path.stat().st_mode & 0o7777 == 0o600
+
+
+def test_output_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    with pytest.raises(RuntimeError), output(path) as out:
+        out.write("half")
+        raise RuntimeError("the service went away mid-stream")
+    assert list(tmp_path.iterdir()) == []
