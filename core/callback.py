@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from core.fetch import backoff_delay
+from core.fetch import GuardedSessions, backoff_delay
 from core.urlguard import AddressPolicy, BlockedAddressError
 
 RETRYABLE_CODES = frozenset({408, 425, 429})
@@ -29,18 +29,15 @@ class CallbackSender:
 
     def __init__(self, limits: CallbackLimits, policy: AddressPolicy) -> None:
         self._limits = limits
-        connector = aiohttp.TCPConnector(
-            limit=32, socket_factory=policy.socket_factory if policy.guards else None
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
+        self._sessions = GuardedSessions(
+            policy,
+            pool_size=32,
             timeout=aiohttp.ClientTimeout(total=limits.timeout),
             headers={"User-Agent": "image-job-service callback"},
-            trust_env=False,
         )
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._sessions.close()
 
     async def deliver(self, url: str, body: dict[str, Any]) -> tuple[int, str | None]:
         """POST `body` as JSON until a 2xx answer. Returns the attempts made and None when
@@ -52,7 +49,8 @@ class CallbackSender:
                 await asyncio.sleep(backoff_delay(attempt - 1, self._limits.backoff))
             attempt += 1
             try:
-                async with self._session.post(url, json=body, allow_redirects=False) as response:
+                session = self._sessions.for_url(url)
+                async with session.post(url, json=body, allow_redirects=False) as response:
                     if 200 <= response.status < 300:
                         return attempt, None
                     failure = f"HTTP {response.status}"

@@ -10,6 +10,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
+from core.text import is_utf8_text
 from core.urlguard import AddressPolicy
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -48,26 +49,31 @@ def backoff_delay(attempt: int, base: float) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-class Downloader:
-    """One per worker process; holds the connection pools. Create and use it inside one loop."""
+class GuardedSessions:
+    """aiohttp sessions whose every connection goes through the address guard, and, when the
+    policy trusts some hosts by name (or lifts the guard), one without it for those hosts."""
 
-    def __init__(self, limits: FetchLimits, policy: AddressPolicy, pool_size: int = 256) -> None:
-        self._limits = limits
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        pool_size: int,
+        timeout: aiohttp.ClientTimeout,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._policy = policy
-        timeout = aiohttp.ClientTimeout(
-            total=limits.total_timeout,
-            sock_connect=limits.connect_timeout,
-            sock_read=limits.read_timeout,
-        )
 
         def session(guarded: bool) -> aiohttp.ClientSession:
             connector = aiohttp.TCPConnector(
                 limit=pool_size,
                 ttl_dns_cache=60,
-                socket_factory=policy.socket_factory if guarded else None,
+                socket_factory=policy.socket_factory if guarded and policy.guards else None,
             )
             return aiohttp.ClientSession(
-                connector=connector, timeout=timeout, auto_decompress=True, trust_env=False
+                connector=connector,
+                timeout=timeout,
+                headers=headers,
+                auto_decompress=True,
+                trust_env=False,
             )
 
         self._guarded = session(guarded=True)
@@ -75,10 +81,32 @@ class Downloader:
             session(guarded=False) if policy.trusted_hosts or not policy.guards else None
         )
 
+    def for_url(self, url: str) -> aiohttp.ClientSession:
+        host = urlsplit(url).hostname or ""
+        if self._trusted is not None and self._policy.trusts_host(host):
+            return self._trusted
+        return self._guarded
+
     async def close(self) -> None:
         await self._guarded.close()
         if self._trusted is not None:
             await self._trusted.close()
+
+
+class Downloader:
+    """One per worker process; holds the connection pools. Create and use it inside one loop."""
+
+    def __init__(self, limits: FetchLimits, policy: AddressPolicy, pool_size: int = 256) -> None:
+        self._limits = limits
+        timeout = aiohttp.ClientTimeout(
+            total=limits.total_timeout,
+            sock_connect=limits.connect_timeout,
+            sock_read=limits.read_timeout,
+        )
+        self._sessions = GuardedSessions(policy, pool_size, timeout)
+
+    async def close(self) -> None:
+        await self._sessions.close()
 
     async def fetch(self, url: str) -> bytes:
         """The image's bytes, within `total_timeout` seconds for all attempts together."""
@@ -107,6 +135,9 @@ class Downloader:
             body, location = await self._fetch_one_hop(current)
             if location is None:
                 return body
+            if not is_utf8_text(location):
+                # aiohttp hands over header bytes that are not UTF-8 as lone surrogates.
+                raise ImageDownloadError("redirected to a Location that is not valid UTF-8")
             current = urljoin(current, location)
             if urlsplit(current).scheme not in ("http", "https"):
                 raise ImageDownloadError(f"redirected to a non-http URL: {redact_url(current)}")
@@ -114,11 +145,8 @@ class Downloader:
 
     async def _fetch_one_hop(self, url: str) -> tuple[bytes, str | None]:
         host = urlsplit(url).hostname or ""
-        session = (
-            self._trusted if self._trusted and self._policy.trusts_host(host) else self._guarded
-        )
         try:
-            async with session.get(url, allow_redirects=False) as response:
+            async with self._sessions.for_url(url).get(url, allow_redirects=False) as response:
                 status = response.status
                 if status in REDIRECT_CODES:
                     location = response.headers.get("Location")

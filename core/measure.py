@@ -56,6 +56,17 @@ def measure_image(data: bytes, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
+def declared_pixels(data: bytes) -> int:
+    """The pixel count the image's header declares (0 when it has no readable header): what
+    decoding it may cost in memory, learnt without decoding it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:
+        return 0  # whatever is wrong shows again, with its reason, when the image is measured
+    return width * height
+
+
 def check_whole(image: Image.Image) -> None:
     """Read the image's whole stream, as cheaply as the format allows (measured here, per
     image of up to 640x480: PNG 0.03 ms to verify against 0.7 ms to decode; JPEG 0.12 ms at

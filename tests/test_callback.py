@@ -60,3 +60,15 @@ def test_callback_to_a_private_address_is_refused_without_traffic(server: ImageS
     attempts, failure = deliver(server.url(f"callback/0/{key}"), guarded)
     assert attempts == 1 and failure == "refused: address 127.0.0.1 is not a public address"
     assert server.hits[f"/callback/0/{key}"] == 0
+
+
+def test_a_host_named_in_the_allow_list_gets_its_callback_with_the_guard_on(
+    server: ImageServer,
+) -> None:
+    # As for image downloads: `localhost` is trusted by name; 127.0.0.1 stays refused.
+    allow_localhost = AddressPolicy.from_entries(allow_private=False, entries=("localhost",))
+    key = uuid.uuid4().hex
+    assert deliver(f"http://localhost:{server.port}/callback/0/{key}", allow_localhost) == (1, None)
+    assert server.callbacks[key] == [BODY]
+    refused = deliver(server.url(f"callback/0/{uuid.uuid4().hex}"), allow_localhost)
+    assert refused[1] is not None and refused[1].startswith("refused:")

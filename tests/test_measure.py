@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
 from PIL import Image
 
-from core.measure import BrokenImageError, NotAnImageError, measure_image
+from core.measure import BrokenImageError, NotAnImageError, declared_pixels, measure_image
+from core.models import ImageTask
+from core.processing import PixelBudget, process_image
 from tests.imageserver import encode
 
 LIMIT = 10_000_000
@@ -43,3 +46,55 @@ def test_exif_rotation_does_not_change_the_size() -> None:
     exif[0x0112] = 6  # rotate 90 degrees on display
     Image.new("RGB", (40, 10)).save(buffer, format="JPEG", exif=exif)
     assert measure_image(buffer.getvalue(), LIMIT) == (40, 10)
+
+
+def test_pixel_budget_bounds_the_pixels_decoding_at_once() -> None:
+    budget = PixelBudget(100)
+    peak = 0
+
+    async def decode(pixels: int) -> None:
+        nonlocal peak
+        async with budget.hold(pixels):
+            peak = max(peak, budget.in_use)
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        # Six images of 40 pixels and one larger than the whole budget, which takes it all.
+        await asyncio.gather(*(decode(40) for _ in range(6)), decode(10**9))
+
+    asyncio.run(main())
+    assert peak == 100 and budget.in_use == 0
+
+
+def test_a_small_file_declaring_a_large_image_is_measured_off_the_loop() -> None:
+    # 3,000 x 3,000 of one colour compresses to a few KB but decodes to 9 million pixels.
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 3000)).save(buffer, format="GIF")
+    data = buffer.getvalue()
+    assert len(data) < 64 * 1024 and declared_pixels(data) == 9_000_000
+    budget = PixelBudget(10_000_000)
+    seen: list[int] = []
+
+    class Fetcher:
+        async def fetch(self, url: str) -> bytes:
+            return data
+
+    async def main() -> None:
+        async def watch() -> None:
+            while not seen or seen[-1] == 0:
+                seen.append(budget.in_use)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        outcome = await process_image(
+            ImageTask(1, 0, "http://a.test/x"),
+            Fetcher(),
+            max_pixels=10**8,
+            gpu_delay=(0, 0),
+            budget=budget,
+        )
+        watcher.cancel()
+        assert (outcome.width, outcome.height) == (3000, 3000)
+
+    asyncio.run(main())
+    assert 9_000_000 in seen  # it held its pixels while a thread decoded it
