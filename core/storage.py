@@ -25,8 +25,8 @@ from core.models import (
     JobSubmission,
     JobView,
     StoreError,
-    Visit,
 )
+from core.text import safe_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,11 +40,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     client_id TEXT  -- who submitted it, when API keys are on; NULL otherwise
 );
 CREATE INDEX IF NOT EXISTS jobs_ongoing ON jobs (status) WHERE status = 'ongoing';
+-- A visit's fields are stored once, not once per image: a job's size on disk follows its body.
+CREATE TABLE IF NOT EXISTS visits (
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    visit INTEGER NOT NULL,  -- position in the submission
+    store_id TEXT NOT NULL,
+    visit_time TEXT NOT NULL,
+    PRIMARY KEY (job_id, visit)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS images (
     job_id INTEGER NOT NULL REFERENCES jobs (id),
     idx INTEGER NOT NULL,
-    store_id TEXT NOT NULL,
-    visit_time TEXT NOT NULL,
+    visit INTEGER NOT NULL,
     url TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
@@ -82,6 +89,45 @@ CREATE TRIGGER IF NOT EXISTS results_count AFTER INSERT ON results BEGIN
 END;
 """
 
+# Before visits had a table of their own, every image row carried its visit's fields.
+SPLIT_VISITS = """
+ALTER TABLE images RENAME TO images_with_visits;
+CREATE TABLE images (
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    idx INTEGER NOT NULL,
+    visit INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+INSERT INTO visits SELECT job_id, idx, store_id, visit_time FROM images_with_visits;
+INSERT INTO images SELECT job_id, idx, idx, url FROM images_with_visits;
+DROP TABLE images_with_visits;
+"""
+
+# An image with its visit's fields, as the queries below read it.
+IMAGES_WITH_VISITS = "images i JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
+
+INSERT_RESULT = (
+    "INSERT OR IGNORE INTO results (job_id, idx, width, height, error, processed_at, node_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+# What one bad row can raise when it is bound; the disk's own failures are OperationalError.
+ROW_ERRORS = (
+    sqlite3.InterfaceError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    UnicodeError,
+    ValueError,
+    TypeError,
+)
+UNSTORABLE_RESULT = "internal error: the image's result could not be stored"
+
+# The WAL file is cut back to this size after a checkpoint, so it cannot stay large.
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+
 JOB_DETAIL_COLUMNS = (
     "id, status, errors, image_count, settled_count, failed_count,"
     " created_at, started_at, finished_at, cancelled_at"
@@ -104,22 +150,23 @@ class DueCallback:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredImage:
-    index: int
-    store_id: str
-    url: str
-
-
-@dataclass(frozen=True, slots=True)
 class UnfinishedJob:
-    """An ongoing job as found on disk: its images and which of them are already settled."""
+    """An ongoing job as found on disk; its images are read one job at a time (`job_images`)."""
 
     job_id: int
-    images: tuple[StoredImage, ...]
-    settled: frozenset[int]
     client_id: str | None
     started: bool = False
     cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMark:
+    """A cancel, placed in the stream of outcomes: `position` outcomes of the batch it is saved
+    with settled before it. The stores left unfinished are those without a result then."""
+
+    job_id: int
+    when: float
+    position: int = 0
 
 
 class JobStore:
@@ -128,8 +175,10 @@ class JobStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only power loss can undo the
-        # last commits, which costs at most re-processing those images.
+        # last commits, which costs at most re-processing those images. The commits a client
+        # is told about (a job recorded, a cancel) are made durable (see `_transaction`).
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
@@ -137,7 +186,12 @@ class JobStore:
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        image_columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
         with self._transaction():
+            if "store_id" in image_columns:
+                for statement in SPLIT_VISITS.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
             for name, kind in LATER_JOB_COLUMNS.items():
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
@@ -166,7 +220,7 @@ class JobStore:
         unless `request_hash` says the body differs: then `IdempotencyConflict`."""
         now = time.time()
         try:
-            with self._transaction():
+            with self._transaction(durable=True):
                 known = self.job_for_key(submission_key, request_hash)
                 if known is not None:
                     return known, False
@@ -185,11 +239,17 @@ class JobStore:
                 )
                 job_id = int(cursor.lastrowid or 0)
                 self._db.executemany(
-                    "INSERT INTO images (job_id, idx, store_id, visit_time, url)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO visits (job_id, visit, store_id, visit_time) VALUES (?, ?, ?, ?)",
                     (
-                        (job_id, index, visit.store_id, visit.visit_time, url)
-                        for index, (visit, url) in enumerate(_flatten(submission))
+                        (job_id, position, visit.store_id, visit.visit_time)
+                        for position, visit in enumerate(submission.visits)
+                    ),
+                )
+                self._db.executemany(
+                    "INSERT INTO images (job_id, idx, visit, url) VALUES (?, ?, ?, ?)",
+                    (
+                        (job_id, index, position, url)
+                        for index, (position, url) in enumerate(_flatten(submission))
                     ),
                 )
                 self._db.executemany(
@@ -223,32 +283,59 @@ class JobStore:
         outcomes: Sequence[ImageOutcome],
         finished_jobs: Iterable[int],
         started: Iterable[tuple[int, float]] = (),
-        cancelled: Iterable[tuple[int, float]] = (),
-    ) -> None:
-        """In one transaction: mark jobs started and cancelled (`(job_id, when)` pairs), store a
-        batch of settled images, then close the jobs now fully settled. An image already
-        settled keeps its first result."""
+        cancelled: Sequence[CancelMark] = (),
+    ) -> list[ImageOutcome]:
+        """In one transaction: mark jobs started (`(job_id, when)` pairs), store a batch of
+        settled images with each cancel at its place among them, then close the jobs now fully
+        settled. An image already settled keeps its first result. An outcome that cannot be
+        stored is stored as a failure instead; those are returned."""
+        unstorable: list[ImageOutcome] = []
         try:
-            with self._transaction():
+            with self._transaction(durable=bool(cancelled)):
                 self._db.executemany(
                     "UPDATE jobs SET started_at = ? WHERE id = ? AND started_at IS NULL",
                     ((when, job_id) for job_id, when in started),
                 )
-                for job_id, when in cancelled:
-                    self._cancel_job(job_id, when)
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO results"
-                    " (job_id, idx, width, height, error, processed_at, node_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        (o.job_id, o.index, o.width, o.height, o.error, o.processed_at, o.node_id)
-                        for o in outcomes
-                    ),
-                )
+                done = 0
+                for mark in sorted(cancelled, key=lambda mark: mark.position):
+                    unstorable += self._insert_results(outcomes[done : mark.position])
+                    done = max(done, mark.position)
+                    self._cancel_job(mark.job_id, mark.when)
+                unstorable += self._insert_results(outcomes[done:])
                 for job_id in finished_jobs:
                     self._finish_job(job_id)
         except sqlite3.Error as exc:
             raise StorageError(f"could not save results: {exc}") from exc
+        return unstorable
+
+    def _insert_results(self, outcomes: Sequence[ImageOutcome]) -> list[ImageOutcome]:
+        """Insert a batch; if some row cannot be bound, insert row by row and store each bad
+        one as a failure, so that one image never holds back the others' results."""
+        rows = [_result_row(outcome) for outcome in outcomes]
+        try:
+            self._db.executemany(INSERT_RESULT, rows)
+            return []
+        except ROW_ERRORS:
+            pass
+        unstorable = []
+        for outcome, row in zip(outcomes, rows, strict=True):
+            try:
+                self._db.execute(INSERT_RESULT, row)
+            except ROW_ERRORS:
+                unstorable.append(outcome)
+                self._db.execute(
+                    INSERT_RESULT,
+                    (
+                        outcome.job_id,
+                        outcome.index,
+                        None,
+                        None,
+                        UNSTORABLE_RESULT,
+                        time.time(),
+                        None,
+                    ),
+                )
+        return unstorable
 
     def _cancel_job(self, job_id: int, when: float) -> None:
         """Record the cancel with one error entry per store that still has unsettled images:
@@ -256,10 +343,10 @@ class JobStore:
         entries = [
             {"store_id": store_id, "error": JOB_CANCELLED}
             for store_id, _first in self._db.execute(
-                "SELECT i.store_id, MIN(i.idx) FROM images i"
+                f"SELECT v.store_id, MIN(i.idx) FROM {IMAGES_WITH_VISITS}"
                 " LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
                 " WHERE i.job_id = ? AND r.idx IS NULL"
-                " GROUP BY i.store_id ORDER BY MIN(i.idx)",
+                " GROUP BY v.store_id ORDER BY MIN(i.idx)",
                 (job_id,),
             )
         ]
@@ -278,10 +365,10 @@ class JobStore:
         named = {entry["store_id"] for entry in errors}
         for store_id, error, _first in self._db.execute(
             # SQLite gives the bare columns of the row holding MIN(): the first failure.
-            "SELECT i.store_id, r.error, MIN(i.idx) FROM images i"
+            f"SELECT v.store_id, r.error, MIN(i.idx) FROM {IMAGES_WITH_VISITS}"
             " JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
             " WHERE i.job_id = ? AND r.error IS NOT NULL"
-            " GROUP BY i.store_id ORDER BY MIN(i.idx)",
+            " GROUP BY v.store_id ORDER BY MIN(i.idx)",
             (job_id,),
         ):
             if store_id not in named:
@@ -351,34 +438,34 @@ class JobStore:
             raise StorageError(f"could not record the callback of job {job_id}: {exc}") from exc
 
     def unfinished_jobs(self) -> list[UnfinishedJob]:
-        jobs = []
-        for job_id, client_id, started_at, cancelled_at in self._db.execute(
-            "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = ? ORDER BY id",
-            (JobStatus.ONGOING.value,),
-        ).fetchall():
-            images = tuple(
-                StoredImage(index, store_id, url)
-                for index, store_id, url in self._db.execute(
-                    "SELECT idx, store_id, url FROM images WHERE job_id = ? ORDER BY idx", (job_id,)
+        """The ongoing jobs, without their images: a restart reads those one job at a time."""
+        try:
+            return [
+                UnfinishedJob(job_id, client_id, started_at is not None, cancelled_at is not None)
+                for job_id, client_id, started_at, cancelled_at in self._db.execute(
+                    "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = ?"
+                    " ORDER BY id",
+                    (JobStatus.ONGOING.value,),
                 )
-            )
-            settled = frozenset(
-                index
-                for (index,) in self._db.execute(
-                    "SELECT idx FROM results WHERE job_id = ?", (job_id,)
+            ]
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read the unfinished jobs: {exc}") from exc
+
+    def job_images(self, job_id: int) -> tuple[list[str], bytearray]:
+        """A job's image URLs in order, and a flag per image: 1 where it has a result."""
+        try:
+            urls = [
+                url
+                for (url,) in self._db.execute(
+                    "SELECT url FROM images WHERE job_id = ? ORDER BY idx", (job_id,)
                 )
-            )
-            jobs.append(
-                UnfinishedJob(
-                    job_id,
-                    images,
-                    settled,
-                    client_id,
-                    started=started_at is not None,
-                    cancelled=cancelled_at is not None,
-                )
-            )
-        return jobs
+            ]
+            settled = bytearray(len(urls))
+            for (index,) in self._db.execute("SELECT idx FROM results WHERE job_id = ?", (job_id,)):
+                settled[index] = 1
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read the images of job {job_id}: {exc}") from exc
+        return urls, settled
 
     def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
         """Rows in image order (visit order, then URL order within a visit), and the total."""
@@ -387,46 +474,64 @@ class JobStore:
         ).fetchone()
         total = int(total_row[0]) if total_row else 0
         rows = self._db.execute(
-            "SELECT i.idx, i.store_id, i.visit_time, i.url, r.width, r.height, r.error,"
+            "SELECT i.idx, v.store_id, v.visit_time, i.url, r.width, r.height, r.error,"
             " r.processed_at, r.node_id"
-            " FROM images i LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
+            f" FROM {IMAGES_WITH_VISITS}"
+            " LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
             " WHERE i.job_id = ? AND i.idx >= ? ORDER BY i.idx LIMIT ?",
             (job_id, offset, limit),
         ).fetchall()
         return total, [ImageResult(*row) for row in rows]
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, durable: bool = False) -> _Transaction:
+        return _Transaction(self._db, durable)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error: no half-written job or batch."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error: no half-written job or batch.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    A durable one commits with `synchronous=FULL`: the WAL is synced at its COMMIT, so not even
+    a power loss undoes it (NORMAL syncs only at checkpoints)."""
+
+    def __init__(self, db: sqlite3.Connection, durable: bool) -> None:
         self._db = db
+        self._durable = durable
 
     def __enter__(self) -> None:
+        if self._durable:
+            self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if exc_type is None:
-            try:
-                self._db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()
-                raise
-        self._rollback()
+        try:
+            if exc_type is None:
+                try:
+                    self._db.execute("COMMIT")
+                    return
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            self._rollback()
+        finally:
+            if self._durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
 
-def _flatten(submission: JobSubmission) -> Iterable[tuple[Visit, str]]:
-    for visit in submission.visits:
+def _flatten(submission: JobSubmission) -> Iterable[tuple[int, str]]:
+    """Every image URL of the submission in order, with its visit's position."""
+    for position, visit in enumerate(submission.visits):
         for url in visit.image_urls:
-            yield visit, url
+            yield position, url
+
+
+def _result_row(o: ImageOutcome) -> tuple[Any, ...]:
+    # Error texts quote origins and URLs: the last line of defence against unstorable text.
+    error = None if o.error is None else safe_text(o.error)
+    return (o.job_id, o.index, o.width, o.height, error, o.processed_at, o.node_id)
 
 
 def read_job_view(

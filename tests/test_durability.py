@@ -156,9 +156,9 @@ def test_submission_that_cannot_be_stored_is_503_and_leaves_nothing(
     client = Client(slow_service.url)
     before = client.submit_ok(job(("RP00001", [image_server.url("img/red.jpg?db=1")])))
     with sqlite3.connect(slow_service.data_dir / "jobs.sqlite3") as db:
-        # Stands in for a full disk: the insert of this store's images fails mid-transaction.
+        # Stands in for a full disk: the insert of this store's visit fails mid-transaction.
         db.execute(
-            "CREATE TRIGGER disk_full BEFORE INSERT ON images WHEN NEW.store_id = 'RP00666'"
+            "CREATE TRIGGER disk_full BEFORE INSERT ON visits WHEN NEW.store_id = 'RP00666'"
             " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
         )
     try:

@@ -16,7 +16,7 @@ from core.models import (
     StoreError,
     Visit,
 )
-from core.storage import IdempotencyConflict, JobStore, StorageError
+from core.storage import UNSTORABLE_RESULT, CancelMark, IdempotencyConflict, JobStore, StorageError
 
 
 def submission() -> JobSubmission:
@@ -89,10 +89,9 @@ def test_unfinished_jobs_know_what_is_settled(tmp_path: Path) -> None:
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 1)], [])
     [unfinished] = store.unfinished_jobs()
-    assert unfinished.job_id == job_id and unfinished.settled == {1}
-    assert [image.url for image in unfinished.images] == [
-        "http://a.test/1", "http://a.test/2", "http://a.test/3",
-    ]  # fmt: skip
+    urls, settled = store.job_images(unfinished.job_id)
+    assert unfinished.job_id == job_id and settled == bytearray([0, 1, 0])
+    assert urls == ["http://a.test/1", "http://a.test/2", "http://a.test/3"]
 
 
 def test_failed_write_leaves_no_half_recorded_job(tmp_path: Path) -> None:
@@ -105,9 +104,10 @@ def test_failed_write_leaves_no_half_recorded_job(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="disk is full"):
         store.create_job(submission(), "k", {})
     counts = [
-        store._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("jobs", "images")
+        store._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("jobs", "visits", "images")
     ]
-    assert counts == [0, 0]
+    assert counts == [0, 0, 0]
 
 
 def test_database_uses_wal(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path)
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0), done(job_id, 1)], [])
     cancelled = ImageOutcome(job_id, 2, 2.0, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
-    store.save_outcomes([cancelled], [], cancelled=[(job_id, 2.0)])
+    store.save_outcomes([cancelled], [], cancelled=[CancelMark(job_id, 2.0)])
     detail = store.job_detail(job_id)
     assert detail is not None and detail.state is JobState.CANCELLING
     assert store.job_view(job_id).status is JobStatus.ONGOING  # type: ignore[union-attr]
@@ -158,7 +158,7 @@ def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path)
 def test_a_cancelled_job_that_lost_nothing_still_ends_failed(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
-    store.save_outcomes([done(job_id, 0)], [], cancelled=[(job_id, 1.0)])
+    store.save_outcomes([done(job_id, 0)], [], cancelled=[CancelMark(job_id, 1.0)])
     store.save_outcomes([done(job_id, 1), done(job_id, 2)], [job_id])
     view = store.job_view(job_id)
     assert view is not None and view.status is JobStatus.FAILED
@@ -212,3 +212,111 @@ def test_database_from_before_job_control_gains_its_columns_and_counts(tmp_path:
     old.close()
     detail = JobStore(path).job_detail(1)
     assert detail is not None and (detail.done, detail.failed, detail.total) == (1, 1, 3)
+
+
+def cancelled_image(job_id: int, index: int) -> ImageOutcome:
+    return ImageOutcome(job_id, index, 2.0, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
+
+
+@pytest.mark.parametrize(("position", "errors"), [(2, ["S2"]), (0, ["S1", "S2"])])
+def test_a_cancel_counts_only_the_outcomes_placed_before_it(
+    tmp_path: Path, position: int, errors: list[str]
+) -> None:
+    # The race of a cancel with a flush: S1's images settled before the cancel but reach the
+    # database in the cancel's own batch. Placed before it, S1 is not named as cancelled.
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {})
+    outcomes = [done(job_id, 0), done(job_id, 1), cancelled_image(job_id, 2)]
+    store.save_outcomes(outcomes, [job_id], cancelled=[CancelMark(job_id, 2.0, position)])
+    view = store.job_view(job_id)
+    assert view is not None and [e.store_id for e in view.errors] == errors
+
+
+def test_one_result_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {})
+    too_wide = ImageOutcome(job_id, 1, 1.0, width=2**70, height=1)  # past SQLite's INTEGER
+    unstorable = store.save_outcomes([done(job_id, 0), too_wide, done(job_id, 2)], [job_id])
+    assert unstorable == [too_wide]
+    _total, rows = store.results_page(job_id, 0, 10)
+    assert [(r.width, r.error) for r in rows] == [(10, None), (None, UNSTORABLE_RESULT), (10, None)]
+    detail = store.job_detail(job_id)
+    assert detail is not None and (detail.state, detail.done, detail.failed) == (
+        JobState.FAILED, 2, 1
+    )  # fmt: skip
+
+
+def test_error_text_that_is_not_utf8_is_stored_readable(tmp_path: Path) -> None:
+    # aiohttp hands over an origin's undecodable header bytes as lone surrogates.
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(submission(), None, {})
+    garbled = ImageOutcome(job_id, 0, 1.0, error="redirected to ftp://a/\udcff" + "x" * 10**6)
+    assert store.save_outcomes([garbled], []) == []
+    _total, [row, *_] = store.results_page(job_id, 0, 10)
+    assert row.error is not None and row.error.startswith("redirected to ftp://a/\ufffdxxx")
+    assert len(row.error) <= 2500 and row.error.endswith("...")
+
+
+def test_a_visit_is_stored_once_whatever_its_images(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    urls = tuple(f"http://a.test/{i}" for i in range(500))
+    long_store = "S" * 256
+    job_id, _ = store.create_job(JobSubmission((Visit(long_store, "2025-01-01", urls),)), None, {})
+    assert store._db.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == 1
+    stored = store._db.execute("SELECT SUM(LENGTH(url)) FROM images").fetchone()[0]
+    assert stored == sum(map(len, urls))
+    _total, rows = store.results_page(job_id, 498, 10)
+    assert [(r.store_id, r.image_url) for r in rows] == [
+        (long_store, "http://a.test/498"), (long_store, "http://a.test/499"),
+    ]  # fmt: skip
+
+
+def test_database_with_visit_fields_on_every_image_is_split_on_opening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = JobStore(path)
+    job_id, _ = store.create_job(submission(), None, {})
+    store.save_outcomes([done(job_id, 1)], [])
+    store.close()
+    with sqlite3.connect(path) as old:  # the layout before visits had a table
+        old.executescript(
+            "DROP TABLE visits; DROP TABLE images;"
+            "CREATE TABLE images (job_id INTEGER NOT NULL, idx INTEGER NOT NULL,"
+            " store_id TEXT NOT NULL, visit_time TEXT NOT NULL, url TEXT NOT NULL,"
+            " PRIMARY KEY (job_id, idx)) WITHOUT ROWID;"
+            f"INSERT INTO images VALUES ({job_id}, 0, 'S1', '2025-01-01', 'http://a.test/1'),"
+            f" ({job_id}, 1, 'S1', '2025-01-01', 'http://a.test/2'),"
+            f" ({job_id}, 2, 'S2', '2025-01-02', 'http://a.test/3');"
+        )
+    old.close()
+    reopened = JobStore(path)
+    total, rows = reopened.results_page(job_id, 0, 10)
+    assert total == 3
+    assert [(r.store_id, r.visit_time, r.image_url, r.width) for r in rows] == [
+        ("S1", "2025-01-01", "http://a.test/1", None),
+        ("S1", "2025-01-01", "http://a.test/2", 10),
+        ("S2", "2025-01-02", "http://a.test/3", None),
+    ]
+    reopened.save_outcomes([done(job_id, 0), done(job_id, 2, 7)], [job_id])
+    assert reopened.job_view(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_job_and_cancel_commits_are_synced_other_batches_are_not(tmp_path: Path) -> None:
+    # A 201 and a 202 promise what a power loss must not undo: those commits run with
+    # synchronous=FULL, which syncs the WAL at COMMIT; result batches keep NORMAL.
+    store = JobStore(tmp_path / "db.sqlite3")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+
+    def sync_mode_at_commit() -> str:
+        commit = max(i for i, s in enumerate(statements) if s == "COMMIT")
+        modes = [s for s in statements[:commit] if s.startswith("PRAGMA synchronous")]
+        statements.clear()
+        return modes[-1] if modes else ""
+
+    job_id, _ = store.create_job(submission(), None, {})
+    assert sync_mode_at_commit() == "PRAGMA synchronous=FULL"
+    store.save_outcomes([done(job_id, 0)], [])
+    assert sync_mode_at_commit() == ""
+    store.save_outcomes([cancelled_image(job_id, 1)], [], cancelled=[CancelMark(job_id, 1.0)])
+    assert sync_mode_at_commit() == "PRAGMA synchronous=FULL"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
