@@ -96,16 +96,11 @@ class WorkerPool:
         advertised = node.get("Resources", {}).get(CAPACITY_RESOURCE)
         return int(advertised) if advertised is not None else self._settings.concurrency
 
-    def most_free(self) -> WorkerSlot | None:
-        """The worker with the largest share of free capacity, so load follows capacity."""
-        best: WorkerSlot | None = None
-        best_share = 0.0
-        for worker in self._workers.values():
-            if worker.free > 0:
-                share = worker.free / worker.capacity
-                if share > best_share:
-                    best, best_share = worker, share
-        return best
+    def freest_first(self) -> list[WorkerSlot]:
+        """The workers with free capacity, the largest share free first, so load follows
+        capacity."""
+        free = [worker for worker in self._workers.values() if worker.free > 0]
+        return sorted(free, key=lambda worker: worker.free / worker.capacity, reverse=True)
 
     def mark_ready(self, worker: WorkerSlot) -> None:
         worker.ready = True

@@ -11,19 +11,21 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 from ray.exceptions import ObjectLostError, RayActorError
 
 from actors.metrics import ImageMetrics, TrackerMetrics
-from actors.pool import WorkerPool, WorkerSlot
+from actors.pool import ImageKey, WorkerPool, WorkerSlot
 from core.callback import CallbackLimits, CallbackSender
-from core.clients import TooManyOpenJobs
+from core.clients import RateLimiter
+from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
 from core.logs import use_json_logs
 from core.models import (
     IMAGE_CANCELLED,
@@ -38,10 +40,12 @@ from core.models import (
     ResultsPage,
     status_payload,
 )
+from core.pending import PendingWrites
 from core.scheduler import FairQueue
 from core.settings import Settings
 from core.storage import DueCallback, JobStore, StorageError
-from core.store_master import load_store_master
+from core.store_master import StoreMasterCache
+from core.supervise import supervise
 from core.urlguard import AddressPolicy
 
 TRACKER_NAME = "job_tracker"
@@ -49,13 +53,12 @@ NAMESPACE = "image_service"
 UNKNOWN_STORE = "store_id not in store master"
 NODE_REFRESH_SECONDS = 2.0
 METRICS_SECONDS = 2.0
+# Pause after a failed iteration of a background loop, or a failed recovery, before the next.
+RETRY_PAUSE_SECONDS = 1.0
+# A retry later than this is no use to a client that a full service turns away.
+BUSY_RETRY_AFTER_SECONDS = 10
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class JobAlreadyFinished(ValueError):
-    """A cancel for a job that has already ended."""
 
 
 @dataclass(eq=False)
@@ -87,20 +90,14 @@ def cancelled_outcome(job_id: int, index: int, when: float) -> ImageOutcome:
     return ImageOutcome(job_id, index, when, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
 
 
-class StoreMasterCache:
-    """The known store ids, reloaded when the file changes (checked at most once per submit)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._mtime: float | None = None
-        self._ids: frozenset[str] = frozenset()
-
-    def current(self) -> frozenset[str]:
-        mtime = self._path.stat().st_mtime
-        if mtime != self._mtime:
-            self._ids = load_store_master(self._path)
-            self._mtime = mtime
-        return self._ids
+def worker_lost_outcome(job_id: int, index: int, attempts: int) -> ImageOutcome:
+    return ImageOutcome(
+        job_id,
+        index,
+        time.time(),
+        error=f"the image worker died while processing this image, {attempts} times",
+        reason=FailureReason.WORKER_LOST,
+    )
 
 
 @ray.remote(num_cpus=0)
@@ -113,11 +110,18 @@ class JobTracker:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobstore")
         self._store_master = StoreMasterCache(settings.store_master)
         self._queue = FairQueue()
+        # Images that were in flight on a worker that died, with how often that happened: at
+        # most one of them runs on a worker at a time, so one image that kills its worker
+        # cannot take the others down with it again and again.
+        self._deaths: dict[ImageKey, int] = {}
+        self._suspects: deque[ImageKey] = deque()
         self._jobs: dict[int, ActiveJob] = {}
-        self._unsaved: list[ImageOutcome] = []
-        self._fully_settled: list[int] = []
-        self._started: list[tuple[int, float]] = []  # (job id, when), saved with the next flush
-        self._cancelled: list[tuple[int, float]] = []
+        self._pending = PendingWrites()
+        # Submissions between their admission and their job's activation, by client id
+        # (None: no API keys), with their images: counted against the limits meanwhile.
+        self._admitted: dict[str | None, int] = {}
+        self._admitted_images = 0
+        self._submit_limiter = RateLimiter(settings.submit_rate, settings.submit_burst)
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._pool = WorkerPool(settings, ray.get_runtime_context().current_actor)
@@ -131,13 +135,12 @@ class JobTracker:
             ),
             AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts),
         )
-        loop = asyncio.get_running_loop()
-        self._recovered = loop.create_task(self._recover())
+        self._recovered = asyncio.get_running_loop().create_task(self._recover())
         self._background = [
-            loop.create_task(self._dispatch_loop()),
-            loop.create_task(self._flush_loop()),
-            loop.create_task(self._node_loop()),
-            loop.create_task(self._metrics_loop()),
+            supervise("dispatch", self._dispatch_step, RETRY_PAUSE_SECONDS),
+            supervise("flush", self._flush_step, RETRY_PAUSE_SECONDS),
+            supervise("nodes", self._node_step, RETRY_PAUSE_SECONDS),
+            supervise("metrics", self._metrics_step, RETRY_PAUSE_SECONDS),
         ]
 
     # ---- API called by the Serve deployment -------------------------------------------------
@@ -153,22 +156,31 @@ class JobTracker:
         submission_key: str | None,
         client_id: str | None = None,
         request_hash: str | None = None,
+        caller: str = "",
     ) -> int:
         """Record the job and start it; a known `submission_key` returns its job instead
-        (`IdempotencyConflict` if `request_hash` differs from the one it was recorded with)."""
+        (`IdempotencyConflict` if `request_hash` differs from the one it was recorded with).
+        `caller` (the client id, or the caller's address without API keys) is rate limited
+        here, in the one tracker, so the limit holds however many API replicas there are."""
+        wait = self._submit_limiter.retry_after(caller, time.monotonic())
+        if wait is not None:
+            raise RateLimited(wait)
         await self._recovered
         # A repeated submission answers with its job even when the client is at its limit.
         repeated = await self._in_db_thread(self._store.job_for_key, submission_key, request_hash)
         if repeated is not None:
             log.info("submission repeated: answered with its job", extra={"job_id": repeated})
             return int(repeated)
-        if client_id is not None:
-            open_jobs = sum(1 for job in self._jobs.values() if job.client_id == client_id)
-            if open_jobs >= self._settings.max_open_jobs_per_client:
-                raise TooManyOpenJobs(
-                    f"{open_jobs} jobs are still open; at most"
-                    f" {self._settings.max_open_jobs_per_client} may be"
-                )
+        with self._admission(client_id, submission.image_count):
+            return await self._record_job(submission, submission_key, client_id, request_hash)
+
+    async def _record_job(
+        self,
+        submission: JobSubmission,
+        submission_key: str | None,
+        client_id: str | None,
+        request_hash: str | None,
+    ) -> int:
         known = await self._in_db_thread(self._store_master.current)
         failed = {}
         index = 0
@@ -235,12 +247,11 @@ class JobTracker:
         job = self._jobs.get(job_id)
         if job is not None and client_id is not None and job.client_id != client_id:
             return None
-        if job is not None and not job.cancelled:
-            # What settled before the cancel is saved as settled, not as cancelled.
-            await self._flush()
-            if job_id in self._jobs:
-                self._cancel_queued(job)
-            await self._flush()
+        # A job whose every image has settled is over, whether or not that is saved yet.
+        if job is not None and not job.cancelled and job.unsettled > 0:
+            self._cancel_queued(job)
+        # The cancel is saved after every outcome that came before it: those stores finished.
+        await self._flush()
         detail = await self.job_detail(job_id, client_id)
         if detail is not None and detail.state in (JobState.COMPLETED, JobState.FAILED):
             raise JobAlreadyFinished(f"job {job_id} has already {detail.state.value}")
@@ -255,6 +266,18 @@ class JobTracker:
             self._record(outcome)
         self._wake.set()
 
+    async def stats(self) -> dict[str, Any]:
+        """For operators and tests: what the tracker holds now."""
+        return {
+            "active_jobs": len(self._jobs),
+            "queued_images": len(self._queue) + len(self._suspects),
+            "in_flight_images": self._pool.in_flight,
+            "capacity": self._pool.capacity,
+            "nodes": len(self._pool.workers()),
+            "pid": os.getpid(),
+            "rate_limit_buckets": len(self._submit_limiter),
+        }
+
     async def shutdown(self) -> int:
         """Stop dispatching and put everything settled so far on disk; returns images saved."""
         self._stopping = True
@@ -264,23 +287,42 @@ class JobTracker:
         """Process ids of the image workers by node (for operators and fault tests)."""
         return {worker.node_id: await worker.handle.pid.remote() for worker in self._pool.workers()}
 
-    async def stats(self) -> dict[str, Any]:
-        return {
-            "active_jobs": len(self._jobs),
-            "queued_images": len(self._queue),
-            "in_flight_images": self._pool.in_flight,
-            "capacity": self._pool.capacity,
-            "nodes": len(self._pool.workers()),
-            "pid": os.getpid(),
-        }
-
     # ---- internals ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _admission(self, client_id: str | None, images: int) -> Iterator[None]:
+        """Hold a place for a submission against the open-jobs and queued-images limits until
+        its job is active. The checks and the hold happen with no await between them, so
+        concurrent submissions cannot all pass one check before any of them is counted."""
+        if client_id is not None:
+            limit = self._settings.max_open_jobs_per_client
+            open_jobs = self._admitted.get(client_id, 0) + sum(
+                1 for job in self._jobs.values() if job.client_id == client_id
+            )
+            if open_jobs >= limit:
+                raise TooManyOpenJobs(f"{open_jobs} jobs are still open; at most {limit} may be")
+        unsettled = self._admitted_images + sum(job.unsettled for job in self._jobs.values())
+        if unsettled + images > self._settings.max_queued_images:
+            raise ServiceBusy(
+                f"the service holds {unsettled} unsettled images and takes at most"
+                f" {self._settings.max_queued_images}; retry once some jobs have finished"
+            )
+        self._admitted[client_id] = self._admitted.get(client_id, 0) + 1
+        self._admitted_images += images
+        try:
+            yield
+        finally:
+            self._admitted_images -= images
+            if self._admitted[client_id] == 1:
+                del self._admitted[client_id]
+            else:
+                self._admitted[client_id] -= 1
 
     def _cancel_queued(self, job: ActiveJob) -> None:
         job.cancelled = True
         self._queue.drop_job(job.job_id)
         in_flight = self._pool.in_flight_of(job.job_id)
-        self._cancelled.append((job.job_id, time.time()))
+        self._pending.cancel(job.job_id, time.time())
         queued = [index for index in job.unsettled_indexes() if index not in in_flight]
         self._settle_cancelled(job, queued)
         log.info(
@@ -300,7 +342,7 @@ class JobTracker:
         """Counts from disk plus what settled since the last flush, and the images in flight."""
         if detail.state not in (JobState.ONGOING, JobState.CANCELLING):
             return detail
-        unsaved = [o for o in self._unsaved if o.job_id == detail.job_id]
+        unsaved = [o for o in self._pending.outcomes if o.job_id == detail.job_id]
         failed = sum(1 for o in unsaved if o.error is not None)
         return replace(
             detail,
@@ -316,61 +358,73 @@ class JobTracker:
             # so nothing is left to wait for.
             self._settle_cancelled(job, job.unsettled_indexes())
         if job.unsettled == 0:
-            if job.job_id not in self._fully_settled:
-                self._fully_settled.append(job.job_id)
+            if job.job_id not in self._pending.finished:
+                self._pending.finished.append(job.job_id)
             return
         self._queue.add(job.job_id, job.unsettled_indexes())
         self._wake.set()
 
     async def _recover(self) -> None:
-        unfinished = await self._in_db_thread(self._store.unfinished_jobs)
-        for stored in unfinished:
-            settled = bytearray(len(stored.images))
-            for index in stored.settled:
-                settled[index] = 1
-            urls = [image.url for image in stored.images]
-            self._activate(
-                ActiveJob(
-                    stored.job_id,
-                    urls,
-                    settled,
-                    stored.client_id,
-                    started=stored.started,
-                    cancelled=stored.cancelled,
-                )
-            )
-        if unfinished:
-            log.info("resumed %d unfinished jobs", len(unfinished))
-        due = await self._in_db_thread(self._store.callbacks_due, None)
-        self._keep(asyncio.create_task(self._deliver_all(due)))
-
-    async def _dispatch_loop(self) -> None:
-        await self._recovered
+        """Load the unfinished jobs, one at a time (a restart holds no more than the jobs
+        themselves), and the callbacks due. A failure is retried, never kept as the answer."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue and not self._stopping:
-                worker = self._pool.most_free()
-                if worker is None:
-                    break
-                batch = self._take_batch(worker)
-                if batch:
-                    self._keep(asyncio.create_task(self._send(worker, batch)))
+            try:
+                unfinished = await self._in_db_thread(self._store.unfinished_jobs)
+                for stored in unfinished:
+                    if stored.job_id in self._jobs:
+                        continue  # loaded by an attempt that failed later on
+                    urls, settled = await self._in_db_thread(self._store.job_images, stored.job_id)
+                    job = ActiveJob(stored.job_id, urls, settled, stored.client_id)
+                    job.started, job.cancelled = stored.started, stored.cancelled
+                    self._activate(job)
+                due = await self._in_db_thread(self._store.callbacks_due, None)
+            except Exception:
+                log.exception("recovering the unfinished jobs failed; trying again")
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                continue
+            if unfinished:
+                log.info("resumed %d unfinished jobs", len(unfinished))
+            self._keep(asyncio.create_task(self._deliver_all(due)))
+            return
+
+    async def _dispatch_step(self) -> None:
+        await self._recovered
+        await self._wake.wait()
+        self._wake.clear()
+        if self._stopping:
+            return
+        for worker in self._pool.freest_first():
+            if not (self._queue or self._suspects):
+                return
+            batch = self._take_batch(worker)
+            if batch:
+                self._keep(asyncio.create_task(self._send(worker, batch)))
 
     def _take_batch(self, worker: WorkerSlot) -> list[ImageTask]:
-        """Up to the worker's free capacity of images, taken fairly across jobs."""
+        """Up to the worker's free capacity of images, taken fairly across jobs, led by at
+        most one image whose worker died under it (a suspect) if the worker holds none."""
         batch: list[ImageTask] = []
+        if not any(key in self._deaths for key in worker.in_flight):
+            while worker.free > 0 and self._suspects:
+                if self._dispatch(worker, self._suspects.popleft(), batch):
+                    break
         while worker.free > 0 and (taken := self._queue.take()) is not None:
-            job_id, index = taken
-            job = self._jobs.get(job_id)
-            if job is None or job.settled[index]:
-                continue  # settled meanwhile by a worker thought lost: nothing to redo
-            if not job.started:
-                job.started = True
-                self._started.append((job_id, time.time()))
-            worker.in_flight.add(taken)
-            batch.append(ImageTask(job_id, index, job.urls[index]))
+            self._dispatch(worker, taken, batch)
         return batch
+
+    def _dispatch(self, worker: WorkerSlot, key: ImageKey, batch: list[ImageTask]) -> bool:
+        """Add the image to the worker's batch unless it has settled meanwhile (by a worker
+        thought lost); True if added."""
+        job_id, index = key
+        job = self._jobs.get(job_id)
+        if job is None or job.settled[index]:
+            return False
+        if not job.started:
+            job.started = True
+            self._pending.started.append((job_id, time.time()))
+        worker.in_flight.add(key)
+        batch.append(ImageTask(job_id, index, job.urls[index]))
+        return True
 
     async def _send(self, worker: WorkerSlot, batch: list[ImageTask]) -> None:
         try:
@@ -384,57 +438,66 @@ class JobTracker:
         self._worker_lost(worker)
 
     def _worker_lost(self, worker: WorkerSlot) -> None:
-        for job_id, index in self._pool.lost(worker):
+        limit = self._settings.max_image_attempts
+        for key in self._pool.lost(worker):
+            job_id, index = key
             job = self._jobs.get(job_id)
             if job is None or job.settled[index]:
                 continue
             if job.cancelled:
                 self._settle_cancelled(job, [index])
+                continue
+            deaths = self._deaths[key] = self._deaths.get(key, 0) + 1
+            if deaths >= limit:
+                self._record(worker_lost_outcome(job_id, index, deaths))
+                self._image_metrics.failed_at_once(FailureReason.WORKER_LOST, 1)
+                log.warning("image %d failed: its worker died %d times", index, deaths,
+                            extra={"job_id": job_id})  # fmt: skip
             else:
-                self._queue.requeue(job_id, index)
+                self._suspects.append(key)
         self._wake.set()
 
     def _record(self, outcome: ImageOutcome) -> None:
+        key = (outcome.job_id, outcome.index)
+        self._deaths.pop(key, None)
         job = self._jobs.get(outcome.job_id)
         if job is None or not job.settle(outcome.index):
             return
-        self._unsaved.append(outcome)
+        self._pending.outcomes.append(outcome)
         if job.unsettled == 0:
-            self._fully_settled.append(job.job_id)
+            self._pending.finished.append(job.job_id)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.flush_interval)
-            try:
-                await self._flush()
-            except StorageError as exc:
-                log.error("saving results failed, will retry: %s", exc)
+    async def _flush_step(self) -> None:
+        await asyncio.sleep(self._settings.flush_interval)
+        await self._flush()
 
     async def _flush(self) -> int:
         async with self._flush_lock:
-            batch, self._unsaved = self._unsaved, []
-            finished, self._fully_settled = self._fully_settled, []
-            started, self._started = self._started, []
-            cancelled, self._cancelled = self._cancelled, []
-            if not (batch or finished or started or cancelled):
+            batch = self._pending.take()
+            if not batch:
                 return 0
             try:
-                await self._in_db_thread(
-                    self._store.save_outcomes, batch, finished, started, cancelled
+                unstorable = await self._in_db_thread(
+                    self._store.save_outcomes,
+                    batch.outcomes,
+                    batch.finished,
+                    batch.started,
+                    batch.cancels,
                 )
-            except StorageError:
-                self._unsaved[:0] = batch
-                self._fully_settled[:0] = finished
-                self._started[:0] = started
-                self._cancelled[:0] = cancelled
+            except BaseException:
+                self._pending.restore(batch)
                 raise
-            for job_id in finished:
+            for outcome in unstorable:
+                log.error("the result of image %d could not be stored; it failed instead",
+                          outcome.index, extra={"job_id": outcome.job_id})  # fmt: skip
+            self._image_metrics.failed_at_once(FailureReason.INTERNAL, len(unstorable))
+            for job_id in batch.finished:
                 del self._jobs[job_id]
                 self._queue.drop_job(job_id)
                 log.info("job finished", extra={"job_id": job_id})
-            if finished:
-                self._keep(asyncio.create_task(self._send_callbacks(finished)))
-            return len(batch)
+            if batch.finished:
+                self._keep(asyncio.create_task(self._send_callbacks(batch.finished)))
+            return len(batch.outcomes)
 
     async def _send_callbacks(self, job_ids: list[int]) -> None:
         due = await self._in_db_thread(self._store.callbacks_due, job_ids)
@@ -460,25 +523,19 @@ class JobTracker:
         except StorageError as exc:
             log.error("recording the callback failed: %s", exc, extra=context)
 
-    async def _node_loop(self) -> None:
-        while True:
-            nodes = await asyncio.to_thread(ray.nodes)
-            for worker in self._pool.refresh(nodes):
-                self._keep(asyncio.create_task(self._warm_up(worker)))
-            await asyncio.sleep(NODE_REFRESH_SECONDS)
+    async def _node_step(self) -> None:
+        nodes = await asyncio.to_thread(ray.nodes)
+        for worker in self._pool.refresh(nodes):
+            self._keep(asyncio.create_task(self._warm_up(worker)))
+        await asyncio.sleep(NODE_REFRESH_SECONDS)
 
-    async def _metrics_loop(self) -> None:
-        while True:
-            self._metrics.in_flight.set(self._pool.in_flight)
-            self._metrics.queue_depth.set(len(self._queue))
-            try:
-                counts = await self._in_db_thread(self._store.job_counts)
-            except StorageError as exc:
-                log.warning("counting jobs for the metrics failed: %s", exc)
-            else:
-                for state in JobState:
-                    self._metrics.jobs.set(counts.get(state, 0), tags={"state": state.value})
-            await asyncio.sleep(METRICS_SECONDS)
+    async def _metrics_step(self) -> None:
+        await asyncio.sleep(METRICS_SECONDS)
+        self._metrics.in_flight.set(self._pool.in_flight)
+        self._metrics.queue_depth.set(len(self._queue) + len(self._suspects))
+        counts = await self._in_db_thread(self._store.job_counts)
+        for state in JobState:
+            self._metrics.jobs.set(counts.get(state, 0), tags={"state": state.value})
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a reference until the task ends: the loop itself keeps only weak ones."""

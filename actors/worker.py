@@ -22,12 +22,15 @@ from actors.metrics import ImageMetrics, TimedFetcher
 from core.fetch import Downloader, FetchLimits
 from core.logs import use_json_logs
 from core.models import FailureReason, ImageOutcome, ImageTask
-from core.processing import failed_outcome, process_image
+from core.processing import PixelBudget, failed_outcome, process_image
 from core.settings import Settings
+from core.supervise import supervise
 from core.urlguard import AddressPolicy
 
 REPORT_INTERVAL_SECONDS = 0.02
 REPORT_BATCH = 128
+# After a report the tracker did not take (it is restarting, say), the wait before the next try.
+REPORT_RETRY_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,11 @@ class ImageWorker:
             Downloader(fetch_limits(settings), policy, pool_size=capacity),
             self._metrics.download_seconds,
         )
+        self._budget = PixelBudget(settings.decode_pixel_budget)
         self._outbox: list[ImageOutcome] = []
         self._outbox_full = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
-        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        self._reporter = supervise("report", self._report_step, REPORT_RETRY_SECONDS)
 
     async def accept(self, tasks: list[ImageTask]) -> None:
         """Start the images; their outcomes come back through `JobTracker.report`."""
@@ -87,6 +91,7 @@ class ImageWorker:
                 max_pixels=self._settings.max_image_pixels,
                 gpu_delay=(self._settings.gpu_delay_min, self._settings.gpu_delay_max),
                 node_id=self._node_id,
+                budget=self._budget,
             )
         except Exception:
             # A bug, not a property of the image: log it loudly, and still settle the image so
@@ -104,11 +109,15 @@ class ImageWorker:
         if len(self._outbox) >= REPORT_BATCH:
             self._outbox_full.set()
 
-    async def _report_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_full.wait(), REPORT_INTERVAL_SECONDS)
-            self._outbox_full.clear()
-            if self._outbox:
-                batch, self._outbox = self._outbox, []
-                await self._tracker.report.remote(self._key, batch)
+    async def _report_step(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outbox_full.wait(), REPORT_INTERVAL_SECONDS)
+        self._outbox_full.clear()
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        try:
+            await self._tracker.report.remote(self._key, batch)
+        except BaseException:
+            self._outbox[:0] = batch  # sent again with the next report, never dropped
+            raise

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 
 
 def client_id_for_key(key: str) -> str:
@@ -37,17 +38,27 @@ class ApiKeys:
         return client_id_for_key(found) if found is not None else None
 
 
-@dataclass
 class RateLimiter:
-    """A token bucket per client: `rate` submissions per second, bursts of up to `burst`."""
+    """A token bucket per client: `rate` submissions per second, bursts of up to `burst`.
 
-    rate: float
-    burst: int
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # tokens, when
+    Memory is bounded by the clients seen within the last `burst / rate` seconds: a bucket
+    idle that long has refilled, which is the same as having none, so it is forgotten."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if not rate > 0 or burst < 1:
+            raise ValueError(f"a rate limit needs rate > 0 and burst >= 1, got {rate}, {burst}")
+        self.rate = rate
+        self.burst = burst
+        # Least recently used first: (tokens, when they were counted).
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def retry_after(self, client: str, now: float) -> int | None:
         """Take one token; None if granted, else the whole seconds to wait for the next one."""
-        tokens, last = self._buckets.get(client, (float(self.burst), now))
+        self._forget_refilled(now)
+        tokens, last = self._buckets.pop(client, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens >= 1:
             self._buckets[client] = (tokens - 1, now)
@@ -55,6 +66,10 @@ class RateLimiter:
         self._buckets[client] = (tokens, now)
         return max(1, math.ceil((1 - tokens) / self.rate))
 
-
-class TooManyOpenJobs(RuntimeError):
-    """The client already has as many unfinished jobs as it may."""
+    def _forget_refilled(self, now: float) -> None:
+        refill_seconds = self.burst / self.rate
+        while self._buckets:
+            client, (_tokens, last) = next(iter(self._buckets.items()))
+            if now - last < refill_seconds:
+                return
+            del self._buckets[client]

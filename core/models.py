@@ -39,6 +39,7 @@ class FailureReason(StrEnum):
     DECODE = "decode"
     UNKNOWN_STORE = "unknown_store"
     CANCELLED = "cancelled"
+    WORKER_LOST = "worker_lost"  # its worker died with it in flight, every attempt
     INTERNAL = "internal"
 
 

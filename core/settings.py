@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,16 @@ class Settings:
 
     max_body_bytes: int = 10 * 1024 * 1024
     max_images_per_job: int = 100_000
-    max_url_length: int = 2048
+    max_url_length: int = 2048  # image and callback URLs
+    max_store_id_length: int = 256
+    max_visit_time_length: int = 64
+    max_idempotency_key_length: int = 255
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 100_000_000
+    # Pixels being decoded at once on a node, over all its images: bounds decoding memory.
+    decode_pixel_budget: int = 200_000_000
+    # Times an image may be in flight on a worker that dies before the image fails.
+    max_image_attempts: int = 3
 
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
@@ -46,6 +54,10 @@ class Settings:
     submit_rate: float = 10.0  # submissions per second per client, sustained
     submit_burst: int = 50
     max_open_jobs_per_client: int = 100
+    # Images not yet settled, over every job: past it a submission is answered 503.
+    max_queued_images: int = 1_000_000
+    # How long an API call waits for the job tracker before answering 503.
+    tracker_timeout: float = 30.0
 
     results_page_max: int = 1000
     flush_interval: float = 0.2
@@ -88,7 +100,7 @@ class Settings:
                 raise SettingsError(f"{ENV_PREFIX}{name} must be at least {minimum}, got {value}")
             return value
 
-        def number(name: str, default: float) -> float:
+        def number(name: str, default: float, positive: bool = False) -> float:
             raw = get(name)
             if raw is None:
                 return default
@@ -96,8 +108,9 @@ class Settings:
                 value = float(raw)
             except ValueError:
                 raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
-            if value < 0:
-                raise SettingsError(f"{ENV_PREFIX}{name} must not be negative, got {value}")
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "above 0" if positive else "at least 0"
+                raise SettingsError(f"{ENV_PREFIX}{name} must be {bound}, got {raw!r}")
             return value
 
         def flag(name: str, default: bool) -> bool:
@@ -129,8 +142,23 @@ class Settings:
                 "MAX_IMAGES_PER_JOB", defaults.max_images_per_job, minimum=1
             ),
             max_url_length=integer("MAX_URL_LENGTH", defaults.max_url_length, minimum=16),
+            max_store_id_length=integer(
+                "MAX_STORE_ID_LENGTH", defaults.max_store_id_length, minimum=1
+            ),
+            max_visit_time_length=integer(
+                "MAX_VISIT_TIME_LENGTH", defaults.max_visit_time_length, minimum=10
+            ),
+            max_idempotency_key_length=integer(
+                "MAX_IDEMPOTENCY_KEY_LENGTH", defaults.max_idempotency_key_length, minimum=1
+            ),
             max_image_bytes=integer("MAX_IMAGE_BYTES", defaults.max_image_bytes, minimum=1),
             max_image_pixels=integer("MAX_IMAGE_PIXELS", defaults.max_image_pixels, minimum=1),
+            decode_pixel_budget=integer(
+                "DECODE_PIXEL_BUDGET", defaults.decode_pixel_budget, minimum=1
+            ),
+            max_image_attempts=integer(
+                "MAX_IMAGE_ATTEMPTS", defaults.max_image_attempts, minimum=1
+            ),
             connect_timeout=number("CONNECT_TIMEOUT", defaults.connect_timeout),
             read_timeout=number("READ_TIMEOUT", defaults.read_timeout),
             download_timeout=number("DOWNLOAD_TIMEOUT", defaults.download_timeout),
@@ -138,11 +166,13 @@ class Settings:
             retry_backoff=number("RETRY_BACKOFF", defaults.retry_backoff),
             max_redirects=integer("MAX_REDIRECTS", defaults.max_redirects),
             api_keys=tuple(k.strip() for k in (get("API_KEYS") or "").split(",") if k.strip()),
-            submit_rate=number("SUBMIT_RATE", defaults.submit_rate),
+            submit_rate=number("SUBMIT_RATE", defaults.submit_rate, positive=True),
             submit_burst=integer("SUBMIT_BURST", defaults.submit_burst, minimum=1),
             max_open_jobs_per_client=integer(
                 "MAX_OPEN_JOBS_PER_CLIENT", defaults.max_open_jobs_per_client, minimum=1
             ),
+            max_queued_images=integer("MAX_QUEUED_IMAGES", defaults.max_queued_images, minimum=1),
+            tracker_timeout=number("TRACKER_TIMEOUT", defaults.tracker_timeout, positive=True),
             results_page_max=integer("RESULTS_PAGE_MAX", defaults.results_page_max, minimum=1),
             flush_interval=number("FLUSH_INTERVAL", defaults.flush_interval),
             callback_attempts=integer("CALLBACK_ATTEMPTS", defaults.callback_attempts, minimum=1),

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REQUIRED_COLUMNS = ("AreaCode", "StoreName", "StoreID")
+
+log = logging.getLogger(__name__)
 
 
 class StoreMasterError(ValueError):
@@ -37,3 +42,49 @@ def load_store_master(path: Path) -> frozenset[str]:
     except OSError as exc:
         raise StoreMasterError(f"cannot read store master {path}: {exc.strerror}") from None
     return parse_store_master(text)
+
+
+# A file rewritten in place is taken once it has been still this long: a writer part-way
+# through would otherwise hand the service half of the store ids.
+SETTLE_SECONDS = 1.0
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class StoreMasterCache:
+    """The known store ids, read again when the file changes (checked at most once per submit).
+
+    A change is taken when the file is whole: replaced by a rename, or still for
+    `SETTLE_SECONDS`, and not changed while it was read. Until then, and when the file is gone
+    or unreadable, the last good copy serves; `StoreMasterError` only when there never was one.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._stamp: tuple[int, int, int] | None = None
+        self._ids: frozenset[str] = frozenset()
+
+    def current(self) -> frozenset[str]:
+        try:
+            self._reload_if_changed()
+        except (OSError, StoreMasterError) as exc:
+            if self._stamp is None:
+                raise StoreMasterError(f"the store master cannot be read: {exc}") from None
+            log.warning("store master not reloaded, the last good copy serves: %s", exc)
+        return self._ids
+
+    def _reload_if_changed(self) -> None:
+        stamp = _stamp(self._path)
+        if stamp == self._stamp:
+            return
+        same_file = self._stamp is not None and stamp[0] == self._stamp[0]
+        if same_file and self._clock() - stamp[2] / 1e9 < SETTLE_SECONDS:
+            return  # rewritten in place moments ago: perhaps not finished
+        ids = load_store_master(self._path)
+        if _stamp(self._path) != stamp:
+            raise StoreMasterError("the file changed while it was read")
+        self._ids, self._stamp = ids, stamp

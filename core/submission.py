@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.models import JobSubmission, Visit
+from core.text import is_utf8_text
 
 
 class InvalidSubmission(ValueError):
@@ -24,6 +25,8 @@ class SubmissionTooLarge(ValueError):
 class SubmissionLimits:
     max_images: int = 100_000
     max_url_length: int = 2048
+    max_store_id_length: int = 256
+    max_visit_time_length: int = 64
 
 
 def parse_submission(body: bytes, limits: SubmissionLimits) -> JobSubmission:
@@ -31,6 +34,9 @@ def parse_submission(body: bytes, limits: SubmissionLimits) -> JobSubmission:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidSubmission("body must be a JSON object") from None
+    except ValueError:
+        # Python refuses to read integers of more than 4,300 digits.
+        raise InvalidSubmission("body holds a number with too many digits") from None
     return validate_submission(payload, limits)
 
 
@@ -46,6 +52,9 @@ def validate_submission(payload: Any, limits: SubmissionLimits) -> JobSubmission
     count = payload["count"]
     if not _is_int(count) or count < 0:
         raise InvalidSubmission("count must be a non-negative integer")
+    if count > limits.max_images:
+        # Every visit has an image, so no larger count can match; nor is it worth quoting.
+        raise InvalidSubmission(f"count must be at most {limits.max_images}")
     raw_visits = payload["visits"]
     if not isinstance(raw_visits, list):
         raise InvalidSubmission("visits must be a list")
@@ -88,12 +97,24 @@ def _validate_visit(raw: Any, where: str, limits: SubmissionLimits) -> Visit:
     store_id = raw["store_id"]
     if not isinstance(store_id, str) or not store_id.strip():
         raise InvalidSubmission(f"{where}.store_id must be a non-empty string")
+    if len(store_id) > limits.max_store_id_length:
+        raise InvalidSubmission(
+            f"{where}.store_id is longer than {limits.max_store_id_length} characters"
+        )
+    if not is_printable_text(store_id):
+        raise InvalidSubmission(
+            f"{where}.store_id must be printable text (no control characters or lone surrogates)"
+        )
     urls = raw["image_url"]
     if not isinstance(urls, list) or not urls:
         raise InvalidSubmission(f"{where}.image_url must be a non-empty list of URLs")
     for position, url in enumerate(urls):
         _validate_url(url, f"{where}.image_url[{position}]", limits)
     visit_time = raw["visit_time"]
+    if isinstance(visit_time, str) and len(visit_time) > limits.max_visit_time_length:
+        raise InvalidSubmission(
+            f"{where}.visit_time is longer than {limits.max_visit_time_length} characters"
+        )
     if not isinstance(visit_time, str) or not is_iso8601(visit_time):
         raise InvalidSubmission(f"{where}.visit_time must be an ISO 8601 date or date-time")
     return Visit(store_id=store_id, visit_time=visit_time, image_urls=tuple(urls))
@@ -108,8 +129,15 @@ def _validate_url(url: Any, where: str, limits: SubmissionLimits) -> None:
         raise InvalidSubmission(f"{where} must be an absolute http(s) URL")
 
 
+def is_printable_text(text: str) -> bool:
+    """No C0 or C1 control character, DEL or lone surrogate: text fit to store and to show."""
+    return is_utf8_text(text) and not any(
+        ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in text
+    )
+
+
 def is_http_url(url: str) -> bool:
-    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+    if not is_utf8_text(url) or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
         return False
     try:
         parts = urlsplit(url)

@@ -1,5 +1,6 @@
 """The Serve ingress: translates HTTP to JobTracker calls and the tracker's answers to the
-contract's bodies. Nothing here owns state.
+contract's bodies. Job state is the tracker's; every error maps to its status here, once, in
+the exception handlers.
 
 Endpoints: POST /api/submit/ (and /api/submit), GET /api/status, GET /api/results,
 GET /api/jobs, GET /api/jobs/{id}, POST /api/jobs/{id}/cancel, GET /healthz, and the OpenAPI
@@ -12,7 +13,6 @@ docs at /docs. `serve_config.yaml` names `build_app` as its
 import asyncio
 import logging
 import re
-import time
 import uuid
 from typing import Any
 
@@ -24,11 +24,13 @@ from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.tracker import JobAlreadyFinished, tracker_handle
-from core.clients import ApiKeys, RateLimiter, TooManyOpenJobs
+from actors.tracker import tracker_handle
+from core.clients import ApiKeys
+from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
 from core.models import status_payload
 from core.settings import Settings
 from core.storage import IdempotencyConflict, StatusReader, StorageError
+from core.store_master import StoreMasterError
 from core.submission import (
     InvalidSubmission,
     SubmissionLimits,
@@ -51,12 +53,14 @@ from service.schemas import (
 log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"[0-9]{1,18}")
-TRACKER_TIMEOUT_SECONDS = 60.0
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
 INLINE_PARSE_BYTES = 256 * 1024
 DEFAULT_PAGE = 100
 DEFAULT_JOBS_PAGE = 20
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's
+VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an Idempotency-Key may hold, as Stripe's
+# What a client should wait before retrying when the tracker or the database is not answering:
+# about what a tracker restart takes.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 
 api = FastAPI(
     title="Image job service",
@@ -91,6 +95,80 @@ async def unauthorized(_request: Request, _exc: Unauthorized) -> JSONResponse:
     )
 
 
+def unavailable(message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS) -> JSONResponse:
+    return JSONResponse(
+        {"error": message}, status_code=503, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def tracker_reason(exc: Exception) -> str:
+    """The message of an exception the tracker raised. Ray re-raises it as a subclass that
+    prints the remote traceback; the client gets the original message only."""
+    return str(getattr(exc, "cause", None) or exc)
+
+
+@api.exception_handler(InvalidSubmission)
+async def invalid_submission(_request: Request, exc: InvalidSubmission) -> JSONResponse:
+    return error(400, str(exc))
+
+
+@api.exception_handler(SubmissionTooLarge)
+async def submission_too_large(_request: Request, exc: SubmissionTooLarge) -> JSONResponse:
+    return error(413, str(exc))
+
+
+@api.exception_handler(IdempotencyConflict)
+@api.exception_handler(JobAlreadyFinished)
+async def conflict(_request: Request, exc: Exception) -> JSONResponse:
+    return error(409, tracker_reason(exc))
+
+
+@api.exception_handler(TooManyOpenJobs)
+async def too_many_open_jobs(_request: Request, exc: TooManyOpenJobs) -> JSONResponse:
+    return error(429, f"too many open jobs: {tracker_reason(exc)}")
+
+
+@api.exception_handler(RateLimited)
+async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
+    wait = getattr(exc, "cause", exc).retry_after
+    return JSONResponse(
+        {"error": tracker_reason(exc)}, status_code=429, headers={"Retry-After": str(wait)}
+    )
+
+
+@api.exception_handler(ServiceBusy)
+async def service_busy(_request: Request, exc: ServiceBusy) -> JSONResponse:
+    return unavailable(tracker_reason(exc), retry_after=30)
+
+
+@api.exception_handler(StorageError)
+async def storage_failed(request: Request, exc: StorageError) -> JSONResponse:
+    log.error("%s %s: storage failed: %s", request.method, request.url.path, tracker_reason(exc))
+    if request.url.path.startswith("/api/submit"):
+        return unavailable("the job could not be recorded; nothing was kept, please retry")
+    return unavailable("the job store is not answering; please retry")
+
+
+@api.exception_handler(StoreMasterError)
+async def store_master_unreadable(_request: Request, exc: StoreMasterError) -> JSONResponse:
+    log.error("store master: %s", tracker_reason(exc))
+    return unavailable("the store master cannot be read; please retry later")
+
+
+@api.exception_handler(TimeoutError)
+@api.exception_handler(GetTimeoutError)
+@api.exception_handler(RayActorError)
+async def tracker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: the tracker did not answer: %r", request.method, request.url.path, exc)
+    return unavailable("the job tracker is not answering; please retry")
+
+
+@api.exception_handler(Exception)
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error(500, "internal error")
+
+
 @api.exception_handler(StarletteHTTPException)
 async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail).lower()}, status_code=exc.status_code)
@@ -100,12 +178,6 @@ async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResp
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in exc.errors())
     return error(400, f"invalid request: {fields}")
-
-
-def tracker_reason(exc: Exception) -> str:
-    """The message of an exception the tracker raised. Ray re-raises it as a subclass that
-    prints the remote traceback; the client gets the original message only."""
-    return str(getattr(exc, "cause", None) or exc)
 
 
 def parse_job_id(raw: str | None) -> int | None:
@@ -152,9 +224,10 @@ class ImageServiceAPI:
         self._limits = SubmissionLimits(
             max_images=self._settings.max_images_per_job,
             max_url_length=self._settings.max_url_length,
+            max_store_id_length=self._settings.max_store_id_length,
+            max_visit_time_length=self._settings.max_visit_time_length,
         )
         self._api_keys = ApiKeys(self._settings.api_keys)
-        self._submit_limiter = RateLimiter(self._settings.submit_rate, self._settings.submit_burst)
         self._tracker = tracker_handle(self._settings)
         self._statuses = self._local_status_reader()
 
@@ -170,13 +243,16 @@ class ImageServiceAPI:
     def _local_status_reader(self) -> StatusReader | None:
         """Status straight from the database when this replica runs beside it: it spares every
         poll a round trip through the tracker, which is what bounds status throughput."""
-        tracker_node: Any = ray.get(self._tracker.ping.remote(), timeout=TRACKER_TIMEOUT_SECONDS)
+        tracker_node: Any = ray.get(
+            self._tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
+        )
         if tracker_node != ray.get_runtime_context().get_node_id():
             return None
         return StatusReader(self._settings.database_path)
 
     async def _ask(self, ref: Any) -> Any:
-        return await asyncio.wait_for(ref, timeout=TRACKER_TIMEOUT_SECONDS)
+        """The tracker's answer; TimeoutError (answered 503) if it takes too long."""
+        return await asyncio.wait_for(ref, timeout=self._settings.tracker_timeout)
 
     @api.post(
         "/api/submit/",
@@ -192,51 +268,36 @@ class ImageServiceAPI:
         the same key with a different body is a 409."""
         client = self._client(request)
         caller = client or (request.client.host if request.client else "unknown")
-        wait = self._submit_limiter.retry_after(caller, time.monotonic())
-        if wait is not None:
-            return JSONResponse(
-                {"error": f"too many submissions; retry in {wait} s"},
-                status_code=429,
-                headers={"Retry-After": str(wait)},
-            )
+        idempotency_key = self._idempotency_key(request)
         try:
             body = await read_body(request, self._settings.max_body_bytes)
         except BodyTooLarge:
             return error(413, f"body is larger than {self._settings.max_body_bytes} bytes")
-        try:
-            if len(body) > INLINE_PARSE_BYTES:
-                submission = await asyncio.to_thread(parse_submission, body, self._limits)
-            else:
-                submission = parse_submission(body, self._limits)
-        except InvalidSubmission as exc:
-            return error(400, str(exc))
-        except SubmissionTooLarge as exc:
-            return error(413, str(exc))
-        idempotency_key = request.headers.get("idempotency-key")
+        if len(body) > INLINE_PARSE_BYTES:
+            submission = await asyncio.to_thread(parse_submission, body, self._limits)
+        else:
+            submission = parse_submission(body, self._limits)
         if idempotency_key is None:
             # A fresh key per request: if the tracker restarts mid-call, Ray retries the call
             # and the key makes the retry return the job already recorded, not a second one.
             key, fingerprint = uuid.uuid4().hex, None
-        elif IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
+        else:
             # Scoped by client: one client's key never finds another client's job.
             key = f"idempotency:{client or ''}:{idempotency_key}"
             fingerprint = submission_fingerprint(submission)
-        else:
-            return error(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")
-        try:
-            job_id = await self._ask(
-                self._tracker.submit.remote(submission, key, client, fingerprint)
-            )
-        except IdempotencyConflict as exc:
-            return error(409, tracker_reason(exc))
-        except TooManyOpenJobs as exc:
-            return error(429, f"too many open jobs: {tracker_reason(exc)}")
-        except StorageError as exc:
-            log.error("recording a job failed: %s", exc)
-            return error(503, "the job could not be recorded; nothing was kept, please retry")
-        except (TimeoutError, GetTimeoutError, RayActorError):
-            return error(503, "the job tracker is not answering; please retry")
+        job_id = await self._ask(
+            self._tracker.submit.remote(submission, key, client, fingerprint, caller)
+        )
         return JSONResponse({"job_id": job_id}, status_code=201)
+
+    def _idempotency_key(self, request: Request) -> str | None:
+        key = request.headers.get("idempotency-key")
+        longest = self._settings.max_idempotency_key_length
+        if key is not None and (len(key) > longest or not VISIBLE_ASCII.fullmatch(key)):
+            raise InvalidSubmission(
+                f"Idempotency-Key must be 1 to {longest} visible ASCII characters"
+            )
+        return key
 
     @api.post("/api/submit", include_in_schema=False, status_code=201)
     async def submit_without_slash(self, request: Request) -> JSONResponse:
@@ -278,11 +339,8 @@ class ImageServiceAPI:
         job_id = parse_job_id(jobid)
         if job_id is None:
             return UNKNOWN_JOB
-        try:
-            start = parse_non_negative(offset, "offset", 0, None)
-            size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
-        except InvalidSubmission as exc:
-            return error(400, str(exc))
+        start = parse_non_negative(offset, "offset", 0, None)
+        size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
         page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
         if page is None:
             return UNKNOWN_JOB
@@ -298,11 +356,10 @@ class ImageServiceAPI:
     ) -> JSONResponse:
         """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
         client = self._client(request)
-        try:
-            start = parse_non_negative(offset, "offset", 0, None)
-            size = parse_non_negative(limit, "limit", DEFAULT_JOBS_PAGE, 1000)
-        except InvalidSubmission as exc:
-            return error(400, str(exc))
+        start = parse_non_negative(offset, "offset", 0, None)
+        size = parse_non_negative(
+            limit, "limit", DEFAULT_JOBS_PAGE, self._settings.results_page_max
+        )
         total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
         return JSONResponse(job_list_body(total, start, size, jobs))
 
@@ -336,13 +393,7 @@ class ImageServiceAPI:
         number = parse_job_id(job_id)
         if number is None:
             return error(404, f"no job {job_id}")
-        try:
-            detail = await self._ask(self._tracker.cancel.remote(number, client))
-        except JobAlreadyFinished as exc:
-            return error(409, tracker_reason(exc))
-        except StorageError as exc:
-            log.error("recording a cancel failed: %s", exc)
-            return error(503, "the cancel could not be recorded; please retry")
+        detail = await self._ask(self._tracker.cancel.remote(number, client))
         if detail is None:
             return error(404, f"no job {job_id}")
         return JSONResponse(job_detail_body(detail), status_code=202)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from core.clients import ApiKeys, RateLimiter, client_id_for_key
 
 
@@ -27,3 +29,19 @@ def test_rate_limiter_allows_a_burst_then_paces() -> None:
     assert limiter.retry_after("b", 0.0) is None  # clients have their own buckets
     assert limiter.retry_after("a", 0.5) is None  # half a second buys one token at 2/s
     assert limiter.retry_after("a", 0.5) == 1
+
+
+def test_rate_limiter_forgets_buckets_that_have_refilled() -> None:
+    # Without this, one bucket per caller address would be kept for ever.
+    limiter = RateLimiter(rate=10, burst=50)  # a bucket refills in 5 s
+    for caller in range(10_000):
+        assert limiter.retry_after(f"10.0.{caller // 256}.{caller % 256}", caller / 1000) is None
+    assert len(limiter) <= 5_001  # only the callers of the last 5 s
+    assert limiter.retry_after("late", 100.0) is None
+    assert len(limiter) == 1
+
+
+def test_rate_limiter_refuses_a_rate_of_zero() -> None:
+    for rate, burst in ((0, 5), (-1, 5), (float("nan"), 5), (1, 0)):
+        with pytest.raises(ValueError, match="rate > 0"):
+            RateLimiter(rate=rate, burst=burst)

@@ -115,3 +115,43 @@ def test_fingerprint_ignores_json_layout_but_not_content() -> None:
     other = parse_submission(encode(visit("S2", ["http://a.test/1.jpg"])), LIMITS)
     assert submission_fingerprint(first) == submission_fingerprint(reordered)
     assert submission_fingerprint(first) != submission_fingerprint(other)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (encode(visit("\ud800", ["http://a.test/1"])), r"visits\[0\]\.store_id must be printable"),
+        (encode(visit("S\x00", ["http://a.test/1"])), r"visits\[0\]\.store_id must be printable"),
+        (encode(visit("S", ["http://a.test/\udcff"])), r"image_url\[0\] must be an absolute"),
+        (encode(visit("S" * 257, ["http://a.test/1"])), r"store_id is longer than 256"),
+        (
+            encode(visit("S", ["http://a.test/1"], "2025-03-11T10:00:00." + "1" * 100_000)),
+            r"visits\[0\]\.visit_time is longer than 64",
+        ),
+        (b'{"count": ' + b"9" * 5000 + b', "visits": []}', "number with too many digits"),
+        (
+            json.dumps({"count": 10**4000, "visits": [visit("S", ["http://a.test/1"])]}).encode(),
+            r"^count must be at most 5$",
+        ),
+        (b'{"count": NaN, "visits": []}', "count must be a non-negative integer"),
+        (b'{"count": Infinity, "visits": []}', "count must be a non-negative integer"),
+        (
+            json.dumps(
+                {
+                    "count": 1,
+                    "callback_url": "http://a/\ud800",
+                    "visits": [visit("S", ["http://a"])],
+                }
+            ).encode(),
+            "callback_url must be an absolute",
+        ),
+    ],
+)
+def test_hostile_fields_are_400s_naming_the_field(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidSubmission, match=message):
+        parse_submission(body, SubmissionLimits(max_images=5))
+
+
+def test_a_body_with_the_longest_accepted_fields_passes() -> None:
+    body = encode(visit("S" * 256, ["http://a.test/" + "x" * 2000], "2025-03-11T10:00:00.123456"))
+    assert parse_submission(body, SubmissionLimits()).visits[0].store_id == "S" * 256

@@ -1,0 +1,27 @@
+"""Domain errors the API answers with a status of their own (mapped once, in service/app.py).
+
+Each message is meant for the client. Ray re-raises an actor's exception as a subclass of it,
+so these keep their type across the tracker call.
+"""
+
+from __future__ import annotations
+
+
+class TooManyOpenJobs(RuntimeError):
+    """The client already has as many unfinished jobs as it may (429)."""
+
+
+class RateLimited(RuntimeError):
+    """The client submits faster than its rate limit allows (429 with Retry-After)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many submissions; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ServiceBusy(RuntimeError):
+    """The service holds as many unsettled images as it may; a later retry can pass (503)."""
+
+
+class JobAlreadyFinished(ValueError):
+    """A cancel for a job that has already ended (409)."""
