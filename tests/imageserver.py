@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import struct
 import threading
 import time
@@ -69,6 +71,40 @@ def png_declaring(width: int, height: int) -> bytes:
     data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(data[ihdr : ihdr + 17]))
     return bytes(data)
+
+
+def peer_pid(port: int) -> int | None:
+    """The process on this machine whose TCP socket has local port `port` (from /proc)."""
+    wanted = f":{port:04X} "
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in rows:
+                fields = row.split()
+                if len(fields) > 9 and (fields[1] + " ").endswith(wanted):
+                    inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target
+                   for fd in os.listdir(f"/proc/{pid}/fd")):  # fmt: skip
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+# Answers whose header bytes are not UTF-8: a redirect and a plain 200 with the image.
+GARBLED_REDIRECT = (
+    b"HTTP/1.1 302 Found\r\nLocation: /img/\xff\xfe\xc3(\r\nContent-Length: 0\r\n\r\n"
+)
+# And a valid one that no message should quote in full: 5,000 characters to another scheme.
+LONG_SCHEME_REDIRECT = (
+    b"HTTP/1.1 301 Moved\r\nLocation: ftp://a/\xc3\xa9" + b"x" * 5_000
+    + b"\r\nContent-Length: 0\r\n\r\n"
+)  # fmt: skip
 
 
 def perimeter(name: str) -> int:
@@ -143,6 +179,25 @@ class ImageServer:
                         time.sleep(0.5)
                         self.wfile.write(b"\x89")
                         self.wfile.flush()
+                    return None
+                if parts[0] == "garbled" and len(parts) == 2:
+                    # /garbled/<kind>: a raw answer whose header bytes are not UTF-8
+                    raw = {"redirect": GARBLED_REDIRECT, "scheme": LONG_SCHEME_REDIRECT}
+                    if parts[1] in raw:
+                        self.wfile.write(raw[parts[1]])
+                        return None
+                    body, _type = server.files["red.jpg"]
+                    self.wfile.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: image/\xff\xfe\r\nX-Note: \xc3(\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                    return None
+                if parts[0] == "deadly":
+                    # Kills the process that asked: an image whose processing kills its worker.
+                    pid = peer_pid(self.client_address[1])
+                    if pid is not None and pid != os.getpid():
+                        os.kill(pid, signal.SIGKILL)
                     return None
                 if parts[0] == "silent":
                     time.sleep(20)  # accepts the connection, never answers

@@ -12,12 +12,18 @@ from hypothesis import strategies as st
 
 from tests.conftest import Client
 
+# Text as hostile clients send it: lone surrogates (valid JSON as "\ud800"), control characters.
+HOSTILE_TEXT = st.text(
+    alphabet=st.characters(categories=["Cs", "Cc", "Lu", "Ll", "Nd", "Zs", "So"]), max_size=20
+)
 SCALARS = (
     st.none()
     | st.booleans()
     | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=10**18, max_value=10**4000)  # past 64 bits and float range
+    | st.floats()  # NaN and Infinity included: Python's JSON writes and reads them
     | st.text(max_size=20)
+    | HOSTILE_TEXT
 )
 JSON_VALUES = st.recursive(
     SCALARS,
@@ -26,15 +32,23 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=20,
 )
-URLS = st.sampled_from(
-    ["http://127.0.0.1:9/a.png", "https://a.test/x.jpg", "ftp://a/b", "", "http://", "x" * 3000]
-) | st.text(max_size=30)
+URLS = (
+    st.sampled_from(
+        ["http://127.0.0.1:9/a.png", "https://a.test/x.jpg", "ftp://a/b", "", "http://", "x" * 3000]
+    )
+    | st.text(max_size=30)
+    | HOSTILE_TEXT.map(lambda text: f"http://a.test/{text}")
+)
 VISITS = st.fixed_dictionaries(
     {},
     optional={
-        "store_id": st.sampled_from(["S00339218", "", "RP00001", "nope"]) | JSON_VALUES,
+        "store_id": st.sampled_from(["S00339218", "", "RP00001", "nope", "S" * 300])
+        | HOSTILE_TEXT
+        | JSON_VALUES,
         "image_url": st.lists(URLS, max_size=3) | JSON_VALUES,
-        "visit_time": st.sampled_from(["2025-03-11", "2025-13-01", "2025-03-11T10:00:00Z"])
+        "visit_time": st.sampled_from(
+            ["2025-03-11", "2025-13-01", "2025-03-11T10:00:00Z", "2025-03-11T10:00:00." + "1" * 99]
+        )
         | JSON_VALUES,
     },
 )
@@ -63,11 +77,24 @@ def check(response: requests.Response, allowed: set[int]) -> Any:
     return response.json()
 
 
+def nested(depth: int) -> bytes:
+    return b'{"count": 1, "visits": ' + b"[" * depth + b"]" * depth + b"}"
+
+
 @FUZZ
 @given(body=BODIES)
 def test_any_json_body_gets_201_or_a_400_error(client: Client, body: Any) -> None:
-    answer = check(client.submit(body), {201, 400, 413})
+    raw = json.dumps(body).encode()  # NaN and Infinity as Python writes them; surrogates escaped
+    response = requests.post(f"{client.base_url}/api/submit/", data=raw, timeout=60)
+    answer = check(response, {201, 400, 413})
     assert set(answer) in ({"job_id"}, {"error"})
+
+
+@FUZZ
+@given(depth=st.integers(1, 200_000))
+def test_any_nesting_depth_gets_a_json_answer(client: Client, depth: int) -> None:
+    response = requests.post(f"{client.base_url}/api/submit/", data=nested(depth), timeout=60)
+    assert set(check(response, {400})) == {"error"}
 
 
 @FUZZ
@@ -134,3 +161,24 @@ def test_service_still_answers_correctly_after_fuzzing(client: Client) -> None:
     assert json.loads(requests.get(f"{client.base_url}/healthz", timeout=30).text) == {
         "status": "ok"
     }
+
+
+# What HTTP lets through to the app (visible ASCII, spaces, and any byte past 0x7f): control
+# characters are refused by the HTTP parser itself, before the service sees the request.
+HEADER_BYTES = st.binary(min_size=1, max_size=300).filter(
+    lambda raw: all(0x20 <= byte < 0x7F or byte >= 0x80 for byte in raw) and raw.strip() == raw
+)
+
+
+@FUZZ
+@given(
+    name=st.sampled_from(["Idempotency-Key", "Authorization", "Content-Type", "X-Forwarded-For"]),
+    value=HEADER_BYTES,
+)
+def test_any_header_bytes_get_a_json_answer(client: Client, name: str, value: bytes) -> None:
+    body = {"count": 1, "visits": [{"store_id": "NOT-A-STORE", "image_url": ["http://a.test/x"],
+                                     "visit_time": "2025-03-11"}]}  # fmt: skip
+    response = requests.post(
+        f"{client.base_url}/api/submit/", json=body, headers={name: value}, timeout=60
+    )
+    assert set(check(response, {201, 400})) in ({"job_id"}, {"error"})

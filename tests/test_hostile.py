@@ -1,0 +1,294 @@
+"""Hostile input and stalls against the real service: origins that lie in their headers or kill
+whoever asks, bodies built to break parsers or fill the disk, racing submissions, a frozen
+tracker. Each answer is a documented 2xx or 4xx (or a 503 with Retry-After), never a 5xx
+otherwise, and nobody else's work is lost or held up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Client, job
+from tests.imageserver import ImageServer, perimeter
+from tests.service_process import ServiceProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+STORE = "S00339218"
+KEYS = {"race": "key-race-0123456789", "cap": "key-cap-0123456789", "any": "key-any-0123456789"}
+MAX_QUEUED = 2100
+
+
+@pytest.fixture(scope="module")
+def guarded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    running = ServiceProcess(
+        tmp_path_factory.mktemp("hostile"),
+        env_overrides={
+            "IMAGE_SERVICE_API_KEYS": ",".join(KEYS.values()),
+            "IMAGE_SERVICE_MAX_OPEN_JOBS_PER_CLIENT": "1",
+            "IMAGE_SERVICE_MAX_QUEUED_IMAGES": str(MAX_QUEUED),
+            "IMAGE_SERVICE_MAX_IMAGE_ATTEMPTS": "2",
+            "IMAGE_SERVICE_TRACKER_TIMEOUT": "3",
+        },
+    ).start()
+    yield running
+    running.stop()
+
+
+def as_client(service: ServiceProcess, who: str) -> Client:
+    client = Client(service.url)
+    client.session.headers["Authorization"] = f"Bearer {KEYS[who]}"
+    return client
+
+
+def test_an_origin_with_garbled_headers_fails_its_image_and_holds_up_nobody(
+    client: Client, image_server: ImageServer
+) -> None:
+    garbled = [image_server.url(f"garbled/{kind}") for kind in ("redirect", "scheme", "header")]
+    first = client.submit_ok(job((STORE, [*garbled, image_server.url("img/red.jpg?garbled=1")])))
+    # Another client's job, submitted right after: before the fix its results were never saved.
+    second = client.submit_ok(job(("RP00001", [image_server.url("img/green.png?garbled=2")])))
+    assert client.wait(second, timeout=60) == {"status": "completed", "job_id": second}
+    final = client.wait(first, timeout=60)
+    assert final["status"] == "failed"
+    rows = client.all_results(first)
+    assert [r["state"] for r in rows] == ["failed", "failed", "done", "done"]
+    assert rows[0]["error"] == (
+        f"image download failed: {garbled[0]}: redirected to a Location that is not valid UTF-8"
+    )
+    prefix = f"image download failed: {garbled[1]}: redirected to a non-http URL: ftp://a/\u00e9x"
+    assert rows[1]["error"].startswith(prefix) and rows[1]["error"].endswith("x...")
+    assert len(rows[1]["error"]) == 2500
+    assert rows[2]["perimeter"] == rows[3]["perimeter"] == perimeter("red.jpg")
+    assert final["error"] == [{"store_id": STORE, "error": rows[0]["error"]}]
+
+
+HOSTILE_BODIES = {
+    "lone surrogate store_id": (
+        b'{"count": 1, "visits": [{"store_id": "\\ud800", "image_url": ["http://a.test/x"],'
+        b' "visit_time": "2025-03-11"}]}',
+        "visits[0].store_id must be printable text (no control characters or lone surrogates)",
+    ),
+    "lone surrogate URL": (
+        b'{"count": 1, "visits": [{"store_id": "S1", "image_url": ["http://a.test/\\udcff"],'
+        b' "visit_time": "2025-03-11"}]}',
+        "visits[0].image_url[0] must be an absolute http(s) URL",
+    ),
+    "count of 5,000 digits": (
+        b'{"count": ' + b"7" * 5000 + b', "visits": []}',
+        "body holds a number with too many digits",
+    ),
+    "count past every limit": (
+        b'{"count": ' + b"9" * 4000 + b', "visits": []}',
+        "count must be at most 100000",
+    ),
+    "store_id of 100,000 characters": (
+        json.dumps(job(("S" * 100_000, ["http://a.test/x"] * 500))).encode(),
+        "visits[0].store_id is longer than 256 characters",
+    ),
+    "visit_time with a 100,000-digit fraction": (
+        json.dumps(
+            job(("S1", ["http://a.test/x"]), visit_time="2025-03-11T10:00:00." + "1" * 10**5)
+        ).encode(),
+        "visits[0].visit_time is longer than 64 characters",
+    ),
+    "NaN count": (b'{"count": NaN, "visits": []}', "count must be a non-negative integer"),
+    "Infinity count": (
+        b'{"count": -Infinity, "visits": []}',
+        "count must be a non-negative integer",
+    ),
+    "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, "body must be a JSON object"),
+    "invalid UTF-8": (b'{"count": 1, "visits": ["\xff\xfe"]}', "body must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
+def test_a_hostile_body_is_a_400_naming_the_field(client: Client, name: str) -> None:
+    body, message = HOSTILE_BODIES[name]
+    response = requests.post(f"{client.base_url}/api/submit/", data=body, timeout=60)
+    assert (response.status_code, response.json()) == (400, {"error": message})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["k" * 256, b"\xff\xfe-not-utf8", "caf\u00e9".encode("latin-1")],
+)
+def test_a_hostile_idempotency_key_is_a_400(client: Client, value: str | bytes) -> None:
+    response = requests.post(
+        f"{client.base_url}/api/submit/",
+        json=job((STORE, ["http://a.test/x"])),
+        headers={"Idempotency-Key": value},
+        timeout=60,
+    )
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "Idempotency-Key must be 1 to 255 visible ASCII characters"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Authorization", b"Bearer \xff\xfe"), ("X-Anything", b"\xc3(\xff"), ("Cookie", b"\x80")],
+)
+def test_headers_that_are_not_utf8_get_a_documented_answer(
+    client: Client, header: str, value: bytes
+) -> None:
+    for method, path in (("GET", "/api/status?jobid=1"), ("GET", "/api/jobs/1")):
+        response = requests.request(
+            method, client.base_url + path, headers={header: value}, timeout=60
+        )
+        assert response.status_code in (200, 400, 404), response.text
+        assert isinstance(response.json(), dict)
+
+
+def database_bytes(service: ServiceProcess) -> int:
+    path = service.data_dir / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return sum(
+        (service.data_dir / name).stat().st_size
+        for name in ("jobs.sqlite3", "jobs.sqlite3-wal")
+        if (service.data_dir / name).exists()
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "visits"),
+    [
+        # The shapes that cost the most per byte of body: many short URLs that all fail with a
+        # message quoting them, and one image per visit with the longest store ids.
+        ("short failing URLs", [(STORE, [f"/x?{i}" for i in range(2000)])]),
+        ("long store ids", [("S" * 255 + f"{i % 10}", ["/img/tiny.gif"]) for i in range(300)]),
+    ],
+)
+def test_the_database_grows_at_most_20x_an_accepted_body(
+    guarded_service: ServiceProcess,
+    image_server: ImageServer,
+    shape: str,
+    visits: list[tuple[str, list[str]]],
+) -> None:
+    client = as_client(guarded_service, "any")
+    payload = job(*((store, [image_server.url(u) for u in urls]) for store, urls in visits))
+    body = json.dumps(payload).encode()
+    before = database_bytes(guarded_service)
+    response = client.session.post(f"{client.base_url}/api/submit/", data=body, timeout=60)
+    assert response.status_code == 201, response.text
+    client.wait(response.json()["job_id"], timeout=120)
+    grown = database_bytes(guarded_service) - before
+    print(f"{shape}: body {len(body)} bytes, database grew {grown} bytes, {grown / len(body):.1f}x")
+    assert grown <= 20 * len(body)
+
+
+def test_concurrent_submissions_cannot_pass_the_open_jobs_limit_together(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = as_client(guarded_service, "race")
+    payload = job(("RP00001", [image_server.url("slow/1000/red.jpg?race=1")]))
+
+    def submit(_n: int) -> requests.Response:
+        return as_client(guarded_service, "race").submit(payload)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(submit, range(20)))
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [201] + [429] * 19, [a.text for a in answers]
+    [accepted] = [a.json()["job_id"] for a in answers if a.status_code == 201]
+    assert client.wait(accepted, timeout=60)["status"] == "completed"
+
+
+def test_a_submission_past_the_queued_images_cap_is_503_with_retry_after(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = as_client(guarded_service, "cap")
+    urls = [f"http://a.test/{i}" for i in range(MAX_QUEUED + 1)]
+    refused = client.submit(job(("NOT-IN-MASTER", urls)))
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+    assert f"takes at most {MAX_QUEUED}" in refused.json()["error"]
+    accepted = client.submit_ok(job(("NOT-IN-MASTER", urls[:MAX_QUEUED])))
+    assert client.wait(accepted, timeout=120)["status"] == "failed"
+
+
+def test_an_image_that_kills_its_worker_fails_after_the_attempt_limit_alone(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = as_client(guarded_service, "any")
+    deadly = image_server.url("deadly?kill=1")
+    others = [image_server.url(f"img/green.png?kill={i}") for i in range(20)]
+    job_id = client.submit_ok(job(("RP00003", [others[0], deadly, *others[1:]])))
+    final = client.wait(job_id, timeout=180)
+    message = "the image worker died while processing this image, 2 times"
+    assert final == {
+        "status": "failed",
+        "job_id": job_id,
+        "error": [{"store_id": "RP00003", "error": message}],
+    }
+    rows = client.all_results(job_id)
+    assert [r["state"] for r in rows] == ["done", "failed", *["done"] * 19]
+    # Each death is one request or more (a connection cut before the answer is retried).
+    assert image_server.hits["/deadly?kill=1"] >= 2
+
+
+def test_a_failing_flush_loses_nothing_and_the_loop_goes_on(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = as_client(guarded_service, "any")
+    with sqlite3.connect(guarded_service.data_dir / "jobs.sqlite3") as db:
+        # Stands in for a disk that refuses writes for a while: every result insert fails.
+        db.execute(
+            "CREATE TRIGGER refuse_results BEFORE INSERT ON results"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    db.close()
+    try:
+        job_id = client.submit_ok(
+            job(("RP00004", [image_server.url(f"img/tiny.gif?flush={i}") for i in range(10)]))
+        )
+        time.sleep(3)
+        assert client.status(job_id).json()["status"] == "ongoing"
+    finally:
+        with sqlite3.connect(guarded_service.data_dir / "jobs.sqlite3") as db:
+            db.execute("DROP TRIGGER refuse_results")
+        db.close()
+    assert client.wait(job_id, timeout=60)["status"] == "completed"
+    assert [r["state"] for r in client.all_results(job_id)] == ["done"] * 10
+
+
+def test_a_frozen_tracker_is_503_with_retry_after_on_every_route_then_recovers(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    # Last in this module: it freezes the tracker of the module's service.
+    client = as_client(guarded_service, "any")
+    job_id = client.submit_ok(job(("RP00005", [image_server.url("img/red.jpg?frozen=1")])))
+    client.wait(job_id, timeout=60)
+    tracker_pid = int(guarded_service.probe("tracker")["pid"])
+    calls: list[tuple[str, str, Any]] = [
+        ("GET", f"/api/results?jobid={job_id}", None),
+        ("GET", f"/api/jobs/{job_id}", None),
+        ("GET", "/api/jobs", None),
+        ("POST", f"/api/jobs/{job_id}/cancel", None),
+        ("POST", "/api/submit/", job(("RP00005", [image_server.url("img/red.jpg?frozen=2")]))),
+    ]
+    os.kill(tracker_pid, signal.SIGSTOP)
+    try:
+        for method, path, body in calls:
+            started = time.monotonic()
+            response = client.session.request(method, client.base_url + path, json=body, timeout=60)
+            assert response.status_code == 503, (path, response.status_code, response.text)
+            assert response.json() == {"error": "the job tracker is not answering; please retry"}
+            assert int(response.headers["Retry-After"]) >= 1
+            assert time.monotonic() - started < 10
+        # Status is read from the database beside the tracker: it still answers.
+        assert client.status(job_id).json() == {"status": "completed", "job_id": job_id}
+    finally:
+        os.kill(tracker_pid, signal.SIGCONT)
+    assert client.session.get(f"{client.base_url}/api/jobs/{job_id}", timeout=60).status_code == 200
