@@ -55,8 +55,6 @@ NODE_REFRESH_SECONDS = 2.0
 METRICS_SECONDS = 2.0
 # Pause after a failed iteration of a background loop, or a failed recovery, before the next.
 RETRY_PAUSE_SECONDS = 1.0
-# A retry later than this is no use to a client that a full service turns away.
-BUSY_RETRY_AFTER_SECONDS = 10
 
 log = logging.getLogger(__name__)
 

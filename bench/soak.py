@@ -1,8 +1,9 @@
 """`make soak`: 32 clients on loopback submit small jobs and poll them for 60 s while a
 20,000-image job runs; some submit twice with one Idempotency-Key, some cancel their job at
-once. Passes when no answer was a 5xx, a repeated key always gave the same job, every job
-reached a final status and holds exactly one result per image, and its progress counts add up.
-Bounded in time; stops by itself."""
+once, some send hostile bodies, and a tenth of the images come from an origin whose headers
+are not UTF-8. Passes when no answer was a 5xx, every hostile body was a 400, a repeated key
+always gave the same job, every job reached a final status and holds exactly one result per
+image, and its progress counts add up. Bounded in time; stops by itself."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import requests
 
 from bench.run import IMAGE_COUNT, child, make_job, wait_http
+from tests.imageserver import ImageServer
 from tests.service_process import ServiceProcess, free_port
 
 CLIENTS = 32
@@ -26,6 +28,23 @@ SECONDS = 60
 FINAL_WAIT_SECONDS = 300
 REPEAT_SHARE = 0.2  # submissions sent twice with one Idempotency-Key
 CANCEL_SHARE = 0.1  # jobs cancelled right after they are submitted
+HOSTILE_SHARE = 0.1  # submissions that are hostile bodies, each to be answered 400
+GARBLED_SHARE = 0.1  # images from an origin whose header bytes are not UTF-8
+HOSTILE_BODIES = [
+    b'{"count": 1, "visits": [{"store_id": "\\ud800", "image_url": ["http://a.test/x"],'
+    b' "visit_time": "2025-03-11"}]}',
+    b'{"count": 1, "visits": [{"store_id": "S1", "image_url": ["http://a.test/\\udcff"],'
+    b' "visit_time": "2025-03-11"}]}',
+    b'{"count": ' + b"7" * 5000 + b', "visits": []}',
+    b'{"count": NaN, "visits": []}',
+    b"[" * 50_000 + b"]" * 50_000,
+    b'{"count": 1, "visits": [{"store_id": "'
+    + b"S" * 100_000
+    + b'", "image_url": ["http://a.test/x"],'
+    b' "visit_time": "2025-03-11"}]}',
+    b'{"count": 1, "visits": [{"store_id": "S1", "image_url": ["http://a.test/x"],'
+    b' "visit_time": "2025-03-11T10:00:00.' + b"1" * 100_000 + b'"}]}',
+]
 
 
 class Tally:
@@ -41,28 +60,40 @@ class Tally:
         return response
 
 
-def small_job(rng: random.Random, image_port: int) -> dict[str, Any]:
+def image_url(rng: random.Random, image_port: int, garbled_port: int) -> str:
+    draw = rng.random()
+    if draw < GARBLED_SHARE:
+        return f"http://127.0.0.1:{garbled_port}/garbled/{rng.choice(['redirect', 'header'])}"
+    if draw < GARBLED_SHARE + 0.1:
+        return f"http://127.0.0.1:{image_port}/img/missing.png"
+    return f"http://127.0.0.1:{image_port}/img/{rng.randrange(IMAGE_COUNT)}.jpeg"
+
+
+def small_job(rng: random.Random, image_port: int, garbled_port: int) -> dict[str, Any]:
     visits = []
     for _ in range(rng.randint(1, 3)):
-        urls = [
-            f"http://127.0.0.1:{image_port}/img/{rng.randrange(IMAGE_COUNT)}.jpeg"
-            if rng.random() > 0.1
-            else f"http://127.0.0.1:{image_port}/img/missing.png"
-            for _ in range(rng.randint(1, 5))
-        ]
+        urls = [image_url(rng, image_port, garbled_port) for _ in range(rng.randint(1, 5))]
         store = f"RP{rng.randint(1, 1000):05d}" if rng.random() > 0.1 else "NOT-IN-MASTER"
         visits.append({"store_id": store, "image_url": urls, "visit_time": "2025-03-11"})
     return {"count": len(visits), "visits": visits}
 
 
-def client_loop(seed: int, url: str, image_port: int, tally: Tally, deadline: float) -> None:
+def client_loop(seed: int, url: str, ports: tuple[int, int], tally: Tally, deadline: float) -> None:
     rng = random.Random(seed)
     session = requests.Session()
+    submit = f"{url}/api/submit/"
     while time.monotonic() < deadline:
-        payload = small_job(rng, image_port)
+        if rng.random() < HOSTILE_SHARE:
+            hostile = tally.answer(
+                session.post(submit, data=rng.choice(HOSTILE_BODIES), timeout=60)
+            )
+            if hostile.status_code != 400 or list(hostile.json()) != ["error"]:
+                with tally.lock:
+                    tally.problems.append(f"hostile body answered {hostile.status_code}")
+            continue
+        payload = small_job(rng, *ports)
         repeat = rng.random() < REPEAT_SHARE
         headers = {"Idempotency-Key": uuid.uuid4().hex} if repeat else {}
-        submit = f"{url}/api/submit/"
         response = tally.answer(session.post(submit, json=payload, headers=headers, timeout=60))
         if response.status_code != 201:
             continue
@@ -126,6 +157,7 @@ def check_jobs(url: str, jobs: dict[int, int], tally: Tally) -> list[str]:
 
 def main() -> None:
     image_port = free_port()
+    garbled_origin = ImageServer().start()
     with (
         tempfile.TemporaryDirectory() as tmp,
         child("bench.imagehost", str(image_port), str(IMAGE_COUNT)),
@@ -148,7 +180,8 @@ def main() -> None:
             deadline = time.monotonic() + SECONDS
             threads = [
                 threading.Thread(
-                    target=client_loop, args=(n, service.url, image_port, tally, deadline)
+                    target=client_loop,
+                    args=(n, service.url, (image_port, garbled_origin.port), tally, deadline),
                 )
                 for n in range(CLIENTS)
             ]
@@ -159,6 +192,7 @@ def main() -> None:
             problems = tally.problems + check_jobs(service.url, dict(tally.jobs), tally)
         finally:
             service.stop()
+            garbled_origin.stop()
     errors = sum(n for code, n in tally.codes.items() if code >= 500)
     requests_made = sum(tally.codes.values())
     print(

@@ -61,6 +61,8 @@ VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an Idempotency-Key may hold,
 # What a client should wait before retrying when the tracker or the database is not answering:
 # about what a tracker restart takes.
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+# A full service drains as jobs finish: minutes, not seconds.
+BUSY_RETRY_AFTER_SECONDS = 30
 
 api = FastAPI(
     title="Image job service",
@@ -138,7 +140,7 @@ async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
 
 @api.exception_handler(ServiceBusy)
 async def service_busy(_request: Request, exc: ServiceBusy) -> JSONResponse:
-    return unavailable(tracker_reason(exc), retry_after=30)
+    return unavailable(tracker_reason(exc), retry_after=BUSY_RETRY_AFTER_SECONDS)
 
 
 @api.exception_handler(StorageError)
@@ -404,7 +406,11 @@ class ImageServiceAPI:
         try:
             await asyncio.wait_for(self._tracker.ping.remote(), timeout=5)
         except (TimeoutError, GetTimeoutError, RayActorError):
-            return JSONResponse({"status": "unavailable"}, status_code=503)
+            return JSONResponse(
+                {"status": "unavailable"},
+                status_code=503,
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            )
         return JSONResponse({"status": "ok"})
 
 

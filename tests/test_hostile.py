@@ -263,6 +263,41 @@ def test_a_failing_flush_loses_nothing_and_the_loop_goes_on(
     assert [r["state"] for r in client.all_results(job_id)] == ["done"] * 10
 
 
+def test_a_failing_recovery_is_retried_not_kept_as_the_answer(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = as_client(guarded_service, "any")
+    urls = [image_server.url(f"slow/1000/tiny.gif?recover={i}") for i in range(200)]
+    job_id = client.submit_ok(job(("RP00006", urls)))
+    deadline = time.monotonic() + 60
+    while not (done := [r for r in client.all_results(job_id) if r["state"] == "done"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    first = urls.index(done[0]["image_url"])
+    database = guarded_service.data_dir / "jobs.sqlite3"
+
+    def move_result(source: int, target: int) -> None:
+        with sqlite3.connect(database) as db:
+            db.execute(
+                "UPDATE results SET idx = ? WHERE job_id = ? AND idx = ?", (target, job_id, source)
+            )
+        db.close()
+
+    # A result naming an image the job does not have: the restarted tracker cannot load the job.
+    move_result(first, 10**6)
+    try:
+        os.kill(int(guarded_service.probe("tracker")["pid"]), signal.SIGKILL)
+        time.sleep(5)
+        health = requests.get(f"{client.base_url}/healthz", timeout=60)
+        assert (health.status_code, health.json()) == (503, {"status": "unavailable"})
+        assert "Retry-After" in health.headers
+    finally:
+        move_result(10**6, first)
+    assert client.wait(job_id, timeout=120)["status"] == "completed"
+    rows = client.all_results(job_id)
+    assert [r["state"] for r in rows] == ["done"] * 200
+
+
 def test_a_frozen_tracker_is_503_with_retry_after_on_every_route_then_recovers(
     guarded_service: ServiceProcess, image_server: ImageServer
 ) -> None:
