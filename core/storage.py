@@ -28,7 +28,15 @@ from core.models import (
 )
 from core.text import safe_text
 
-SCHEMA = """
+IMAGES_COLUMNS = """(
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    idx INTEGER NOT NULL,
+    visit INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never handed out twice
     submission_key TEXT UNIQUE,
@@ -48,13 +56,7 @@ CREATE TABLE IF NOT EXISTS visits (
     visit_time TEXT NOT NULL,
     PRIMARY KEY (job_id, visit)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS images (
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    idx INTEGER NOT NULL,
-    visit INTEGER NOT NULL,
-    url TEXT NOT NULL,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS images {IMAGES_COLUMNS};
 CREATE TABLE IF NOT EXISTS results (
     job_id INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -90,15 +92,9 @@ END;
 """
 
 # Before visits had a table of their own, every image row carried its visit's fields.
-SPLIT_VISITS = """
+SPLIT_VISITS = f"""
 ALTER TABLE images RENAME TO images_with_visits;
-CREATE TABLE images (
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    idx INTEGER NOT NULL,
-    visit INTEGER NOT NULL,
-    url TEXT NOT NULL,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
+CREATE TABLE images {IMAGES_COLUMNS};
 INSERT INTO visits SELECT job_id, idx, store_id, visit_time FROM images_with_visits;
 INSERT INTO images SELECT job_id, idx, idx, url FROM images_with_visits;
 DROP TABLE images_with_visits;

@@ -31,9 +31,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 class Client:
     """A thin HTTP client for the service under test."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url
         self.session = requests.Session()
+        if api_key is not None:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def submit(self, payload: Any) -> requests.Response:
         return self.session.post(f"{self.base_url}/api/submit/", json=payload, timeout=60)

@@ -45,9 +45,7 @@ def guarded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
 
 
 def as_client(service: ServiceProcess, who: str) -> Client:
-    client = Client(service.url)
-    client.session.headers["Authorization"] = f"Bearer {KEYS[who]}"
-    return client
+    return Client(service.url, KEYS[who])
 
 
 def test_an_origin_with_garbled_headers_fails_its_image_and_holds_up_nobody(

@@ -48,9 +48,7 @@ def secure_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
 
 
 def as_client(service: ServiceProcess, who: str) -> Client:
-    client = Client(service.url)
-    client.session.headers["Authorization"] = f"Bearer {KEYS[who]}"
-    return client
+    return Client(service.url, KEYS[who])
 
 
 def test_every_api_call_needs_a_valid_key(secure_service: ServiceProcess) -> None:
