@@ -18,6 +18,10 @@ class RateLimited(RuntimeError):
         super().__init__(f"too many submissions; retry in {retry_after} s")
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[type[RateLimited], tuple[int]]:
+        # Rebuilt from its own argument when it crosses Ray, not from its message.
+        return RateLimited, (self.retry_after,)
+
 
 class ServiceBusy(RuntimeError):
     """The service holds as many unsettled images as it may; a later retry can pass (503)."""

@@ -10,11 +10,14 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
-from core.text import is_utf8_text
+from core.text import is_utf8_text, safe_text
 from core.urlguard import AddressPolicy
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
+# How much of a redirect target, which the origin chooses, a failure message quotes: every
+# image of a job may fail with it, so it sets how much a job's results can outweigh its body.
+QUOTED_LOCATION_CHARS = 100
 
 
 class ImageDownloadError(Exception):
@@ -138,9 +141,14 @@ class Downloader:
             if not is_utf8_text(location):
                 # aiohttp hands over header bytes that are not UTF-8 as lone surrogates.
                 raise ImageDownloadError("redirected to a Location that is not valid UTF-8")
-            current = urljoin(current, location)
-            if urlsplit(current).scheme not in ("http", "https"):
-                raise ImageDownloadError(f"redirected to a non-http URL: {redact_url(current)}")
+            try:
+                current = urljoin(current, location)
+                scheme = urlsplit(current).scheme
+            except ValueError:  # "Invalid IPv6 URL" and the like
+                raise ImageDownloadError("redirected to a Location that is not a URL") from None
+            if scheme not in ("http", "https"):
+                shown = safe_text(redact_url(current), QUOTED_LOCATION_CHARS)
+                raise ImageDownloadError(f"redirected to a non-http URL: {shown}")
         raise ImageDownloadError(f"more than {self._limits.max_redirects} redirects")
 
     async def _fetch_one_hop(self, url: str) -> tuple[bytes, str | None]:
@@ -163,7 +171,8 @@ class Downloader:
                 exc
             ):
                 raise ImageDownloadError(
-                    f"refused: {host} resolves to an address that is not public"
+                    f"refused: {safe_text(host, QUOTED_LOCATION_CHARS)} resolves to an address"
+                    " that is not public"
                 ) from None
             raise _RetryableError(f"connection failed: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:

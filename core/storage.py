@@ -7,13 +7,14 @@ restarts or duplicate reports happen above it.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from core.models import (
     JOB_CANCELLED,
@@ -64,9 +65,15 @@ CREATE TABLE IF NOT EXISTS results (
     height INTEGER,
     error TEXT,
     processed_at REAL NOT NULL,
-    node_id TEXT,
+    node_id TEXT,  -- before nodes had a table: the node's id itself
+    node INTEGER,  -- nodes.id
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+-- Ray's node ids are 56 characters: stored once here, not once per result.
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL UNIQUE
+);
 """
 
 # Columns added after the first release; a database from before gets them on opening.
@@ -104,7 +111,7 @@ DROP TABLE images_with_visits;
 IMAGES_WITH_VISITS = "images i JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
 
 INSERT_RESULT = (
-    "INSERT OR IGNORE INTO results (job_id, idx, width, height, error, processed_at, node_id)"
+    "INSERT OR IGNORE INTO results (job_id, idx, width, height, error, processed_at, node)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -131,7 +138,27 @@ JOB_DETAIL_COLUMNS = (
 
 
 class StorageError(RuntimeError):
-    """The database could not record something (disk full, I/O error, locked)."""
+    """The database could not record or read something (disk full, I/O error, locked)."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reads(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A read whose database error becomes a StorageError, as every write's does."""
+
+    def wrap(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def read(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.Error as exc:
+                raise StorageError(f"could not read {what}: {exc}") from exc
+
+        return read
+
+    return wrap
 
 
 class IdempotencyConflict(ValueError):
@@ -179,11 +206,15 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._migrate()
+        self._node_numbers: dict[str, int] = {}
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         image_columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+        result_columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
         with self._transaction():
+            if "node" not in result_columns:
+                self._db.execute("ALTER TABLE results ADD COLUMN node INTEGER")
             if "store_id" in image_columns:
                 for statement in SPLIT_VISITS.split(";"):
                     if statement.strip():
@@ -258,6 +289,7 @@ class JobStore:
             raise StorageError(f"could not record the job: {exc}") from exc
         return job_id, True
 
+    @reads("the job of an idempotency key")
     def job_for_key(self, submission_key: str | None, request_hash: str | None) -> int | None:
         """The job recorded under this key, if any; `IdempotencyConflict` when `request_hash`
         is given and differs from the one recorded with it."""
@@ -287,6 +319,8 @@ class JobStore:
         stored is stored as a failure instead; those are returned."""
         unstorable: list[ImageOutcome] = []
         try:
+            for node_id in {outcome.node_id for outcome in outcomes}:
+                self._node_number(node_id)
             with self._transaction(durable=bool(cancelled)):
                 self._db.executemany(
                     "UPDATE jobs SET started_at = ? WHERE id = ? AND started_at IS NULL",
@@ -304,10 +338,26 @@ class JobStore:
             raise StorageError(f"could not save results: {exc}") from exc
         return unstorable
 
+    def _node_number(self, node_id: str | None) -> int | None:
+        """The number standing for a node id in `results.node`. Recorded in a commit of its
+        own (before any batch that uses it), so a batch rolled back never orphans one."""
+        if node_id is None:
+            return None
+        number = self._node_numbers.get(node_id)
+        if number is None:
+            if self._db.in_transaction:
+                raise RuntimeError("a node is numbered outside any transaction")
+            self._db.execute("INSERT OR IGNORE INTO nodes (node_id) VALUES (?)", (node_id,))
+            (number,) = self._db.execute(
+                "SELECT id FROM nodes WHERE node_id = ?", (node_id,)
+            ).fetchone()
+            self._node_numbers[node_id] = number
+        return number
+
     def _insert_results(self, outcomes: Sequence[ImageOutcome]) -> list[ImageOutcome]:
         """Insert a batch; if some row cannot be bound, insert row by row and store each bad
         one as a failure, so that one image never holds back the others' results."""
-        rows = [_result_row(outcome) for outcome in outcomes]
+        rows = [_result_row(outcome, self._node_number(outcome.node_id)) for outcome in outcomes]
         try:
             self._db.executemany(INSERT_RESULT, rows)
             return []
@@ -376,12 +426,15 @@ class JobStore:
             (status.value, time.time(), json.dumps(errors), job_id, JobStatus.ONGOING.value),
         )
 
+    @reads("a job's status")
     def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
         return read_job_view(self._db, job_id, client_id)
 
+    @reads("a job")
     def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
         return read_job_detail(self._db, job_id, client_id)
 
+    @reads("the recent jobs")
     def recent_jobs(
         self, client_id: str | None, offset: int, limit: int
     ) -> tuple[int, list[JobDetail]]:
@@ -394,19 +447,18 @@ class JobStore:
         ).fetchall()
         return int(total), [_job_detail(row) for row in rows]
 
+    @reads("the job counts")
     def job_counts(self) -> dict[JobState, int]:
-        try:
-            rows = self._db.execute(
-                "SELECT status, cancelled_at IS NOT NULL, COUNT(*) FROM jobs GROUP BY 1, 2"
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not count jobs: {exc}") from exc
+        rows = self._db.execute(
+            "SELECT status, cancelled_at IS NOT NULL, COUNT(*) FROM jobs GROUP BY 1, 2"
+        ).fetchall()
         counts: dict[JobState, int] = {}
         for status, cancelled, count in rows:
             state = _job_state(status, bool(cancelled))
             counts[state] = counts.get(state, 0) + count
         return counts
 
+    @reads("the callbacks due")
     def callbacks_due(self, job_ids: Iterable[int] | None = None) -> list[DueCallback]:
         """Finished jobs whose callback is neither delivered nor given up on; all of them when
         `job_ids` is None (after a restart)."""
@@ -433,36 +485,33 @@ class JobStore:
         except sqlite3.Error as exc:
             raise StorageError(f"could not record the callback of job {job_id}: {exc}") from exc
 
+    @reads("the unfinished jobs")
     def unfinished_jobs(self) -> list[UnfinishedJob]:
         """The ongoing jobs, without their images: a restart reads those one job at a time."""
-        try:
-            return [
-                UnfinishedJob(job_id, client_id, started_at is not None, cancelled_at is not None)
-                for job_id, client_id, started_at, cancelled_at in self._db.execute(
-                    "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = ?"
-                    " ORDER BY id",
-                    (JobStatus.ONGOING.value,),
-                )
-            ]
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not read the unfinished jobs: {exc}") from exc
+        return [
+            UnfinishedJob(job_id, client_id, started_at is not None, cancelled_at is not None)
+            for job_id, client_id, started_at, cancelled_at in self._db.execute(
+                "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = ?"
+                " ORDER BY id",
+                (JobStatus.ONGOING.value,),
+            )
+        ]
 
+    @reads("a job's images")
     def job_images(self, job_id: int) -> tuple[list[str], bytearray]:
         """A job's image URLs in order, and a flag per image: 1 where it has a result."""
-        try:
-            urls = [
-                url
-                for (url,) in self._db.execute(
-                    "SELECT url FROM images WHERE job_id = ? ORDER BY idx", (job_id,)
-                )
-            ]
-            settled = bytearray(len(urls))
-            for (index,) in self._db.execute("SELECT idx FROM results WHERE job_id = ?", (job_id,)):
-                settled[index] = 1
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not read the images of job {job_id}: {exc}") from exc
+        urls = [
+            url
+            for (url,) in self._db.execute(
+                "SELECT url FROM images WHERE job_id = ? ORDER BY idx", (job_id,)
+            )
+        ]
+        settled = bytearray(len(urls))
+        for (index,) in self._db.execute("SELECT idx FROM results WHERE job_id = ?", (job_id,)):
+            settled[index] = 1
         return urls, settled
 
+    @reads("a page of results")
     def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
         """Rows in image order (visit order, then URL order within a visit), and the total."""
         total_row = self._db.execute(
@@ -471,9 +520,10 @@ class JobStore:
         total = int(total_row[0]) if total_row else 0
         rows = self._db.execute(
             "SELECT i.idx, v.store_id, v.visit_time, i.url, r.width, r.height, r.error,"
-            " r.processed_at, r.node_id"
+            " r.processed_at, COALESCE(n.node_id, r.node_id)"
             f" FROM {IMAGES_WITH_VISITS}"
             " LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
+            " LEFT JOIN nodes n ON n.id = r.node"
             " WHERE i.job_id = ? AND i.idx >= ? ORDER BY i.idx LIMIT ?",
             (job_id, offset, limit),
         ).fetchall()
@@ -524,10 +574,10 @@ def _flatten(submission: JobSubmission) -> Iterable[tuple[int, str]]:
             yield position, url
 
 
-def _result_row(o: ImageOutcome) -> tuple[Any, ...]:
+def _result_row(o: ImageOutcome, node: int | None) -> tuple[Any, ...]:
     # Error texts quote origins and URLs: the last line of defence against unstorable text.
     error = None if o.error is None else safe_text(o.error)
-    return (o.job_id, o.index, o.width, o.height, error, o.processed_at, o.node_id)
+    return (o.job_id, o.index, o.width, o.height, error, o.processed_at, node)
 
 
 def read_job_view(
@@ -594,8 +644,6 @@ class StatusReader:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
 
+    @reads("a job's status")
     def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
-        try:
-            return read_job_view(self._db, job_id, client_id)
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not read job {job_id}: {exc}") from exc
+        return read_job_view(self._db, job_id, client_id)

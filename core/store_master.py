@@ -41,11 +41,16 @@ def load_store_master(path: Path) -> frozenset[str]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise StoreMasterError(f"cannot read store master {path}: {exc.strerror}") from None
-    return parse_store_master(text)
+    except UnicodeDecodeError as exc:
+        raise StoreMasterError(f"store master {path} is not UTF-8: {exc.reason}") from None
+    try:
+        return parse_store_master(text)
+    except csv.Error as exc:
+        raise StoreMasterError(f"store master {path} is not valid CSV: {exc}") from None
 
 
-# A file rewritten in place is taken once it has been still this long: a writer part-way
-# through would otherwise hand the service half of the store ids.
+# A changed file is taken once it has been still this long: a writer part-way through would
+# otherwise hand the service half of the store ids.
 SETTLE_SECONDS = 1.0
 
 
@@ -57,9 +62,10 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 class StoreMasterCache:
     """The known store ids, read again when the file changes (checked at most once per submit).
 
-    A change is taken when the file is whole: replaced by a rename, or still for
-    `SETTLE_SECONDS`, and not changed while it was read. Until then, and when the file is gone
-    or unreadable, the last good copy serves; `StoreMasterError` only when there never was one.
+    A change is taken once the file has been still for `SETTLE_SECONDS` and did not change
+    while it was read: however it was written (in place, deleted and written again, renamed
+    over), a writer part-way through is never taken. Until then, and while the file is gone or
+    unreadable, the last good copy serves; `StoreMasterError` only when there never was one.
     """
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
@@ -81,9 +87,8 @@ class StoreMasterCache:
         stamp = _stamp(self._path)
         if stamp == self._stamp:
             return
-        same_file = self._stamp is not None and stamp[0] == self._stamp[0]
-        if same_file and self._clock() - stamp[2] / 1e9 < SETTLE_SECONDS:
-            return  # rewritten in place moments ago: perhaps not finished
+        if self._stamp is not None and self._clock() - stamp[2] / 1e9 < SETTLE_SECONDS:
+            return  # written moments ago: perhaps not finished
         ids = load_store_master(self._path)
         if _stamp(self._path) != stamp:
             raise StoreMasterError("the file changed while it was read")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 
@@ -72,3 +73,27 @@ def test_connection_refused_is_retried_then_reported() -> None:
 
 def test_redact_url_drops_credentials_and_query() -> None:
     assert redact_url("https://user:pw@a.test:8/p/x.jpg?sig=secret#f") == "https://a.test:8/p/x.jpg"
+
+
+@pytest.mark.parametrize("location", ["http://[x/", "//[::1", "http://a]/b"])
+def test_a_redirect_to_an_unparsable_url_is_a_download_failure(
+    server: ImageServer, location: str
+) -> None:
+    # urljoin raises ValueError ("Invalid IPv6 URL"): it must not escape as a bug.
+    with pytest.raises(ImageDownloadError, match="redirected to a Location that is not a URL"):
+        fetch(server.url(f"goto?to={quote(location, safe='')}"), OPEN)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("redirect", "redirected to a Location that is not valid UTF-8"),
+        ("scheme", "redirected to a non-http URL: ftp://a/\u00e9" + "x" * 88 + "..."),
+    ],
+)
+def test_what_an_origin_says_is_quoted_valid_and_short(
+    server: ImageServer, kind: str, message: str
+) -> None:
+    with pytest.raises(ImageDownloadError) as raised:
+        fetch(server.url(f"garbled/{kind}"), OPEN)
+    assert str(raised.value) == message

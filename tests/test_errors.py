@@ -1,0 +1,169 @@
+"""Every domain error reaches the client as its documented status and body, as the tracker
+raises it: across Ray (pickled, raised again as a subclass of RayTaskError and of itself).
+In process, through the API's real exception handlers and Serve's ingress guard, without a
+cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
+from core.models import JobSubmission, Visit
+from core.storage import IdempotencyConflict, JobStore, StorageError
+from core.store_master import StoreMasterError
+from core.submission import InvalidSubmission, SubmissionTooLarge
+from service.app import api
+from service.ingress_guard import ServeHeaderGuard
+
+
+def across_ray(exc: Exception) -> Exception:
+    """What awaiting an actor call that raised `exc` raises in the caller."""
+    try:
+        raise exc
+    except Exception as raised:
+        error = RayTaskError("JobTracker.call", "Traceback (remote)", raised)
+    return RayError.from_bytes(error.to_bytes()).as_instanceof_cause()  # type: ignore[no-any-return]
+
+
+async def call(app: Any, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, Any, Any]:
+    """One GET / to an ASGI app: status, headers, JSON body."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"",
+        "headers": headers or [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+        "root_path": "",
+    }  # fmt: skip
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        else:
+            answer["body"] += message.get("body", b"")
+
+    # Starlette raises a bug's exception again once it has sent the 500, for the server's log.
+    with contextlib.suppress(Exception):
+        await app(scope, receive, send)
+    return answer["status"], answer["headers"], json.loads(answer["body"])
+
+
+def answer_to(exc: Exception) -> tuple[int, str | None, Any]:
+    """How the API answers a route that raised `exc`: status, Retry-After, body."""
+    app = FastAPI()
+    app.exception_handlers.update(api.exception_handlers)
+
+    @app.get("/")
+    async def route() -> None:
+        raise exc
+
+    status, headers, body = asyncio.run(call(app))
+    return status, headers.get("retry-after"), body
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "retry_after", "body"),
+    [
+        (StorageError("disk I/O error"), 503, "5",
+         {"error": "the job store is not answering; please retry"}),
+        (ServiceBusy("full"), 503, "30", {"error": "full"}),
+        (StoreMasterError("gone"), 503, "5",
+         {"error": "the store master cannot be read; please retry later"}),
+        (RateLimited(2), 429, "2", {"error": "too many submissions; retry in 2 s"}),
+        (TooManyOpenJobs("2 jobs are still open"), 429, None,
+         {"error": "too many open jobs: 2 jobs are still open"}),
+        (IdempotencyConflict("used for job 3"), 409, None, {"error": "used for job 3"}),
+        (JobAlreadyFinished("job 3 has already failed"), 409, None,
+         {"error": "job 3 has already failed"}),
+    ],
+)  # fmt: skip
+def test_a_tracker_error_across_ray_is_its_documented_answer(
+    exc: Exception, status: int, retry_after: str | None, body: Any
+) -> None:
+    assert answer_to(across_ray(exc)) == (status, retry_after, body)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (TimeoutError(), 503),
+        (GetTimeoutError("timed out"), 503),
+        (RayActorError(), 503),
+        (InvalidSubmission("count must be a non-negative integer"), 400),
+        (SubmissionTooLarge("a job may hold at most 5 images"), 413),
+    ],
+)
+def test_the_callers_own_errors_are_their_documented_answer(exc: Exception, status: int) -> None:
+    code, retry_after, body = answer_to(exc)
+    assert code == status and list(body) == ["error"]
+    assert (retry_after is not None) == (status == 503)
+
+
+def test_a_bug_is_a_json_500_not_a_traceback() -> None:
+    assert answer_to(KeyError("x")) == (500, None, {"error": "internal error"})
+
+
+def test_every_read_of_a_failing_database_is_a_storage_error(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "db.sqlite3")
+    job_id, _ = store.create_job(
+        JobSubmission((Visit("S", "2025-01-01", ("http://a/",)),)), "k", {}
+    )
+    store._db.set_progress_handler(lambda: 1, 1)  # every statement fails, as on a disk in EIO
+    reads = [
+        lambda: store.job_for_key("k", None),
+        lambda: store.job_view(job_id),
+        lambda: store.job_detail(job_id),
+        lambda: store.recent_jobs(None, 0, 10),
+        lambda: store.job_counts(),
+        lambda: store.callbacks_due(),
+        lambda: store.unfinished_jobs(),
+        lambda: store.job_images(job_id),
+        lambda: store.results_page(job_id, 0, 10),
+    ]
+    for read in reads:
+        with pytest.raises(StorageError, match="could not read"):
+            read()
+    with pytest.raises(sqlite3.Error):  # the cause is kept
+        store._db.execute("SELECT 1")
+
+
+@pytest.mark.parametrize(
+    "name", [b"X-Request-ID", b"x-session-id", b"X-Request-Timeout-Seconds",
+             b"x-request-disconnect-disabled", b"Serve-Multiplexed-Model-Id"],
+)  # fmt: skip
+def test_a_serve_header_that_is_not_utf8_is_a_400_before_serve_reads_it(name: bytes) -> None:
+    reached: list[bool] = []
+
+    async def serve_app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(True)
+
+    status, _headers, body = asyncio.run(call(ServeHeaderGuard(serve_app), [(name, b"\xff\xfe")]))
+    assert (status, body, reached) == (
+        400, {"error": f"header {name.decode()} must be UTF-8 text"}, []
+    )  # fmt: skip
+
+
+def test_other_headers_pass_the_ingress_guard_untouched() -> None:
+    seen: list[Any] = []
+
+    async def serve_app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["headers"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    headers = [(b"x-request-id", b"abc"), (b"authorization", b"Bearer \xff")]
+    assert asyncio.run(call(ServeHeaderGuard(serve_app), headers))[0] == 200
+    assert seen == [headers]
