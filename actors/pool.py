@@ -1,13 +1,17 @@
-"""The tracker's view of the image workers: one per alive node, sized by the node's capacity.
+"""The tracker's view of the image workers: a few per alive node (one per CPU by default),
+sharing the node's capacity.
 
 A node advertises its simulated GPU capacity as the custom resource `image_slots`
 (`ray start --resources='{"image_slots": 32}'`); a node without it gets the default setting.
-Nodes that join are picked up on the next refresh; workers that die are dropped and replaced.
+Its workers split the slots between them, so every core of the node works on downloads and
+image checks while the tracker still sees one capacity per node. Nodes that join are picked
+up on the next refresh; workers that die are dropped and replaced.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +33,10 @@ ImageKey = tuple[int, int]  # (job id, image index)
 class WorkerSlot:
     key: str
     node_id: str
+    index: int  # which of its node's workers
     handle: ActorHandle
-    capacity: int
+    gpu_slots: int  # its share of the node's `image_slots`
+    capacity: int  # images it may hold: its GPU slots and the images downloaded ahead of them
     in_flight: set[ImageKey] = field(default_factory=set)
     alive: bool = True
     # Work goes only to a worker that has answered once: a worker placed on a node that has
@@ -46,12 +52,13 @@ class WorkerPool:
     def __init__(self, settings: Settings, tracker: ActorHandle) -> None:
         self._settings = settings
         self._tracker = tracker
-        self._workers: dict[str, WorkerSlot] = {}  # by node id
+        self._workers: dict[str, list[WorkerSlot]] = {}  # by node id
         self._by_key: dict[str, WorkerSlot] = {}
 
     @property
     def capacity(self) -> int:
-        return sum(worker.capacity for worker in self.workers())
+        """Simulated GPU slots of the ready workers."""
+        return sum(worker.gpu_slots for worker in self.workers())
 
     @property
     def in_flight(self) -> int:
@@ -67,7 +74,12 @@ class WorkerPool:
         }
 
     def workers(self) -> list[WorkerSlot]:
-        return [worker for worker in self._workers.values() if worker.alive and worker.ready]
+        return [
+            worker
+            for node in self._workers.values()
+            for worker in node
+            if worker.alive and worker.ready
+        ]
 
     def by_key(self, key: str) -> WorkerSlot | None:
         return self._by_key.get(key)
@@ -81,25 +93,38 @@ class WorkerPool:
             if node.get("Alive") and self.node_capacity(node) > 0
         }
         for node_id in list(self._workers):
-            if node_id not in alive or not self._workers[node_id].alive:
+            if node_id not in alive:
                 del self._workers[node_id]
+            else:
+                self._workers[node_id] = [w for w in self._workers[node_id] if w.alive]
         started = []
         for node_id, node in alive.items():
-            if node_id not in self._workers:
-                worker = self._start_worker(node_id, self.node_capacity(node))
-                self._workers[node_id] = worker
-                self._by_key[worker.key] = worker
-                started.append(worker)
+            running = self._workers.setdefault(node_id, [])
+            taken = {worker.index for worker in running}
+            node_slots = self.node_capacity(node)
+            for index, slots in enumerate(self.worker_slots(node)):
+                if index not in taken:
+                    worker = self._start_worker(node_id, index, slots, node_slots)
+                    running.append(worker)
+                    self._by_key[worker.key] = worker
+                    started.append(worker)
         return started
 
     def node_capacity(self, node: dict[str, Any]) -> int:
         advertised = node.get("Resources", {}).get(CAPACITY_RESOURCE)
         return int(advertised) if advertised is not None else self._settings.concurrency
 
+    def worker_slots(self, node: dict[str, Any]) -> list[int]:
+        """The GPU slots of each of the node's workers: its capacity split evenly."""
+        slots = self.node_capacity(node)
+        wanted = self._settings.workers_per_node or int(node.get("Resources", {}).get("CPU", 1))
+        count = max(1, min(wanted, slots))
+        return [slots // count + (index < slots % count) for index in range(count)]
+
     def freest_first(self) -> list[WorkerSlot]:
         """The workers with free capacity, the largest share free first, so load follows
         capacity."""
-        free = [worker for worker in self._workers.values() if worker.free > 0]
+        free = [worker for node in self._workers.values() for worker in node if worker.free > 0]
         return sorted(free, key=lambda worker: worker.free / worker.capacity, reverse=True)
 
     def mark_ready(self, worker: WorkerSlot) -> None:
@@ -114,12 +139,20 @@ class WorkerPool:
         orphans, worker.in_flight = worker.in_flight, set()
         return orphans
 
-    def _start_worker(self, node_id: str, capacity: int) -> WorkerSlot:
+    def _start_worker(
+        self, node_id: str, index: int, gpu_slots: int, node_slots: int
+    ) -> WorkerSlot:
         key = uuid.uuid4().hex
+        capacity = gpu_slots + math.ceil(gpu_slots * self._settings.fetch_ahead)
+        # The node's downloads at once, shared as its slots are.
+        fetches = max(1, self._settings.fetch_concurrency * gpu_slots // node_slots)
         handle = ImageWorker.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             # Headroom above the image batches so control calls (`pid`, `lifeline`) always run.
             max_concurrency=capacity + 16,
-        ).remote(self._settings, capacity, key, self._tracker)
-        log.info("started an image worker on node %s with capacity %d", node_id, capacity)
-        return WorkerSlot(key=key, node_id=node_id, handle=handle, capacity=capacity)
+        ).remote(self._settings, gpu_slots, fetches, key, self._tracker)
+        log.info(
+            "started image worker %d on node %s: %d GPU slots, %d images held at most",
+            index, node_id, gpu_slots, capacity,
+        )  # fmt: skip
+        return WorkerSlot(key, node_id, index, handle, gpu_slots, capacity)

@@ -281,9 +281,12 @@ class JobTracker:
         self._stopping = True
         return await self._flush()
 
-    async def worker_pids(self) -> dict[str, int]:
+    async def worker_pids(self) -> dict[str, list[int]]:
         """Process ids of the image workers by node (for operators and fault tests)."""
-        return {worker.node_id: await worker.handle.pid.remote() for worker in self._pool.workers()}
+        pids: dict[str, list[int]] = {}
+        for worker in self._pool.workers():
+            pids.setdefault(worker.node_id, []).append(await worker.handle.pid.remote())
+        return pids
 
     # ---- internals ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The per-node image worker: an async actor that keeps a whole node's capacity of images in
-flight and reports their outcomes back to the JobTracker in batches.
+"""An image worker: an async actor holding its share of a node's images, downloading and
+measuring ahead of the simulated GPU step (see `core.processing.Stages`), and reporting
+outcomes back to the JobTracker in batches. A node runs a few of them, one per CPU by default.
 
 Measured here, one async actor holding many concurrent images beats a Ray task per image by an
 order of magnitude (a sleeping task pins a whole worker process), and batching both ways keeps
@@ -22,7 +23,7 @@ from actors.metrics import ImageMetrics, TimedFetcher
 from core.fetch import Downloader, FetchLimits
 from core.logs import use_json_logs
 from core.models import FailureReason, ImageOutcome, ImageTask
-from core.processing import PixelBudget, failed_outcome, process_image
+from core.processing import Budget, Stages, failed_outcome, process_image
 from core.settings import Settings
 from core.supervise import supervise
 from core.urlguard import AddressPolicy
@@ -49,7 +50,9 @@ def fetch_limits(settings: Settings) -> FetchLimits:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class ImageWorker:
-    def __init__(self, settings: Settings, capacity: int, key: str, tracker: ActorHandle) -> None:
+    def __init__(
+        self, settings: Settings, gpu_slots: int, fetches: int, key: str, tracker: ActorHandle
+    ) -> None:
         use_json_logs()
         self._settings = settings
         self._key = key
@@ -58,10 +61,14 @@ class ImageWorker:
         policy = AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts)
         self._metrics = ImageMetrics()
         self._downloader = TimedFetcher(
-            Downloader(fetch_limits(settings), policy, pool_size=capacity),
+            Downloader(fetch_limits(settings), policy, pool_size=fetches),
             self._metrics.download_seconds,
         )
-        self._budget = PixelBudget(settings.decode_pixel_budget)
+        self._stages = Stages(
+            fetching=asyncio.Semaphore(fetches),
+            gpu=asyncio.Semaphore(gpu_slots),
+            pixels=Budget(settings.decode_pixel_budget),
+        )
         self._outbox: list[ImageOutcome] = []
         self._outbox_full = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -91,7 +98,7 @@ class ImageWorker:
                 max_pixels=self._settings.max_image_pixels,
                 gpu_delay=(self._settings.gpu_delay_min, self._settings.gpu_delay_max),
                 node_id=self._node_id,
-                budget=self._budget,
+                stages=self._stages,
             )
         except Exception:
             # A bug, not a property of the image: log it loudly, and still settle the image so

@@ -3,9 +3,11 @@ file is a failure, not a size read off an intact header."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
+from collections.abc import Iterator
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -22,49 +24,62 @@ class BrokenImageError(ValueError):
     """The bytes look like an image but do not decode (truncated, corrupt or too many pixels)."""
 
 
-def measure_image(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """Return `(width, height)` of an encoded image once its whole content has checked out."""
-    if not data:
-        raise NotAnImageError("empty body")
-    Image.MAX_IMAGE_PIXELS = max_pixels
+# Pillow's format plugins signal malformed input with all of these, not one exception type.
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    MemoryError,
+)
+
+
+@contextlib.contextmanager
+def _as_image_errors() -> Iterator[None]:
+    """Whatever Pillow raises for bad input, as NotAnImageError or BrokenImageError."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BrokenImageError(f"{width}x{height} is over {max_pixels} pixels")
-            check_whole(image)
+        yield
     except UnidentifiedImageError:
         raise NotAnImageError("not an image") from None
-    except BrokenImageError:
+    except (NotAnImageError, BrokenImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BrokenImageError(f"too many pixels: {exc}") from None
-    # Pillow's format plugins signal malformed input with all of these, not one exception type.
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        struct.error,
-        IndexError,
-        KeyError,
-        TypeError,
-        ZeroDivisionError,
-        MemoryError,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         raise BrokenImageError(f"cannot decode: {exc}") from None
-    return width, height
 
 
-def declared_pixels(data: bytes) -> int:
-    """The pixel count the image's header declares (0 when it has no readable header): what
-    decoding it may cost in memory, learnt without decoding it."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:
-        return 0  # whatever is wrong shows again, with its reason, when the image is measured
-    return width * height
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The image with its header read (its size known), its content not yet checked; pass it
+    to `check_image`, which closes it."""
+    if not data:
+        raise NotAnImageError("empty body")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with _as_image_errors():
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            image.close()
+            raise BrokenImageError(f"{width}x{height} is over {max_pixels} pixels")
+    return image
+
+
+def check_image(image: Image.Image) -> tuple[int, int]:
+    """`(width, height)` of an opened image once its whole content has checked out."""
+    with image, _as_image_errors():
+        size = image.size  # before the check: a JPEG's draft mode shrinks it
+        check_whole(image)
+    return size
+
+
+def measure_image(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Return `(width, height)` of an encoded image once its whole content has checked out."""
+    return check_image(open_image(data, max_pixels))
 
 
 def check_whole(image: Image.Image) -> None:

@@ -1,4 +1,5 @@
-"""The work done for one image: download, measure, simulated GPU delay. No Ray here."""
+"""The work done for one image: download and measure, then the simulated GPU delay, each step
+bounded on its own. No Ray here."""
 
 from __future__ import annotations
 
@@ -7,46 +8,59 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from core.fetch import ImageDownloadError, redact_url
-from core.measure import BrokenImageError, NotAnImageError, declared_pixels, measure_image
+from core.measure import BrokenImageError, NotAnImageError, check_image, open_image
 from core.models import FailureReason, ImageOutcome, ImageTask
 from core.text import safe_text
 
 # Below this size decoding costs less than handing the work to a thread and back.
 INLINE_DECODE_BYTES = 64 * 1024
 # A small file may still declare a large image; one that decodes this many pixels or more
-# goes to a thread, under the node's pixel budget.
+# goes to a thread, under the pixel budget.
 INLINE_DECODE_PIXELS = 1_000_000
 
 
-class PixelBudget:
-    """How many pixels may be decoding at once in this process: the bound on decode memory,
-    whatever the number of images in flight. An image larger than the whole budget waits
+class Budget:
+    """A quantity several holders share (pixels being decoded, say): each holds a part of it
+    for a while, and waits while the rest is too small. A part larger than the whole waits
     until it can have all of it."""
 
-    def __init__(self, pixels: int) -> None:
-        self._capacity = pixels
-        self._free = pixels
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._free = total
         self._changed = asyncio.Condition()
 
     @property
     def in_use(self) -> int:
-        return self._capacity - self._free
+        return self._total - self._free
 
     @contextlib.asynccontextmanager
-    async def hold(self, pixels: int) -> AsyncIterator[None]:
-        pixels = min(pixels, self._capacity)
+    async def hold(self, amount: int) -> AsyncIterator[None]:
+        amount = min(amount, self._total)
         async with self._changed:
-            await self._changed.wait_for(lambda: self._free >= pixels)
-            self._free -= pixels
+            await self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
         try:
             yield
         finally:
             async with self._changed:
-                self._free += pixels
+                self._free += amount
                 self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The two steps of an image, bounded apart, as Ray Data's streaming executor bounds its
+    operators: downloading and measuring (network and CPU), then the simulated GPU work. A GPU
+    slot is held for the GPU step alone, so a slot freed is refilled at once by an image
+    already downloaded and measured; the image worker is sent more images than it has slots."""
+
+    fetching: asyncio.Semaphore  # downloads and measurements at once
+    gpu: asyncio.Semaphore  # simulated GPU work at once: the node's share of `image_slots`
+    pixels: Budget  # pixels being decoded at once: the bound on decode memory
 
 
 class ImageFetcher(Protocol):
@@ -62,30 +76,21 @@ async def process_image(
     max_pixels: int,
     gpu_delay: tuple[float, float],
     node_id: str | None = None,
-    budget: PixelBudget | None = None,
+    stages: Stages | None = None,
 ) -> ImageOutcome:
     """Settle one image. Every failure the image itself can cause becomes an outcome with a
-    reason; anything else is a bug and propagates."""
-    shown_url = redact_url(task.url)
-    try:
-        data = await downloader.fetch(task.url)
-    except ImageDownloadError as exc:
-        return failed_outcome(
-            task, FailureReason.DOWNLOAD, f"image download failed: {shown_url}: {exc}", node_id
+    reason; anything else is a bug and propagates. Without `stages`, nothing bounds it."""
+    async with stages.fetching if stages else contextlib.nullcontext():
+        measured = await _download_and_measure(
+            task, downloader, max_pixels, node_id, stages.pixels if stages else None
         )
-    try:
-        width, height = await _measure(data, max_pixels, budget)
-    except NotAnImageError as exc:
-        return failed_outcome(
-            task, FailureReason.NOT_AN_IMAGE, f"not an image: {shown_url}: {exc}", node_id
-        )
-    except BrokenImageError as exc:
-        return failed_outcome(
-            task, FailureReason.DECODE, f"image decode failed: {shown_url}: {exc}", node_id
-        )
+    if isinstance(measured, ImageOutcome):
+        return measured
+    width, height = measured
     low, high = gpu_delay
     if high > 0:
-        await asyncio.sleep(random.uniform(low, high))
+        async with stages.gpu if stages else contextlib.nullcontext():
+            await asyncio.sleep(random.uniform(low, high))
     return ImageOutcome(
         job_id=task.job_id,
         index=task.index,
@@ -96,15 +101,41 @@ async def process_image(
     )
 
 
-async def _measure(data: bytes, max_pixels: int, budget: PixelBudget | None) -> tuple[int, int]:
-    pixels = declared_pixels(data)
-    if len(data) <= INLINE_DECODE_BYTES and pixels < INLINE_DECODE_PIXELS:
-        return measure_image(data, max_pixels)
+async def _download_and_measure(
+    task: ImageTask,
+    downloader: ImageFetcher,
+    max_pixels: int,
+    node_id: str | None,
+    pixels: Budget | None,
+) -> tuple[int, int] | ImageOutcome:
+    """`(width, height)`, or the image's failure."""
+    shown_url = redact_url(task.url)
+    try:
+        data = await downloader.fetch(task.url)
+    except ImageDownloadError as exc:
+        return failed_outcome(
+            task, FailureReason.DOWNLOAD, f"image download failed: {shown_url}: {exc}", node_id
+        )
+    try:
+        return await _measure(data, max_pixels, pixels)
+    except NotAnImageError as exc:
+        return failed_outcome(
+            task, FailureReason.NOT_AN_IMAGE, f"not an image: {shown_url}: {exc}", node_id
+        )
+    except BrokenImageError as exc:
+        return failed_outcome(
+            task, FailureReason.DECODE, f"image decode failed: {shown_url}: {exc}", node_id
+        )
+
+
+async def _measure(data: bytes, max_pixels: int, pixels: Budget | None) -> tuple[int, int]:
+    image = open_image(data, max_pixels)
+    width, height = image.size
+    if len(data) <= INLINE_DECODE_BYTES and width * height < INLINE_DECODE_PIXELS:
+        return check_image(image)
     # Decoding a large image takes milliseconds: keep the event loop free meanwhile.
-    if budget is None:
-        return await asyncio.to_thread(measure_image, data, max_pixels)
-    async with budget.hold(min(pixels, max_pixels)):
-        return await asyncio.to_thread(measure_image, data, max_pixels)
+    async with pixels.hold(width * height) if pixels else contextlib.nullcontext():
+        return await asyncio.to_thread(check_image, image)
 
 
 def failed_outcome(

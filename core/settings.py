@@ -25,8 +25,14 @@ class Settings:
     store_master: Path = DEFAULT_STORE_MASTER
     gpu_delay_min: float = 0.1
     gpu_delay_max: float = 0.4
-    # Images processed at once on a node that does not advertise its own `image_slots` resource.
+    # Simulated GPU work at once on a node that does not advertise its own `image_slots`.
     concurrency: int = 64
+    # Image worker processes per node, sharing its slots; 0: one per CPU of the node.
+    workers_per_node: int = 0
+    # Images downloaded and measured ahead of the GPU step, per GPU slot.
+    fetch_ahead: float = 1.0
+    # Downloads and measurements at once per node (bytes held: at most this x MAX_IMAGE_BYTES).
+    fetch_concurrency: int = 256
     allow_private_urls: bool = False
     allowed_hosts: tuple[str, ...] = ()
 
@@ -133,6 +139,9 @@ class Settings:
             gpu_delay_min=delay_min,
             gpu_delay_max=delay_max,
             concurrency=integer("CONCURRENCY", defaults.concurrency, minimum=1),
+            workers_per_node=integer("WORKERS_PER_NODE", defaults.workers_per_node),
+            fetch_ahead=number("FETCH_AHEAD", defaults.fetch_ahead),
+            fetch_concurrency=integer("FETCH_CONCURRENCY", defaults.fetch_concurrency, minimum=1),
             allow_private_urls=flag("ALLOW_PRIVATE_URLS", defaults.allow_private_urls),
             allowed_hosts=tuple(
                 entry.strip() for entry in (get("ALLOWED_HOSTS") or "").split(",") if entry.strip()

@@ -112,6 +112,12 @@ def perimeter(name: str) -> int:
     return 2 * (width + height)
 
 
+class Server(ThreadingHTTPServer):
+    # The image workers open a hundred connections at once; the default backlog of 5 would
+    # refuse some, and their retries would count as second downloads.
+    request_queue_size = 256
+
+
 @dataclass
 class ImageServer:
     files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
@@ -241,7 +247,7 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()

@@ -34,7 +34,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
         service.stop()
 
 
-def wait_for_workers(service: ServiceProcess, count: int, timeout: float = 120) -> dict[str, int]:
+def wait_for_workers(
+    service: ServiceProcess, count: int, timeout: float = 120
+) -> dict[str, list[int]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         workers = service.probe("workers")
