@@ -16,11 +16,11 @@ RUN python -m venv /app/.venv \
     && /app/.venv/bin/python -m pip install --no-cache-dir -e . \
     && touch /app/.venv/.installed
 
-# Serve's HTTP servers answer a bad header of Serve's own with a 400 (service/ingress_guard.py).
+# Serve's HTTP servers answer a bad header of Serve's own with a 400 (service/edge.py).
 ENV PATH="/app/.venv/bin:$PATH" \
     IMAGE_SERVICE_HOST=0.0.0.0 \
     IMAGE_SERVICE_DATA_DIR=/data \
-    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.ingress_guard:middlewares
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.edge:middlewares
 VOLUME /data
 EXPOSE 8000 8265 6379 8080
 

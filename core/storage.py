@@ -642,7 +642,10 @@ class StatusReader:
     """
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not open {path}: {exc}") from exc
 
     @reads("a job's status")
     def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:

@@ -38,6 +38,7 @@ from core.submission import (
     parse_submission,
     submission_fingerprint,
 )
+from service.params import JOB_ID_PATTERN, parse_job_id
 from service.schemas import (
     ErrorBody,
     JobDetailBody,
@@ -52,7 +53,6 @@ from service.schemas import (
 
 log = logging.getLogger(__name__)
 
-JOB_ID_PATTERN = re.compile(r"[0-9]{1,18}")
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
 INLINE_PARSE_BYTES = 256 * 1024
 DEFAULT_PAGE = 100
@@ -180,12 +180,6 @@ async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResp
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in exc.errors())
     return error(400, f"invalid request: {fields}")
-
-
-def parse_job_id(raw: str | None) -> int | None:
-    if raw is None or not JOB_ID_PATTERN.fullmatch(raw):
-        return None
-    return int(raw)
 
 
 def parse_non_negative(raw: str | None, name: str, default: int, maximum: int | None) -> int:

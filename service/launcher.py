@@ -27,7 +27,7 @@ from ray import serve
 from actors.tracker import NAMESPACE, TRACKER_NAME
 from core.settings import Settings
 from service.app import build_app
-from service.ingress_guard import CALLBACK, CALLBACK_VARIABLE
+from service.edge import CALLBACK, CALLBACK_VARIABLE
 
 log = logging.getLogger("image_service.launcher")
 
@@ -137,7 +137,7 @@ def ray_environment(settings: Settings) -> dict[str, str]:
     the cluster it starts; an operator's own value wins.
 
     Token authentication is on. Serve's HTTP servers answer a header of Serve's own that is not
-    UTF-8 with a 400 (`service.ingress_guard`), not a 500. The fast ingress is Serve's HAProxy
+    UTF-8 with a 400 (`service.edge`), not a 500. The fast ingress is Serve's HAProxy
     front with its throughput-optimized mode: measured here it answers /api/status about 3.5
     times faster than the default proxy. HAProxy's files get a directory of their own per data
     directory, so two services on one machine do not share them, and a short one: Serve nests

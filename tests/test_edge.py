@@ -1,0 +1,112 @@
+"""The middlewares Serve runs in its HTTP servers before it reads a request, in process:
+the guard on Serve's own headers, and status answered from the database beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.responses import JSONResponse
+
+from core.clients import client_id_for_key
+from core.models import ImageOutcome, JobSubmission, Visit
+from core.settings import Settings
+from core.storage import JobStore
+from service.edge import FastStatus, ServeHeaderGuard
+from tests.test_errors import call
+
+
+class App:
+    """Stands for Serve behind the middleware: answers 299 and records that it was reached."""
+
+    def __init__(self) -> None:
+        self.reached: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.reached.append(scope)
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def get(app: Any, target: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    path, _, query = target.partition("?")
+    return asyncio.run(call(app, headers, path=path, query=query))
+
+
+@pytest.mark.parametrize(
+    "name", [b"X-Request-ID", b"x-session-id", b"X-Request-Timeout-Seconds",
+             b"x-request-disconnect-disabled", b"Serve-Multiplexed-Model-Id"],
+)  # fmt: skip
+def test_a_serve_header_that_is_not_utf8_is_a_400_before_serve_reads_it(name: bytes) -> None:
+    serve = App()
+    status, _headers, body = asyncio.run(call(ServeHeaderGuard(serve), [(name, b"\xff\xfe")]))
+    assert (status, body, serve.reached) == (
+        400, {"error": f"header {name.decode()} must be UTF-8 text"}, []
+    )  # fmt: skip
+
+
+def test_other_headers_pass_the_header_guard_untouched() -> None:
+    serve = App()
+    headers = [(b"x-request-id", b"abc"), (b"authorization", b"Bearer \xff")]
+    assert asyncio.run(call(ServeHeaderGuard(serve), headers))[0] == 299
+    assert [scope["headers"] for scope in serve.reached] == [headers]
+
+
+def store_with_jobs(data_dir: Path, client: str | None = None) -> tuple[int, int]:
+    """An ongoing job and a failed one, in the database the service keeps under `data_dir`."""
+    store = JobStore(Settings(data_dir=data_dir).database_path)
+    submission = JobSubmission((Visit("S\u00e9", "2025-01-01", ("http://a.test/1",)),))
+    ongoing, _ = store.create_job(submission, None, {}, client)
+    failed, _ = store.create_job(submission, None, {}, client)
+    store.save_outcomes([ImageOutcome(failed, 0, 1.0, error="HTTP 404")], [failed])
+    store.close()
+    return ongoing, failed
+
+
+def test_status_of_a_known_job_is_answered_byte_for_byte_without_serve(tmp_path: Path) -> None:
+    ongoing, failed = store_with_jobs(tmp_path)
+    serve = App()
+    edge = FastStatus(serve, Settings(data_dir=tmp_path))
+    for job_id, expected in (
+        (ongoing, {"status": "ongoing", "job_id": ongoing}),
+        (failed, {"status": "failed", "job_id": failed,
+                  "error": [{"store_id": "S\u00e9", "error": "HTTP 404"}]}),
+    ):  # fmt: skip
+        length = str(len(JSONResponse(expected).body))  # what the API itself would send
+        assert get(edge, f"/api/status?jobid={job_id}") == (
+            200, {"content-type": "application/json", "content-length": length}, expected
+        )  # fmt: skip
+    assert serve.reached == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/api/status?jobid=999", "/api/status?jobid=x", "/api/status?jobid=1&jobid=2",
+     "/api/status", "/api/results?jobid=1", "/healthz"],
+)  # fmt: skip
+def test_anything_but_a_known_job_s_status_goes_on_to_the_api(tmp_path: Path, target: str) -> None:
+    store_with_jobs(tmp_path)
+    serve = App()
+    assert get(FastStatus(serve, Settings(data_dir=tmp_path)), target)[0] == 299
+    assert len(serve.reached) == 1
+
+
+def test_without_a_database_on_this_node_status_goes_on_to_the_api(tmp_path: Path) -> None:
+    serve = App()
+    assert (
+        get(FastStatus(serve, Settings(data_dir=tmp_path / "none")), "/api/status?jobid=1")[0]
+        == 299
+    )
+
+
+def test_with_api_keys_only_the_owner_is_answered_the_rest_goes_on(tmp_path: Path) -> None:
+    ongoing, _ = store_with_jobs(tmp_path, client_id_for_key("key-a"))
+    serve = App()
+    edge = FastStatus(serve, Settings(data_dir=tmp_path, api_keys=("key-a", "key-b")))
+    target = f"/api/status?jobid={ongoing}"
+    assert get(edge, target, [(b"authorization", b"Bearer key-a")])[0] == 200
+    for headers in ([], [(b"authorization", b"Bearer key-b")], [(b"authorization", b"Bearer x")]):
+        assert get(edge, target, headers)[0] == 299  # the API answers 401 or 400 {}
+    assert len(serve.reached) == 3
