@@ -1,8 +1,11 @@
 """A fast loopback image server for the benchmark: a few hundred JPEG/PNG/WebP images of varied
-sizes, held in memory, served by aiohttp. Run as `python -m bench.imagehost PORT COUNT`."""
+sizes, held in memory, served by aiohttp. Run as `python -m bench.imagehost PORT COUNT
+[DELAY_MS]`; with a delay it answers each image that long after the request, as a CDN's time
+to first byte."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import sys
@@ -29,9 +32,12 @@ def make_images(count: int, seed: int = 1) -> dict[str, tuple[bytes, str, int]]:
 
 def main() -> None:
     port, count = int(sys.argv[1]), int(sys.argv[2])
+    delay = int(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0
     images = make_images(count)
 
     async def serve_image(request: web.Request) -> web.Response:
+        if delay:
+            await asyncio.sleep(delay)
         found = images.get(request.match_info["name"])
         if found is None:
             return web.Response(status=404)

@@ -52,3 +52,35 @@ def rss_bytes(pids: Iterable[int]) -> int:
         if fields is not None:
             total += int(fields[21]) * PAGE
     return total
+
+
+# Process roles by what their command line says (Ray names its workers `ray::<Actor>`).
+ROLES = (
+    ("image workers", "ray::ImageWorker"),
+    ("tracker", "ray::JobTracker"),
+    ("serve replica", "ray::ServeReplica"),
+    ("serve proxy", "ray::ProxyActor"),
+    ("origin", "bench.imagehost"),
+)
+
+
+def role_of(pid: int) -> str:
+    """The process's role in the service, `ray system` for the rest of Ray's processes."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    for role, marker in ROLES:
+        if marker in command:
+            return role
+    return "ray system"
+
+
+def cpu_by_role(pids: Iterable[int]) -> dict[str, float]:
+    """CPU seconds of the processes, summed by role."""
+    totals: dict[str, float] = {}
+    for pid in pids:
+        role = role_of(pid)
+        totals[role] = totals.get(role, 0.0) + cpu_seconds([pid])
+    return totals
