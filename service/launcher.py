@@ -137,9 +137,9 @@ def ray_environment(settings: Settings) -> dict[str, str]:
     the cluster it starts; an operator's own value wins.
 
     Token authentication is on. Serve's HTTP servers answer a header of Serve's own that is not
-    UTF-8 with a 400 (`service.edge`), not a 500. The fast ingress is Serve's HAProxy
-    front with its throughput-optimized mode: measured here it answers /api/status about 3.5
-    times faster than the default proxy. HAProxy's files get a directory of their own per data
+    UTF-8 with a 400 (`service.edge`), and answer a known job's status themselves. The
+    optional fast ingress is Serve's HAProxy front with its throughput-optimized mode (off by
+    default: status at the edge is as fast). HAProxy's files get a directory of their own per data
     directory, so two services on one machine do not share them, and a short one: Serve nests
     a 40-digit hash in it and a Unix socket path may not pass 97 characters.
     """
