@@ -48,6 +48,11 @@ class WorkerSlot:
         return self.capacity - len(self.in_flight) if self.alive and self.ready else 0
 
 
+def split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` shares that differ by one at most."""
+    return [total // parts + (index < total % parts) for index in range(parts)]
+
+
 class WorkerPool:
     def __init__(self, settings: Settings, tracker: ActorHandle) -> None:
         self._settings = settings
@@ -101,10 +106,9 @@ class WorkerPool:
         for node_id, node in alive.items():
             running = self._workers.setdefault(node_id, [])
             taken = {worker.index for worker in running}
-            node_slots = self.node_capacity(node)
-            for index, slots in enumerate(self.worker_slots(node)):
+            for index, (slots, fetches) in enumerate(self.worker_shares(node)):
                 if index not in taken:
-                    worker = self._start_worker(node_id, index, slots, node_slots)
+                    worker = self._start_worker(node_id, index, slots, fetches)
                     running.append(worker)
                     self._by_key[worker.key] = worker
                     started.append(worker)
@@ -114,12 +118,13 @@ class WorkerPool:
         advertised = node.get("Resources", {}).get(CAPACITY_RESOURCE)
         return int(advertised) if advertised is not None else self._settings.concurrency
 
-    def worker_slots(self, node: dict[str, Any]) -> list[int]:
-        """The GPU slots of each of the node's workers: its capacity split evenly."""
-        slots = self.node_capacity(node)
+    def worker_shares(self, node: dict[str, Any]) -> list[tuple[int, int]]:
+        """The GPU slots and the downloads at once of each of the node's workers: the node's
+        capacity and FETCH_CONCURRENCY split evenly, so both bounds hold for the node."""
+        slots, fetches = self.node_capacity(node), self._settings.fetch_concurrency
         wanted = self._settings.workers_per_node or int(node.get("Resources", {}).get("CPU", 1))
-        count = max(1, min(wanted, slots))
-        return [slots // count + (index < slots % count) for index in range(count)]
+        count = max(1, min(wanted, slots, fetches))
+        return list(zip(split(slots, count), split(fetches, count), strict=True))
 
     def freest_first(self) -> list[WorkerSlot]:
         """The workers with free capacity, the largest share free first, so load follows
@@ -139,13 +144,9 @@ class WorkerPool:
         orphans, worker.in_flight = worker.in_flight, set()
         return orphans
 
-    def _start_worker(
-        self, node_id: str, index: int, gpu_slots: int, node_slots: int
-    ) -> WorkerSlot:
+    def _start_worker(self, node_id: str, index: int, gpu_slots: int, fetches: int) -> WorkerSlot:
         key = uuid.uuid4().hex
         capacity = gpu_slots + math.ceil(gpu_slots * self._settings.fetch_ahead)
-        # The node's downloads at once, shared as its slots are.
-        fetches = max(1, self._settings.fetch_concurrency * gpu_slots // node_slots)
         handle = ImageWorker.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             # Headroom above the image batches so control calls (`pid`, `lifeline`) always run.

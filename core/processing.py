@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,6 +33,8 @@ class Budget:
         self._total = total
         self._free = total
         self._changed = asyncio.Condition()
+        # First come, first served: a large part is not passed for ever by smaller ones.
+        self._turns: deque[object] = deque()
 
     @property
     def in_use(self) -> int:
@@ -40,8 +43,16 @@ class Budget:
     @contextlib.asynccontextmanager
     async def hold(self, amount: int) -> AsyncIterator[None]:
         amount = min(amount, self._total)
+        turn = object()
         async with self._changed:
-            await self._changed.wait_for(lambda: self._free >= amount)
+            self._turns.append(turn)
+            try:
+                await self._changed.wait_for(
+                    lambda: self._turns[0] is turn and self._free >= amount
+                )
+            finally:
+                self._turns.remove(turn)
+                self._changed.notify_all()  # the next in line may fit now
             self._free -= amount
         try:
             yield

@@ -581,13 +581,14 @@ def _result_row(o: ImageOutcome, node: int | None) -> tuple[Any, ...]:
 
 
 def read_job_view(
-    db: sqlite3.Connection, job_id: int, client_id: str | None = None
+    db: sqlite3.Connection, job_id: int, client_id: str | None = None, exact: bool = False
 ) -> JobView | None:
-    """The job's status; None if unknown, or if `client_id` is given and the job is another's."""
+    """The job's status; None if unknown, or if `client_id` is given and the job is another's.
+    With `exact`, a `client_id` of None matches only a job submitted without API keys."""
     row = db.execute(
         "SELECT status, errors, client_id FROM jobs WHERE id = ?", (job_id,)
     ).fetchone()
-    if row is None or (client_id is not None and row[2] != client_id):
+    if row is None or ((client_id is not None or exact) and row[2] != client_id):
         return None
     return JobView(job_id=job_id, status=JobStatus(row[0]), errors=store_errors(row[1]))
 
@@ -648,5 +649,7 @@ class StatusReader:
             raise StorageError(f"could not open {path}: {exc}") from exc
 
     @reads("a job's status")
-    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
-        return read_job_view(self._db, job_id, client_id)
+    def job_view(
+        self, job_id: int, client_id: str | None = None, exact: bool = False
+    ) -> JobView | None:
+        return read_job_view(self._db, job_id, client_id, exact)

@@ -24,6 +24,7 @@ from ray.serve._private.constants import (
     SERVE_MULTIPLEXED_MODEL_ID,
     SERVE_SESSION_ID,
 )
+from ray.serve._private.http_util import RequestIdMiddleware
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -79,15 +80,15 @@ class ServeHeaderGuard:
 
 
 async def send_json(send: Send, status: int, answer: object) -> None:
-    # Byte for byte what the API's JSONResponse sends.
+    # Byte for byte what the API's JSONResponse sends, its headers in the same order.
     body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
             ],
         }
     )
@@ -95,6 +96,10 @@ async def send_json(send: Send, status: int, answer: object) -> None:
 
 
 class FastStatus:
+    """Settings come from this process's environment, that of `ray start`: the proxy does not
+    get an application's runtime_env. So it answers only a job whose owner matches what it
+    sees (no owner when it sees no API keys), and leaves any other to the API."""
+
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self._app = app
         self._settings = settings or Settings.from_env()
@@ -106,13 +111,19 @@ class FastStatus:
         if answer is None:
             await self._app(scope, receive, send)
             return
-        await send_json(send, 200, answer)
+
+        async def respond(_scope: Scope, _receive: Receive, send: Send) -> None:
+            await send_json(send, 200, answer)
+
+        # Through Serve's own middleware, so X-Request-ID is echoed or made as for any answer.
+        await RequestIdMiddleware(respond)(scope, receive, send)
 
     def _answer(self, scope: Scope) -> dict[str, object] | None:
         """The status body of a known job this caller may see; None to leave it to the API."""
         if scope["method"] != "GET" or scope["path"] != "/api/status":
             return None
-        jobids = [v for k, v in parse_qsl(scope["query_string"].decode("latin-1")) if k == "jobid"]
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        jobids = [value for name, value in query if name == "jobid"]
         job_id = parse_job_id(jobids[0]) if len(jobids) == 1 else None
         reader = self._status_reader()
         if job_id is None or reader is None:
@@ -124,7 +135,7 @@ class FastStatus:
             if client is None:
                 return None
         try:
-            view = reader.job_view(job_id, client)
+            view = reader.job_view(job_id, client, exact=True)
         except StorageError:
             return None
         return None if view is None else status_payload(view)

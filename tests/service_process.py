@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from bench.procs import descendants
+from bench.procs import descendants, role_of
 from core.settings import Settings
 from service.launcher import ray_environment
 
@@ -144,6 +144,12 @@ class ServiceProcess:
                 os.killpg(pgid, signal.SIGKILL)
         self.process.wait()
         wait_group_gone(head_pgid)
+
+    def pids_of(self, role: str) -> list[int]:
+        """The service's processes of one role (`bench.procs.ROLES`: "serve replica", ...)."""
+        assert self.process is not None
+        pids = descendants([self.process.pid, self.ray_head_pgid()])
+        return sorted(pid for pid in pids if role_of(pid) == role)
 
     def alive_nodes(self) -> set[str]:
         return {node for node, alive, _slots in self.probe("nodes") if alive}

@@ -314,17 +314,3 @@ def test_unknown_route_answers_json_error(client: Client) -> None:
     response = requests.get(f"{client.base_url}/api/nope", timeout=30)
     assert response.status_code == 404
     assert json.loads(response.content) == {"error": "not found"}
-
-
-def test_status_of_a_known_job_is_answered_where_http_ends(
-    client: Client, image_server: ImageServer
-) -> None:
-    # Serve stamps X-Request-ID on what passes through it; the edge answers before that.
-    job_id = client.submit_ok(job((STORE, [image_server.url("img/tiny.gif?edge=1")])))
-    known = client.status(job_id)
-    assert known.status_code == 200 and "x-request-id" not in known.headers
-    unknown = client.status(10**17)
-    assert (unknown.status_code, unknown.json()) == (400, {})
-    assert "x-request-id" in unknown.headers  # the API's own answer
-    assert client.wait(job_id)["status"] == "completed"
-    assert client.status(job_id).content == (f'{{"status":"completed","job_id":{job_id}}}'.encode())

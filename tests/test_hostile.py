@@ -342,6 +342,31 @@ def test_a_failing_recovery_is_retried_not_kept_as_the_answer(
     assert [r["state"] for r in rows] == ["done"] * 200
 
 
+def test_status_is_answered_where_http_ends_even_with_the_api_replica_frozen(
+    guarded_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    client = as_client(guarded_service, "any")
+    job_id = client.submit_ok(job(("RP00007", [image_server.url("img/tiny.gif?edge=1")])))
+    client.wait(job_id, timeout=60)
+    [replica] = guarded_service.pids_of("serve replica")
+    os.kill(replica, signal.SIGSTOP)
+    try:
+        answer = client.session.get(
+            f"{client.base_url}/api/status", params={"jobid": job_id}, timeout=10
+        )
+        assert answer.content == f'{{"status":"completed","job_id":{job_id}}}'.encode()
+        assert answer.headers["x-request-id"]
+        # Another client's job is the API's to answer (400 {}), not the edge's: it waits.
+        with pytest.raises(requests.Timeout):
+            as_client(guarded_service, "race").session.get(
+                f"{client.base_url}/api/status", params={"jobid": job_id}, timeout=2
+            )
+    finally:
+        os.kill(replica, signal.SIGCONT)
+    other = as_client(guarded_service, "race").status(job_id)
+    assert (other.status_code, other.json()) == (400, {})
+
+
 def test_a_frozen_tracker_is_503_with_retry_after_on_every_route_then_recovers(
     guarded_service: ServiceProcess, image_server: ImageServer
 ) -> None:

@@ -67,11 +67,59 @@ def settings(**values: Any) -> Settings:
     return Settings(**values)
 
 
-def test_a_node_s_slots_are_split_over_one_worker_per_cpu() -> None:
-    pool = WorkerPool(settings(concurrency=64), tracker=None)  # type: ignore[arg-type]
+def test_a_node_s_slots_and_downloads_are_split_over_one_worker_per_cpu() -> None:
+    pool = WorkerPool(settings(concurrency=64, fetch_concurrency=100), tracker=None)  # type: ignore[arg-type]
     node = {"Resources": {"CPU": 3.0, "image_slots": 32.0}}
-    assert pool.worker_slots(node) == [11, 11, 10]
-    assert pool.worker_slots({"Resources": {"CPU": 8.0, "image_slots": 2.0}}) == [1, 1]
-    assert pool.worker_slots({"Resources": {}}) == [64]  # the default slots, one CPU
+    assert pool.worker_shares(node) == [(11, 34), (11, 33), (10, 33)]
+    assert pool.worker_shares({"Resources": {"CPU": 8.0, "image_slots": 2.0}}) == [
+        (1, 50), (1, 50)
+    ]  # fmt: skip
+    assert pool.worker_shares({"Resources": {}}) == [(64, 100)]  # the default slots, one CPU
     fixed = WorkerPool(settings(workers_per_node=2), tracker=None)  # type: ignore[arg-type]
-    assert fixed.worker_slots(node) == [16, 16]
+    assert fixed.worker_shares(node) == [(16, 128), (16, 128)]
+
+
+SMALL_HOLDERS = 20
+
+
+async def acquisition_order() -> list[str]:
+    """One small holder holds; a large one (the whole budget, as a 100-megapixel image under
+    the default 200-megapixel budget with others decoding) asks; then, one after the other,
+    each small holder lets go only once the next has asked: the budget is never idle while
+    small ones keep coming. Returns who got the budget, in order."""
+    budget = Budget(100)
+    order: list[str] = []
+    releases = [asyncio.Event() for _ in range(SMALL_HOLDERS)]
+
+    async def small(k: int) -> None:
+        async with budget.hold(30):
+            order.append(f"small {k}")
+            await releases[k].wait()
+
+    async def large() -> None:
+        async with budget.hold(100):
+            order.append("large")
+
+    async def settle() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(small(0))]
+    await settle()
+    tasks.append(asyncio.create_task(large()))
+    await settle()
+    for k in range(1, SMALL_HOLDERS):
+        tasks.append(asyncio.create_task(small(k)))  # asks after the large one
+        await settle()
+        releases[k - 1].set()
+        await settle()
+    releases[-1].set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    return order
+
+
+def test_a_large_part_is_not_passed_by_smaller_ones_that_ask_after_it() -> None:
+    """Were whoever fits let in, each small holder asking after the large one would go first,
+    and the large one (holding its fetch slot all the while) would wait until they stopped."""
+    order = asyncio.run(acquisition_order())
+    assert order.index("large") <= 1, order
