@@ -342,12 +342,20 @@ def test_a_failing_recovery_is_retried_not_kept_as_the_answer(
     assert [r["state"] for r in rows] == ["done"] * 200
 
 
+def finished_job(
+    service: ServiceProcess, image_server: ImageServer, tag: str
+) -> tuple[Client, int]:
+    """A client with the key "any" and a one-image job of its that has ended."""
+    client = as_client(service, "any")
+    job_id = client.submit_ok(job(("RP00007", [image_server.url(f"img/tiny.gif?{tag}=1")])))
+    client.wait(job_id, timeout=60)
+    return client, job_id
+
+
 def test_status_is_answered_where_http_ends_even_with_the_api_replica_frozen(
     guarded_service: ServiceProcess, image_server: ImageServer
 ) -> None:
-    client = as_client(guarded_service, "any")
-    job_id = client.submit_ok(job(("RP00007", [image_server.url("img/tiny.gif?edge=1")])))
-    client.wait(job_id, timeout=60)
+    client, job_id = finished_job(guarded_service, image_server, "edge")
     [replica] = guarded_service.pids_of("serve replica")
     os.kill(replica, signal.SIGSTOP)
     try:
@@ -371,9 +379,7 @@ def test_a_frozen_tracker_is_503_with_retry_after_on_every_route_then_recovers(
     guarded_service: ServiceProcess, image_server: ImageServer
 ) -> None:
     # Last in this module: it freezes the tracker of the module's service.
-    client = as_client(guarded_service, "any")
-    job_id = client.submit_ok(job(("RP00005", [image_server.url("img/red.jpg?frozen=1")])))
-    client.wait(job_id, timeout=60)
+    client, job_id = finished_job(guarded_service, image_server, "frozen")
     tracker_pid = int(guarded_service.probe("tracker")["pid"])
     calls: list[tuple[str, str, Any]] = [
         ("GET", f"/api/results?jobid={job_id}", None),
