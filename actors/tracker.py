@@ -375,9 +375,16 @@ class JobTracker:
                     if stored.job_id in self._jobs:
                         continue  # loaded by an attempt that failed later on
                     urls, settled = await self._in_db_thread(self._store.job_images, stored.job_id)
-                    job = ActiveJob(stored.job_id, urls, settled, stored.client_id)
-                    job.started, job.cancelled = stored.started, stored.cancelled
-                    self._activate(job)
+                    self._activate(
+                        ActiveJob(
+                            stored.job_id,
+                            urls,
+                            settled,
+                            stored.client_id,
+                            started=stored.started,
+                            cancelled=stored.cancelled,
+                        )
+                    )
                 due = await self._in_db_thread(self._store.callbacks_due, None)
             except Exception:
                 log.exception("recovering the unfinished jobs failed; trying again")
@@ -405,7 +412,7 @@ class JobTracker:
         """Up to the worker's free capacity of images, taken fairly across jobs, led by at
         most one image whose worker died under it (a suspect) if the worker holds none."""
         batch: list[ImageTask] = []
-        if not any(key in self._deaths for key in worker.in_flight):
+        if self._suspects and not any(key in self._deaths for key in worker.in_flight):
             while worker.free > 0 and self._suspects:
                 if self._dispatch(worker, self._suspects.popleft(), batch):
                     break

@@ -38,7 +38,7 @@ from core.submission import (
     parse_submission,
     submission_fingerprint,
 )
-from service.params import JOB_ID_PATTERN, parse_job_id
+from service.params import parse_job_id, parse_non_negative
 from service.schemas import (
     ErrorBody,
     JobDetailBody,
@@ -180,17 +180,6 @@ async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResp
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in exc.errors())
     return error(400, f"invalid request: {fields}")
-
-
-def parse_non_negative(raw: str | None, name: str, default: int, maximum: int | None) -> int:
-    if raw is None:
-        return default
-    if not JOB_ID_PATTERN.fullmatch(raw):
-        raise InvalidSubmission(f"{name} must be a non-negative integer")
-    value = int(raw)
-    if maximum is not None and not 1 <= value <= maximum:
-        raise InvalidSubmission(f"{name} must be between 1 and {maximum}")
-    return value
 
 
 async def read_body(request: Request, cap: int) -> bytes:
