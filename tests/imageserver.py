@@ -73,15 +73,23 @@ def png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def peer_pid(port: int) -> int | None:
-    """The process on this machine whose TCP socket has local port `port` (from /proc)."""
-    wanted = f":{port:04X} "
+def peer_pid(client_port: int, server_port: int) -> int | None:
+    """The process on this machine that holds the client end of the connection
+    127.0.0.1:client_port -> :server_port, read from /proc."""
+    # A closed connection that used the same client port lingers in the table (TIME_WAIT,
+    # inode 0), so the row must be the live one to this server, not the first port match.
+    local, remote = f":{client_port:04X}", f":{server_port:04X}"
     inode = None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as rows:
             for row in rows:
                 fields = row.split()
-                if len(fields) > 9 and (fields[1] + " ").endswith(wanted):
+                if (
+                    len(fields) > 9
+                    and fields[1].endswith(local)
+                    and fields[2].endswith(remote)
+                    and fields[9] != "0"
+                ):
                     inode = fields[9]
     if inode is None:
         return None
@@ -201,9 +209,11 @@ class ImageServer:
                     return None
                 if parts[0] == "deadly":
                     # Kills the process that asked: an image whose processing kills its worker.
-                    pid = peer_pid(self.client_address[1])
-                    if pid is not None and pid != os.getpid():
-                        os.kill(pid, signal.SIGKILL)
+                    pid = peer_pid(self.client_address[1], server.port)
+                    if pid is None or pid == os.getpid():
+                        # Said out loud: a test failing on this names its cause.
+                        return self._send(500, b"deadly: requester not found", "text/plain")
+                    os.kill(pid, signal.SIGKILL)
                     return None
                 if parts[0] == "silent":
                     time.sleep(20)  # accepts the connection, never answers
