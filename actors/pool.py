@@ -20,9 +20,7 @@ from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.worker import ImageWorker
-from core.settings import Settings
-
-CAPACITY_RESOURCE = "image_slots"
+from core.settings import IMAGE_SLOTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +113,7 @@ class WorkerPool:
         return started
 
     def node_capacity(self, node: dict[str, Any]) -> int:
-        advertised = node.get("Resources", {}).get(CAPACITY_RESOURCE)
+        advertised = node.get("Resources", {}).get(IMAGE_SLOTS)
         return int(advertised) if advertised is not None else self._settings.concurrency
 
     def worker_shares(self, node: dict[str, Any]) -> list[tuple[int, int]]:

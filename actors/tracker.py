@@ -51,8 +51,6 @@ from core.urlguard import AddressPolicy
 TRACKER_NAME = "job_tracker"
 NAMESPACE = "image_service"
 UNKNOWN_STORE = "store_id not in store master"
-NODE_REFRESH_SECONDS = 2.0
-METRICS_SECONDS = 2.0
 # Pause after a failed iteration of a background loop, or a failed recovery, before the next.
 RETRY_PAUSE_SECONDS = 1.0
 
@@ -128,9 +126,7 @@ class JobTracker:
         self._image_metrics = ImageMetrics()
         self._metrics = TrackerMetrics()
         self._callbacks = CallbackSender(
-            CallbackLimits(
-                settings.callback_attempts, settings.callback_backoff, settings.callback_timeout
-            ),
+            CallbackLimits.from_settings(settings),
             AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts),
         )
         self._recovered = asyncio.get_running_loop().create_task(self._recover())
@@ -535,10 +531,10 @@ class JobTracker:
         nodes = await asyncio.to_thread(ray.nodes)
         for worker in self._pool.refresh(nodes):
             self._keep(asyncio.create_task(self._warm_up(worker)))
-        await asyncio.sleep(NODE_REFRESH_SECONDS)
+        await asyncio.sleep(self._settings.node_refresh_interval)
 
     async def _metrics_step(self) -> None:
-        await asyncio.sleep(METRICS_SECONDS)
+        await asyncio.sleep(self._settings.metrics_interval)
         self._metrics.in_flight.set(self._pool.in_flight)
         self._metrics.queue_depth.set(len(self._queue) + len(self._suspects))
         counts = await self._in_db_thread(self._store.job_counts)

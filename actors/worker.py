@@ -28,24 +28,11 @@ from core.settings import Settings
 from core.supervise import supervise
 from core.urlguard import AddressPolicy
 
-REPORT_INTERVAL_SECONDS = 0.02
 REPORT_BATCH = 128
 # After a report the tracker did not take (it is restarting, say), the wait before the next try.
 REPORT_RETRY_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
-
-
-def fetch_limits(settings: Settings) -> FetchLimits:
-    return FetchLimits(
-        max_bytes=settings.max_image_bytes,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        total_timeout=settings.download_timeout,
-        retries=settings.download_retries,
-        backoff=settings.retry_backoff,
-        max_redirects=settings.max_redirects,
-    )
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -61,7 +48,7 @@ class ImageWorker:
         policy = AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts)
         self._metrics = ImageMetrics()
         self._downloader = TimedFetcher(
-            Downloader(fetch_limits(settings), policy, pool_size=fetches),
+            Downloader(FetchLimits.from_settings(settings), policy, pool_size=fetches),
             self._metrics.download_seconds,
         )
         self._stages = Stages(
@@ -96,7 +83,7 @@ class ImageWorker:
                 task,
                 self._downloader,
                 max_pixels=self._settings.max_image_pixels,
-                gpu_delay=(self._settings.gpu_delay_min, self._settings.gpu_delay_max),
+                gpu_delay=self._settings.gpu_delay,
                 node_id=self._node_id,
                 stages=self._stages,
             )
@@ -118,7 +105,7 @@ class ImageWorker:
 
     async def _report_step(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._outbox_full.wait(), REPORT_INTERVAL_SECONDS)
+            await asyncio.wait_for(self._outbox_full.wait(), self._settings.report_interval)
         self._outbox_full.clear()
         if not self._outbox:
             return

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from core.fetch import GuardedSessions, backoff_delay
+from core.settings import Settings
 from core.urlguard import AddressPolicy, BlockedAddressError
 
 RETRYABLE_CODES = frozenset({408, 425, 429})
@@ -18,9 +19,13 @@ RETRYABLE_CODES = frozenset({408, 425, 429})
 
 @dataclass(frozen=True)
 class CallbackLimits:
-    attempts: int = 5
-    backoff: float = 1.0  # seconds before the second attempt; doubles after each
-    timeout: float = 10.0
+    attempts: int
+    backoff: float  # seconds before the second attempt; doubles after each
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CallbackLimits:
+        return cls(settings.callback_attempts, settings.callback_backoff, settings.callback_timeout)
 
 
 class CallbackSender:

@@ -10,6 +10,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
+from core.settings import Settings
 from core.text import is_utf8_text, safe_text
 from core.urlguard import AddressPolicy
 
@@ -30,13 +31,25 @@ class _RetryableError(ImageDownloadError):
 
 @dataclass(frozen=True)
 class FetchLimits:
-    max_bytes: int = 20 * 1024 * 1024
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    total_timeout: float = 30.0
-    retries: int = 3
-    backoff: float = 0.25
-    max_redirects: int = 5
+    max_bytes: int
+    connect_timeout: float
+    read_timeout: float
+    total_timeout: float
+    retries: int
+    backoff: float
+    max_redirects: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchLimits:
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            total_timeout=settings.download_timeout,
+            retries=settings.download_retries,
+            backoff=settings.retry_backoff,
+            max_redirects=settings.max_redirects,
+        )
 
 
 def redact_url(url: str) -> str:

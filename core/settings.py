@@ -1,199 +1,283 @@
-"""The one settings object, read once from `IMAGE_SERVICE_*` environment variables."""
+"""The one settings object: each setting declared once, read from `IMAGE_SERVICE_*` variables.
+
+`python -m core.settings` prints the README's configuration table from these declarations.
+"""
 
 from __future__ import annotations
 
-import math
-import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORE_MASTER = PACKAGE_ROOT / "data" / "store_master.csv"
 
 ENV_PREFIX = "IMAGE_SERVICE_"
 
+# The name of the custom Ray resource that counts a node's GPU slots.
+IMAGE_SLOTS = "image_slots"
+
+# A refused value is quoted this far: an environment variable can be any length.
+QUOTED_CHARS = 80
+
+Seconds = Annotated[float, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Words = Annotated[tuple[str, ...], NoDecode]
+
+
+# The environment `Settings.from_env` was given, in place of the process's own.
+_GIVEN_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("given_environ", default=None)
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    data_dir: Path = Path("data/run")
-    store_master: Path = DEFAULT_STORE_MASTER
-    gpu_delay_min: float = 0.1
-    gpu_delay_max: float = 0.4
-    # Simulated GPU work at once on a node that does not advertise its own `image_slots`.
-    concurrency: int = 64
-    # Image worker processes per node, sharing its slots; 0: one per CPU of the node.
-    workers_per_node: int = 0
-    # Images downloaded and measured ahead of the GPU step, per GPU slot.
-    fetch_ahead: float = 1.0
-    # Downloads and measurements at once per node (bytes held: at most this x MAX_IMAGE_BYTES).
-    fetch_concurrency: int = 256
-    allow_private_urls: bool = False
-    allowed_hosts: tuple[str, ...] = ()
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        frozen=True,
+        allow_inf_nan=False,
+        str_strip_whitespace=True,
+        validate_default=True,
+    )
 
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_images_per_job: int = 100_000
-    max_url_length: int = 2048  # image and callback URLs
-    max_store_id_length: int = 256
-    max_visit_time_length: int = 64
-    max_idempotency_key_length: int = 255
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 100_000_000
-    # Pixels being decoded at once on a node, over all its images: bounds decoding memory.
-    decode_pixel_budget: int = 200_000_000
-    # Times an image may be in flight on a worker that dies before the image fails.
-    max_image_attempts: int = 3
+    # ---- where the service runs -------------------------------------------------------------
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    host: str = Field("127.0.0.1", description="HTTP bind address")
+    data_dir: Path = Field(
+        Path("data/run"), description="where the job database (`jobs.sqlite3`) and logs live"
+    )
+    store_master: Path = Field(DEFAULT_STORE_MASTER, description="the Store Master CSV")
 
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    download_timeout: float = 30.0
-    download_retries: int = 3
-    retry_backoff: float = 0.25
-    max_redirects: int = 5
+    # ---- the image pipeline -----------------------------------------------------------------
+    gpu_delay: Annotated[tuple[float, float], NoDecode] = Field(
+        (0.1, 0.4), description="simulated GPU time per image, seconds, uniform (`LOW-HIGH`)"
+    )
+    concurrency: int = Field(
+        64,
+        ge=1,
+        description="simulated GPU work at once per node (its GPU slots), for a node without "
+        f"its own `{IMAGE_SLOTS}`",
+    )
+    workers_per_node: int = Field(
+        0, ge=0, description="image worker processes per node, sharing its slots; `0`: one per CPU"
+    )
+    fetch_ahead: float = Field(
+        1.0, ge=0, description="images downloaded and measured ahead of the GPU step, per GPU slot"
+    )
+    fetch_concurrency: int = Field(
+        256,
+        ge=1,
+        description="downloads and measurements at once per node; the bytes they hold are at most "
+        "this x `MAX_IMAGE_BYTES`",
+    )
+    report_interval: Seconds = Field(
+        0.02, description="longest a settled image waits in its worker before it is reported"
+    )
 
-    api_keys: tuple[str, ...] = ()
-    submit_rate: float = 10.0  # submissions per second per client, sustained
-    submit_burst: int = 50
-    max_open_jobs_per_client: int = 100
-    # Images not yet settled, over every job: past it a submission is answered 503.
-    max_queued_images: int = 1_000_000
-    # How long an API call waits for the job tracker before answering 503.
-    tracker_timeout: float = 30.0
+    # ---- which origins may be fetched -------------------------------------------------------
+    allow_private_urls: bool = Field(
+        False,
+        description="`1` allows URLs that resolve to loopback/private/link-local/reserved "
+        "addresses",
+    )
+    allowed_hosts: Words = Field(
+        (),
+        description="comma-separated host names or networks (`10.1.0.0/16`) allowed despite the "
+        "guard",
+    )
 
-    results_page_max: int = 1000
-    flush_interval: float = 0.2
+    # ---- limits on what a client sends ------------------------------------------------------
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest submit body")
+    max_images_per_job: int = Field(100_000, ge=1, description="most images in one job")
+    max_url_length: int = Field(2048, ge=16, description="longest image or callback URL")
+    max_store_id_length: int = Field(256, ge=1, description="longest `store_id`, characters")
+    max_visit_time_length: int = Field(64, ge=10, description="longest `visit_time`, characters")
+    max_idempotency_key_length: int = Field(
+        255, ge=1, description="longest `Idempotency-Key`, characters"
+    )
+    max_queued_images: int = Field(
+        1_000_000,
+        ge=1,
+        description="unsettled images over all jobs; a submission past it is `503` with "
+        "`Retry-After`",
+    )
 
-    callback_attempts: int = 5
-    callback_backoff: float = 1.0
-    callback_timeout: float = 10.0
+    # ---- limits on what an origin sends -----------------------------------------------------
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="largest image download (read as a stream, cut past it)"
+    )
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="largest image in pixels (decompression bombs fail)"
+    )
+    decode_pixel_budget: int = Field(
+        200_000_000,
+        ge=1,
+        description="pixels being decoded at once in one image worker process (bounds its memory)",
+    )
+    max_image_attempts: int = Field(
+        3, ge=1, description="times an image may be in flight on a worker that dies before it fails"
+    )
+    max_redirects: int = Field(5, ge=0, description="redirects followed per image")
+    connect_timeout: Seconds = Field(5.0, description="seconds to connect, per download attempt")
+    read_timeout: Seconds = Field(10.0, description="seconds between bytes, per download attempt")
+    download_timeout: Seconds = Field(30.0, description="seconds per download attempt in all")
+    download_retries: int = Field(3, ge=0, description="retries of a failed download")
+    retry_backoff: Seconds = Field(
+        0.25, description="seconds before the first retry; doubles after each"
+    )
 
-    ray_port: int = 6379
-    dashboard_port: int = 8265
-    # Where the head's metrics agent serves Prometheus text (`ray start --metrics-export-port`).
-    metrics_port: int = 8080
-    include_dashboard: bool = True
-    # Serve's HAProxy ingress with its throughput-optimized mode (see service/launcher.py).
-    # Off by default: with it, two services on one host crossed traffic in the test suite.
-    fast_ingress: bool = False
-    ray_start_args: tuple[str, ...] = field(default_factory=tuple)
+    # ---- clients ----------------------------------------------------------------------------
+    api_keys: Words = Field(
+        (),
+        description="comma-separated API keys; when set, every API call needs "
+        "`Authorization: Bearer <key>`",
+    )
+    submit_rate: PositiveSeconds = Field(
+        10.0, description="submissions per second per client, sustained"
+    )
+    submit_burst: int = Field(50, ge=1, description="submissions per client allowed in a burst")
+    max_open_jobs_per_client: int = Field(
+        100, ge=1, description="unfinished jobs one client may have (with API keys on)"
+    )
+    tracker_timeout: PositiveSeconds = Field(
+        30.0, description="seconds an API call waits for the job tracker before it answers `503`"
+    )
+    results_page_default: int = Field(
+        100, ge=1, description="`limit` of `/api/results` when the caller gives none"
+    )
+    jobs_page_default: int = Field(
+        20, ge=1, description="`limit` of `/api/jobs` when the caller gives none"
+    )
+    results_page_max: int = Field(
+        1000, ge=1, description="largest `limit` of `/api/results` and `/api/jobs`"
+    )
+
+    # ---- the tracker ------------------------------------------------------------------------
+    flush_interval: Seconds = Field(
+        0.2, description="seconds between the tracker's writes of settled results"
+    )
+    node_refresh_interval: PositiveSeconds = Field(
+        2.0, description="seconds between the tracker's looks for nodes that joined or left"
+    )
+    metrics_interval: PositiveSeconds = Field(
+        2.0, description="seconds between the tracker's updates of its gauges (jobs, queue)"
+    )
+    callback_attempts: int = Field(5, ge=1, description="completion callback: attempts")
+    callback_backoff: Seconds = Field(
+        1.0, description="completion callback: seconds before the second attempt; doubles after"
+    )
+    callback_timeout: Seconds = Field(10.0, description="completion callback: seconds per attempt")
+
+    # ---- Ray --------------------------------------------------------------------------------
+    ray_port: int = Field(6379, ge=1, le=65535, description="Ray head (GCS) port")
+    dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard port")
+    metrics_port: int = Field(
+        8080, ge=1, le=65535, description="the head's Prometheus metrics port"
+    )
+    include_dashboard: bool = Field(True, description="`0` starts Ray without its dashboard")
+    fast_ingress: bool = Field(
+        False,
+        description="`1`: Serve's HAProxy ingress in throughput-optimized mode (no longer faster "
+        "for status, which is answered at the edge; see Performance)",
+    )
+    ray_start_args: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="more arguments for the head's `ray start`"
+    )
+
+    @field_validator("gpu_delay", mode="before")
+    @classmethod
+    def _delay_range(cls, value: Any) -> Any:
+        return parse_delay_range(value) if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        return value
+
+    @field_validator("ray_start_args", mode="before")
+    @classmethod
+    def _whitespace_separated(cls, value: Any) -> Any:
+        return tuple(value.split()) if isinstance(value, str) else value
+
+    @field_validator("data_dir", "store_master")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Ray's processes do not share the launcher's working directory.
+        return value.resolve()
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if environ is None else environ)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings in `environ` (the process environment when None), or a SettingsError
+        naming the first variable that cannot be used."""
+        given = _GIVEN_ENVIRON.set(environ)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise SettingsError(describe(exc)) from None
+        finally:
+            _GIVEN_ENVIRON.reset(given)
 
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name)
-            return value.strip() if value is not None and value.strip() else None
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _GIVEN_ENVIRON.get()
+        if environ is None:
+            return (init_settings, env_settings)
+        return (init_settings, MappingSource(settings_cls, environ))
 
-        def integer(name: str, default: int, minimum: int = 0) -> int:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise SettingsError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
-            if value < minimum:
-                raise SettingsError(f"{ENV_PREFIX}{name} must be at least {minimum}, got {value}")
-            return value
 
-        def number(name: str, default: float, positive: bool = False) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
-            if not math.isfinite(value) or value < 0 or (positive and value == 0):
-                bound = "above 0" if positive else "at least 0"
-                raise SettingsError(f"{ENV_PREFIX}{name} must be {bound}, got {raw!r}")
-            return value
+class MappingSource(EnvSettingsSource):
+    """Settings read from a given mapping instead of the process environment."""
 
-        def flag(name: str, default: bool) -> bool:
-            raw = get(name)
-            if raw is None:
-                return default
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise SettingsError(f"{ENV_PREFIX}{name} must be 0 or 1, got {raw!r}")
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
 
-        defaults = cls()
-        delay_min, delay_max = parse_delay_range(get("GPU_DELAY") or "0.1-0.4")
-        return cls(
-            host=get("HOST") or defaults.host,
-            port=integer("PORT", defaults.port, minimum=1),
-            data_dir=Path(get("DATA_DIR") or defaults.data_dir).resolve(),
-            store_master=Path(get("STORE_MASTER") or defaults.store_master).resolve(),
-            gpu_delay_min=delay_min,
-            gpu_delay_max=delay_max,
-            concurrency=integer("CONCURRENCY", defaults.concurrency, minimum=1),
-            workers_per_node=integer("WORKERS_PER_NODE", defaults.workers_per_node),
-            fetch_ahead=number("FETCH_AHEAD", defaults.fetch_ahead),
-            fetch_concurrency=integer("FETCH_CONCURRENCY", defaults.fetch_concurrency, minimum=1),
-            allow_private_urls=flag("ALLOW_PRIVATE_URLS", defaults.allow_private_urls),
-            allowed_hosts=tuple(
-                entry.strip() for entry in (get("ALLOWED_HOSTS") or "").split(",") if entry.strip()
-            ),
-            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
-            max_images_per_job=integer(
-                "MAX_IMAGES_PER_JOB", defaults.max_images_per_job, minimum=1
-            ),
-            max_url_length=integer("MAX_URL_LENGTH", defaults.max_url_length, minimum=16),
-            max_store_id_length=integer(
-                "MAX_STORE_ID_LENGTH", defaults.max_store_id_length, minimum=1
-            ),
-            max_visit_time_length=integer(
-                "MAX_VISIT_TIME_LENGTH", defaults.max_visit_time_length, minimum=10
-            ),
-            max_idempotency_key_length=integer(
-                "MAX_IDEMPOTENCY_KEY_LENGTH", defaults.max_idempotency_key_length, minimum=1
-            ),
-            max_image_bytes=integer("MAX_IMAGE_BYTES", defaults.max_image_bytes, minimum=1),
-            max_image_pixels=integer("MAX_IMAGE_PIXELS", defaults.max_image_pixels, minimum=1),
-            decode_pixel_budget=integer(
-                "DECODE_PIXEL_BUDGET", defaults.decode_pixel_budget, minimum=1
-            ),
-            max_image_attempts=integer(
-                "MAX_IMAGE_ATTEMPTS", defaults.max_image_attempts, minimum=1
-            ),
-            connect_timeout=number("CONNECT_TIMEOUT", defaults.connect_timeout),
-            read_timeout=number("READ_TIMEOUT", defaults.read_timeout),
-            download_timeout=number("DOWNLOAD_TIMEOUT", defaults.download_timeout),
-            download_retries=integer("DOWNLOAD_RETRIES", defaults.download_retries),
-            retry_backoff=number("RETRY_BACKOFF", defaults.retry_backoff),
-            max_redirects=integer("MAX_REDIRECTS", defaults.max_redirects),
-            api_keys=tuple(k.strip() for k in (get("API_KEYS") or "").split(",") if k.strip()),
-            submit_rate=number("SUBMIT_RATE", defaults.submit_rate, positive=True),
-            submit_burst=integer("SUBMIT_BURST", defaults.submit_burst, minimum=1),
-            max_open_jobs_per_client=integer(
-                "MAX_OPEN_JOBS_PER_CLIENT", defaults.max_open_jobs_per_client, minimum=1
-            ),
-            max_queued_images=integer("MAX_QUEUED_IMAGES", defaults.max_queued_images, minimum=1),
-            tracker_timeout=number("TRACKER_TIMEOUT", defaults.tracker_timeout, positive=True),
-            results_page_max=integer("RESULTS_PAGE_MAX", defaults.results_page_max, minimum=1),
-            flush_interval=number("FLUSH_INTERVAL", defaults.flush_interval),
-            callback_attempts=integer("CALLBACK_ATTEMPTS", defaults.callback_attempts, minimum=1),
-            callback_backoff=number("CALLBACK_BACKOFF", defaults.callback_backoff),
-            callback_timeout=number("CALLBACK_TIMEOUT", defaults.callback_timeout),
-            ray_port=integer("RAY_PORT", defaults.ray_port, minimum=1),
-            dashboard_port=integer("DASHBOARD_PORT", defaults.dashboard_port, minimum=1),
-            metrics_port=integer("METRICS_PORT", defaults.metrics_port, minimum=1),
-            include_dashboard=flag("INCLUDE_DASHBOARD", defaults.include_dashboard),
-            fast_ingress=flag("FAST_INGRESS", defaults.fast_ingress),
-            ray_start_args=tuple((get("RAY_START_ARGS") or "").split()),
-        )
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name.lower(): value
+            for name, value in self._environ.items()
+            if not (self.env_ignore_empty and value.strip() == "")
+        }
+
+
+def describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = f"{ENV_PREFIX}{str(first['loc'][0]).upper()}" if first["loc"] else "the settings"
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        return message.removeprefix("Value error, ")
+    return f"{name}: {message[0].lower()}{message[1:]}, got {quoted(first['input'])}"
+
+
+def quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTED_CHARS else text[: QUOTED_CHARS - 3] + "..."
 
 
 def parse_delay_range(text: str) -> tuple[float, float]:
@@ -207,9 +291,40 @@ def parse_delay_range(text: str) -> tuple[float, float]:
         else:
             raise ValueError(text)
     except ValueError:
-        raise SettingsError(
-            f"{ENV_PREFIX}GPU_DELAY must look like 0.1-0.4 (seconds), got {text!r}"
+        raise ValueError(
+            f"{ENV_PREFIX}GPU_DELAY must look like 0.1-0.4 (seconds), got {quoted(text)}"
         ) from None
-    if low < 0 or high < low:
-        raise SettingsError(f"{ENV_PREFIX}GPU_DELAY must satisfy 0 <= low <= high, got {text!r}")
+    if not 0 <= low <= high < float("inf"):
+        raise ValueError(f"{ENV_PREFIX}GPU_DELAY must satisfy 0 <= low <= high, got {quoted(text)}")
     return low, high
+
+
+def shown(value: Any) -> str:
+    """A default as an operator would write it in the environment."""
+    if isinstance(value, bool):
+        return "`1`" if value else "`0`"
+    if isinstance(value, Path):
+        inside = value.is_relative_to(PACKAGE_ROOT)
+        return f"`{value.relative_to(PACKAGE_ROOT) if inside else value}`"
+    if isinstance(value, tuple):
+        if not value:
+            return "empty"
+        if all(isinstance(part, float) for part in value):
+            return "`" + "-".join(f"{part:g}" for part in value) + "`"
+        return "`" + ",".join(map(str, value)) + "`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, one row per setting, in declaration order."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, declared in Settings.model_fields.items():
+        default = shown(declared.default)
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {declared.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

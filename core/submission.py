@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.models import JobSubmission, Visit
+from core.settings import Settings
 from core.text import is_utf8_text
 
 
@@ -23,10 +24,19 @@ class SubmissionTooLarge(ValueError):
 
 @dataclass(frozen=True)
 class SubmissionLimits:
-    max_images: int = 100_000
-    max_url_length: int = 2048
-    max_store_id_length: int = 256
-    max_visit_time_length: int = 64
+    max_images: int
+    max_url_length: int
+    max_store_id_length: int
+    max_visit_time_length: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubmissionLimits:
+        return cls(
+            max_images=settings.max_images_per_job,
+            max_url_length=settings.max_url_length,
+            max_store_id_length=settings.max_store_id_length,
+            max_visit_time_length=settings.max_visit_time_length,
+        )
 
 
 def parse_submission(body: bytes, limits: SubmissionLimits) -> JobSubmission:

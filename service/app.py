@@ -211,12 +211,7 @@ class ImageServiceAPI:
 
     def __init__(self) -> None:
         self._settings = Settings.from_env()
-        self._limits = SubmissionLimits(
-            max_images=self._settings.max_images_per_job,
-            max_url_length=self._settings.max_url_length,
-            max_store_id_length=self._settings.max_store_id_length,
-            max_visit_time_length=self._settings.max_visit_time_length,
-        )
+        self._limits = SubmissionLimits.from_settings(self._settings)
         self._api_keys = ApiKeys(self._settings.api_keys)
         self._tracker = tracker_handle(self._settings)
         self._statuses = self._local_status_reader()

@@ -9,10 +9,11 @@ from urllib.parse import quote
 import pytest
 
 from core.fetch import Downloader, FetchLimits, ImageDownloadError, redact_url
+from core.settings import Settings
 from core.urlguard import AddressPolicy
 from tests.imageserver import ImageServer
 
-FAST = FetchLimits(backoff=0.01, max_bytes=100_000)
+FAST = FetchLimits.from_settings(Settings(retry_backoff=0.01, max_image_bytes=100_000))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,11 @@ def test_downloads_the_bytes(server: ImageServer) -> None:
 
 def test_byte_cap(server: ImageServer) -> None:
     with pytest.raises(ImageDownloadError, match="larger than 1000 bytes"):
-        fetch(server.url("img/red.jpg"), OPEN, FetchLimits(max_bytes=1000))
+        fetch(
+            server.url("img/red.jpg"),
+            OPEN,
+            FetchLimits.from_settings(Settings(max_image_bytes=1000)),
+        )
 
 
 def test_guard_refuses_loopback_and_sends_nothing(server: ImageServer) -> None:

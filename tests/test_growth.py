@@ -16,6 +16,7 @@ import pytest
 from core.fetch import Downloader, FetchLimits
 from core.models import ImageOutcome, ImageTask
 from core.processing import process_image
+from core.settings import Settings
 from core.storage import JobStore
 from core.submission import SubmissionLimits, parse_submission
 from core.urlguard import AddressPolicy
@@ -37,7 +38,8 @@ def server() -> Iterator[ImageServer]:
 def failure_from(url: str) -> ImageOutcome:
     async def run() -> ImageOutcome:
         downloader = Downloader(
-            FetchLimits(retries=0, backoff=0.01), AddressPolicy(allow_private=True)
+            FetchLimits.from_settings(Settings(download_retries=0, retry_backoff=0.01)),
+            AddressPolicy(allow_private=True),
         )
         try:
             return await process_image(
@@ -73,7 +75,9 @@ def test_the_worst_failing_body_grows_the_database_at_most_20x(
     path = tmp_path / "jobs.sqlite3"
     store = JobStore(path)
     before = database_bytes(path)
-    job_id, _ = store.create_job(parse_submission(body, SubmissionLimits()), None, {})
+    job_id, _ = store.create_job(
+        parse_submission(body, SubmissionLimits.from_settings(Settings())), None, {}
+    )
     outcomes = [replace(failed, job_id=job_id, index=index) for index in range(IMAGES)]
     for start in range(0, IMAGES, 128):  # in batches, as the tracker flushes
         assert store.save_outcomes(outcomes[start : start + 128], []) == []

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
-from core.settings import Settings, SettingsError
+from core.settings import PACKAGE_ROOT, Settings, SettingsError, markdown_table
 
 
 @pytest.mark.parametrize(
@@ -33,3 +35,55 @@ def test_the_new_limits_are_read() -> None:
     )
     assert (settings.max_store_id_length, settings.max_queued_images) == (32, 10)
     assert (settings.tracker_timeout, settings.decode_pixel_budget) == (2.5, 1000)
+
+
+def test_the_readme_table_is_the_one_the_declarations_give() -> None:
+    readme = (PACKAGE_ROOT / "README.md").read_text()
+    table = readme.split("checks it -->\n", 1)[1].split("\n<!-- end of settings table -->", 1)[0]
+    assert table == markdown_table(), "run `python -m core.settings` and paste it into README.md"
+
+
+def test_a_setting_given_in_a_mapping_ignores_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMAGE_SERVICE_PORT", "7000")
+    assert Settings.from_env().port == 7000
+    assert Settings.from_env({}).port == 8000
+    assert Settings.from_env({"IMAGE_SERVICE_PORT": " 9000 "}).port == 9000
+
+
+def test_lists_and_ranges_are_read_as_an_operator_writes_them() -> None:
+    settings = Settings.from_env(
+        {
+            "IMAGE_SERVICE_API_KEYS": "a, b,,c",
+            "IMAGE_SERVICE_GPU_DELAY": "0-0.5",
+            "IMAGE_SERVICE_RAY_START_ARGS": "--num-cpus=2  --block",
+            "IMAGE_SERVICE_HOST": "",
+        }
+    )
+    assert settings.api_keys == ("a", "b", "c")
+    assert settings.gpu_delay == (0.0, 0.5)
+    assert settings.ray_start_args == ("--num-cpus=2", "--block")
+    assert settings.host == "127.0.0.1"  # empty is unset
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "9" * 5000),  # past Python's int digits limit
+        ("PORT", "70000"),
+        ("GPU_DELAY", "0.4-0.1"),
+        ("GPU_DELAY", "0-inf"),
+        ("API_KEYS", "key-\udcff"),  # a lone surrogate, as os.environ decodes bad bytes
+        ("INCLUDE_DASHBOARD", "maybe"),
+    ],
+)
+def test_hostile_values_are_refused_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"IMAGE_SERVICE_{name}") as refused:
+        Settings.from_env({f"IMAGE_SERVICE_{name}": value})
+    assert len(str(refused.value)) < 300
+
+
+def test_settings_cross_to_ray_processes_whole() -> None:
+    settings = Settings.from_env({"IMAGE_SERVICE_ALLOWED_HOSTS": "10.0.0.0/8"})
+    assert pickle.loads(pickle.dumps(settings)) == settings

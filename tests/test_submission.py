@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
 from core.submission import (
     InvalidSubmission,
     SubmissionLimits,
@@ -15,7 +16,7 @@ from core.submission import (
     submission_fingerprint,
 )
 
-LIMITS = SubmissionLimits(max_images=5, max_url_length=64)
+LIMITS = SubmissionLimits.from_settings(Settings(max_images_per_job=5, max_url_length=64))
 
 
 def visit(store: str, urls: list[str], when: str = "2025-03-11") -> dict[str, Any]:
@@ -149,9 +150,12 @@ def test_fingerprint_ignores_json_layout_but_not_content() -> None:
 )
 def test_hostile_fields_are_400s_naming_the_field(body: bytes, message: str) -> None:
     with pytest.raises(InvalidSubmission, match=message):
-        parse_submission(body, SubmissionLimits(max_images=5))
+        parse_submission(body, SubmissionLimits.from_settings(Settings(max_images_per_job=5)))
 
 
 def test_a_body_with_the_longest_accepted_fields_passes() -> None:
     body = encode(visit("S" * 256, ["http://a.test/" + "x" * 2000], "2025-03-11T10:00:00.123456"))
-    assert parse_submission(body, SubmissionLimits()).visits[0].store_id == "S" * 256
+    assert (
+        parse_submission(body, SubmissionLimits.from_settings(Settings())).visits[0].store_id
+        == "S" * 256
+    )
