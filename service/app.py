@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
 INLINE_PARSE_BYTES = 256 * 1024
-DEFAULT_PAGE = 100
-DEFAULT_JOBS_PAGE = 20
 VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an Idempotency-Key may hold, as Stripe's
 # What a client should wait before retrying when the tracker or the database is not answering:
 # about what a tracker restart takes.
@@ -325,7 +323,9 @@ class ImageServiceAPI:
         if job_id is None:
             return UNKNOWN_JOB
         start = parse_non_negative(offset, "offset", 0, None)
-        size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
+        size = parse_non_negative(
+            limit, "limit", self._settings.results_page_default, self._settings.results_page_max
+        )
         page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
         if page is None:
             return UNKNOWN_JOB
@@ -343,7 +343,7 @@ class ImageServiceAPI:
         client = self._client(request)
         start = parse_non_negative(offset, "offset", 0, None)
         size = parse_non_negative(
-            limit, "limit", DEFAULT_JOBS_PAGE, self._settings.results_page_max
+            limit, "limit", self._settings.jobs_page_default, self._settings.results_page_max
         )
         total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
         return JSONResponse(job_list_body(total, start, size, jobs))
