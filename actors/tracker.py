@@ -25,7 +25,7 @@ from actors.metrics import ImageMetrics, TrackerMetrics
 from actors.pool import ImageKey, WorkerPool, WorkerSlot
 from core.callback import CallbackLimits, CallbackSender
 from core.clients import RateLimiter
-from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
+from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, StorageError, TooManyOpenJobs
 from core.logs import use_json_logs
 from core.models import (
     IMAGE_CANCELLED,
@@ -43,7 +43,7 @@ from core.models import (
 from core.pending import PendingWrites
 from core.scheduler import FairQueue
 from core.settings import Settings
-from core.storage import DueCallback, JobStore, StorageError
+from core.storage import DueCallback, JobStore
 from core.store_master import StoreMasterCache
 from core.supervise import supervise
 from core.urlguard import AddressPolicy

@@ -1,10 +1,30 @@
-"""Domain errors the API answers with a status of their own (mapped once, in service/app.py).
+"""Domain errors, each answered with a status of its own (mapped once, in service/app.py).
 
 Each message is meant for the client. Ray re-raises an actor's exception as a subclass of it,
 so these keep their type across the tracker call.
 """
 
 from __future__ import annotations
+
+
+class InvalidSubmission(ValueError):
+    """The body breaks the contract; the message names the field and what is wrong (400)."""
+
+
+class SubmissionTooLarge(ValueError):
+    """The body is well formed but over a configured size limit (413)."""
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key already names a job submitted with a different body (409)."""
+
+
+class StoreMasterError(ValueError):
+    """The Store Master file is missing, unreadable or lacks the required header (503)."""
+
+
+class StorageError(RuntimeError):
+    """The database could not record or read something: disk full, I/O error, locked (503)."""
 
 
 class TooManyOpenJobs(RuntimeError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from core.errors import IdempotencyConflict, StorageError
 from core.models import (
     JOB_CANCELLED,
     ImageOutcome,
@@ -27,85 +28,8 @@ from core.models import (
     JobView,
     StoreError,
 )
+from core.schema import Transaction, open_database
 from core.text import safe_text
-
-IMAGES_COLUMNS = """(
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    idx INTEGER NOT NULL,
-    visit INTEGER NOT NULL,
-    url TEXT NOT NULL,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID"""
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never handed out twice
-    submission_key TEXT UNIQUE,
-    status TEXT NOT NULL,
-    image_count INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    errors TEXT,
-    client_id TEXT  -- who submitted it, when API keys are on; NULL otherwise
-);
-CREATE INDEX IF NOT EXISTS jobs_ongoing ON jobs (status) WHERE status = 'ongoing';
--- A visit's fields are stored once, not once per image: a job's size on disk follows its body.
-CREATE TABLE IF NOT EXISTS visits (
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    visit INTEGER NOT NULL,  -- position in the submission
-    store_id TEXT NOT NULL,
-    visit_time TEXT NOT NULL,
-    PRIMARY KEY (job_id, visit)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS images {IMAGES_COLUMNS};
-CREATE TABLE IF NOT EXISTS results (
-    job_id INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    error TEXT,
-    processed_at REAL NOT NULL,
-    node_id TEXT,  -- before nodes had a table: the node's id itself
-    node INTEGER,  -- nodes.id
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
--- Ray's node ids are 56 characters: stored once here, not once per result.
-CREATE TABLE IF NOT EXISTS nodes (
-    id INTEGER PRIMARY KEY,
-    node_id TEXT NOT NULL UNIQUE
-);
-"""
-
-# Columns added after the first release; a database from before gets them on opening.
-LATER_JOB_COLUMNS = {
-    "client_id": "TEXT",
-    "started_at": "REAL",  # the first image went to a worker
-    "cancelled_at": "REAL",
-    "request_hash": "TEXT",  # fingerprint of an Idempotency-Key submission
-    "callback_url": "TEXT",
-    "callback_done_at": "REAL",  # delivered, or given up on
-    "settled_count": "INTEGER NOT NULL DEFAULT 0",
-    "failed_count": "INTEGER NOT NULL DEFAULT 0",
-}
-
-# Progress counts kept by the database itself: exact whatever inserts are ignored as duplicates,
-# and O(1) to read for a job of any size.
-COUNT_TRIGGER = """
-CREATE TRIGGER IF NOT EXISTS results_count AFTER INSERT ON results BEGIN
-    UPDATE jobs SET settled_count = settled_count + 1,
-                    failed_count = failed_count + (NEW.error IS NOT NULL)
-    WHERE id = NEW.job_id;
-END;
-"""
-
-# Before visits had a table of their own, every image row carried its visit's fields.
-SPLIT_VISITS = f"""
-ALTER TABLE images RENAME TO images_with_visits;
-CREATE TABLE images {IMAGES_COLUMNS};
-INSERT INTO visits SELECT job_id, idx, store_id, visit_time FROM images_with_visits;
-INSERT INTO images SELECT job_id, idx, idx, url FROM images_with_visits;
-DROP TABLE images_with_visits;
-"""
 
 # An image with its visit's fields, as the queries below read it.
 IMAGES_WITH_VISITS = "images i JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
@@ -128,41 +52,31 @@ ROW_ERRORS = (
 )
 UNSTORABLE_RESULT = "internal error: the image's result could not be stored"
 
-# The WAL file is cut back to this size after a checkpoint, so it cannot stay large.
-WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
-
 JOB_DETAIL_COLUMNS = (
     "id, status, errors, image_count, settled_count, failed_count,"
     " created_at, started_at, finished_at, cancelled_at"
 )
 
 
-class StorageError(RuntimeError):
-    """The database could not record or read something (disk full, I/O error, locked)."""
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def reads(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """A read whose database error becomes a StorageError, as every write's does."""
+def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A store call whose database error becomes a StorageError saying what could not be done;
+    every read and write goes through it."""
 
     def wrap(method: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(method)
-        def read(*args: P.args, **kwargs: P.kwargs) -> R:
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return method(*args, **kwargs)
             except sqlite3.Error as exc:
-                raise StorageError(f"could not read {what}: {exc}") from exc
+                raise StorageError(f"could not {action}: {exc}") from exc
 
-        return read
+        return call
 
     return wrap
-
-
-class IdempotencyConflict(ValueError):
-    """An Idempotency-Key already names a job submitted with a different body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,46 +108,13 @@ class CancelMark:
 
 class JobStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash; only power loss can undo the
-        # last commits, which costs at most re-processing those images. The commits a client
-        # is told about (a job recorded, a cancel) are made durable (see `_transaction`).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        self._migrate()
+        self._db = open_database(path)
         self._node_numbers: dict[str, int] = {}
-
-    def _migrate(self) -> None:
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        image_columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
-        result_columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
-        with self._transaction():
-            if "node" not in result_columns:
-                self._db.execute("ALTER TABLE results ADD COLUMN node INTEGER")
-            if "store_id" in image_columns:
-                for statement in SPLIT_VISITS.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-            for name, kind in LATER_JOB_COLUMNS.items():
-                if name not in columns:
-                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-            if "settled_count" not in columns:
-                self._db.execute(
-                    "UPDATE jobs SET"
-                    " settled_count = (SELECT COUNT(*) FROM results r WHERE r.job_id = jobs.id),"
-                    " failed_count = (SELECT COUNT(*) FROM results r"
-                    "                 WHERE r.job_id = jobs.id AND r.error IS NOT NULL)"
-                )
-            self._db.execute(COUNT_TRIGGER)
 
     def close(self) -> None:
         self._db.close()
 
+    @database_errors("record the job")
     def create_job(
         self,
         submission: JobSubmission,
@@ -246,50 +127,47 @@ class JobStore:
         reason) settle at once. Returns `(job_id, created)`; a known key returns its old job,
         unless `request_hash` says the body differs: then `IdempotencyConflict`."""
         now = time.time()
-        try:
-            with self._transaction(durable=True):
-                known = self.job_for_key(submission_key, request_hash)
-                if known is not None:
-                    return known, False
-                cursor = self._db.execute(
-                    "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
-                    " created_at, client_id, callback_url) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        submission_key,
-                        request_hash,
-                        JobStatus.ONGOING.value,
-                        submission.image_count,
-                        now,
-                        client_id,
-                        submission.callback_url,
-                    ),
-                )
-                job_id = int(cursor.lastrowid or 0)
-                self._db.executemany(
-                    "INSERT INTO visits (job_id, visit, store_id, visit_time) VALUES (?, ?, ?, ?)",
-                    (
-                        (job_id, position, visit.store_id, visit.visit_time)
-                        for position, visit in enumerate(submission.visits)
-                    ),
-                )
-                self._db.executemany(
-                    "INSERT INTO images (job_id, idx, visit, url) VALUES (?, ?, ?, ?)",
-                    (
-                        (job_id, index, position, url)
-                        for index, (position, url) in enumerate(_flatten(submission))
-                    ),
-                )
-                self._db.executemany(
-                    "INSERT INTO results (job_id, idx, error, processed_at) VALUES (?, ?, ?, ?)",
-                    ((job_id, index, reason, now) for index, reason in failed_images.items()),
-                )
-                if len(failed_images) == submission.image_count:
-                    self._finish_job(job_id)
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not record the job: {exc}") from exc
+        with self._transaction(durable=True):
+            known = self.job_for_key(submission_key, request_hash)
+            if known is not None:
+                return known, False
+            cursor = self._db.execute(
+                "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
+                " created_at, client_id, callback_url) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    submission_key,
+                    request_hash,
+                    JobStatus.ONGOING.value,
+                    submission.image_count,
+                    now,
+                    client_id,
+                    submission.callback_url,
+                ),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            self._db.executemany(
+                "INSERT INTO visits (job_id, visit, store_id, visit_time) VALUES (?, ?, ?, ?)",
+                (
+                    (job_id, position, visit.store_id, visit.visit_time)
+                    for position, visit in enumerate(submission.visits)
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO images (job_id, idx, visit, url) VALUES (?, ?, ?, ?)",
+                (
+                    (job_id, index, position, url)
+                    for index, (position, url) in enumerate(_flatten(submission))
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO results (job_id, idx, error, processed_at) VALUES (?, ?, ?, ?)",
+                ((job_id, index, reason, now) for index, reason in failed_images.items()),
+            )
+            if len(failed_images) == submission.image_count:
+                self._finish_job(job_id)
         return job_id, True
 
-    @reads("the job of an idempotency key")
+    @database_errors("read the job of an idempotency key")
     def job_for_key(self, submission_key: str | None, request_hash: str | None) -> int | None:
         """The job recorded under this key, if any; `IdempotencyConflict` when `request_hash`
         is given and differs from the one recorded with it."""
@@ -306,6 +184,7 @@ class JobStore:
             )
         return int(row[0])
 
+    @database_errors("save results")
     def save_outcomes(
         self,
         outcomes: Sequence[ImageOutcome],
@@ -318,24 +197,21 @@ class JobStore:
         settled. An image already settled keeps its first result. An outcome that cannot be
         stored is stored as a failure instead; those are returned."""
         unstorable: list[ImageOutcome] = []
-        try:
-            for node_id in {outcome.node_id for outcome in outcomes}:
-                self._node_number(node_id)
-            with self._transaction(durable=bool(cancelled)):
-                self._db.executemany(
-                    "UPDATE jobs SET started_at = ? WHERE id = ? AND started_at IS NULL",
-                    ((when, job_id) for job_id, when in started),
-                )
-                done = 0
-                for mark in sorted(cancelled, key=lambda mark: mark.position):
-                    unstorable += self._insert_results(outcomes[done : mark.position])
-                    done = max(done, mark.position)
-                    self._cancel_job(mark.job_id, mark.when)
-                unstorable += self._insert_results(outcomes[done:])
-                for job_id in finished_jobs:
-                    self._finish_job(job_id)
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not save results: {exc}") from exc
+        for node_id in {outcome.node_id for outcome in outcomes}:
+            self._node_number(node_id)
+        with self._transaction(durable=bool(cancelled)):
+            self._db.executemany(
+                "UPDATE jobs SET started_at = ? WHERE id = ? AND started_at IS NULL",
+                ((when, job_id) for job_id, when in started),
+            )
+            done = 0
+            for mark in sorted(cancelled, key=lambda mark: mark.position):
+                unstorable += self._insert_results(outcomes[done : mark.position])
+                done = max(done, mark.position)
+                self._cancel_job(mark.job_id, mark.when)
+            unstorable += self._insert_results(outcomes[done:])
+            for job_id in finished_jobs:
+                self._finish_job(job_id)
         return unstorable
 
     def _node_number(self, node_id: str | None) -> int | None:
@@ -426,15 +302,15 @@ class JobStore:
             (status.value, time.time(), json.dumps(errors), job_id, JobStatus.ONGOING.value),
         )
 
-    @reads("a job's status")
+    @database_errors("read a job's status")
     def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
         return read_job_view(self._db, job_id, client_id)
 
-    @reads("a job")
+    @database_errors("read a job")
     def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
         return read_job_detail(self._db, job_id, client_id)
 
-    @reads("the recent jobs")
+    @database_errors("read the recent jobs")
     def recent_jobs(
         self, client_id: str | None, offset: int, limit: int
     ) -> tuple[int, list[JobDetail]]:
@@ -447,7 +323,7 @@ class JobStore:
         ).fetchall()
         return int(total), [_job_detail(row) for row in rows]
 
-    @reads("the job counts")
+    @database_errors("read the job counts")
     def job_counts(self) -> dict[JobState, int]:
         rows = self._db.execute(
             "SELECT status, cancelled_at IS NOT NULL, COUNT(*) FROM jobs GROUP BY 1, 2"
@@ -458,7 +334,7 @@ class JobStore:
             counts[state] = counts.get(state, 0) + count
         return counts
 
-    @reads("the callbacks due")
+    @database_errors("read the callbacks due")
     def callbacks_due(self, job_ids: Iterable[int] | None = None) -> list[DueCallback]:
         """Finished jobs whose callback is neither delivered nor given up on; all of them when
         `job_ids` is None (after a restart)."""
@@ -476,16 +352,12 @@ class JobStore:
             for job_id, url, status, errors in self._db.execute(query, args)
         ]
 
+    @database_errors("record a job's callback")
     def mark_callback_done(self, job_id: int, when: float) -> None:
-        try:
-            with self._transaction():
-                self._db.execute(
-                    "UPDATE jobs SET callback_done_at = ? WHERE id = ?", (when, job_id)
-                )
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not record the callback of job {job_id}: {exc}") from exc
+        with self._transaction():
+            self._db.execute("UPDATE jobs SET callback_done_at = ? WHERE id = ?", (when, job_id))
 
-    @reads("the unfinished jobs")
+    @database_errors("read the unfinished jobs")
     def unfinished_jobs(self) -> list[UnfinishedJob]:
         """The ongoing jobs, without their images: a restart reads those one job at a time."""
         return [
@@ -497,7 +369,7 @@ class JobStore:
             )
         ]
 
-    @reads("a job's images")
+    @database_errors("read a job's images")
     def job_images(self, job_id: int) -> tuple[list[str], bytearray]:
         """A job's image URLs in order, and a flag per image: 1 where it has a result."""
         urls = [
@@ -511,7 +383,7 @@ class JobStore:
             settled[index] = 1
         return urls, settled
 
-    @reads("a page of results")
+    @database_errors("read a page of results")
     def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
         """Rows in image order (visit order, then URL order within a visit), and the total."""
         total_row = self._db.execute(
@@ -529,42 +401,8 @@ class JobStore:
         ).fetchall()
         return total, [ImageResult(*row) for row in rows]
 
-    def _transaction(self, durable: bool = False) -> _Transaction:
-        return _Transaction(self._db, durable)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error: no half-written job or batch.
-
-    A durable one commits with `synchronous=FULL`: the WAL is synced at its COMMIT, so not even
-    a power loss undoes it (NORMAL syncs only at checkpoints)."""
-
-    def __init__(self, db: sqlite3.Connection, durable: bool) -> None:
-        self._db = db
-        self._durable = durable
-
-    def __enter__(self) -> None:
-        if self._durable:
-            self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    self._db.execute("COMMIT")
-                    return
-                except sqlite3.Error:
-                    self._rollback()
-                    raise
-            self._rollback()
-        finally:
-            if self._durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+    def _transaction(self, durable: bool = False) -> Transaction:
+        return Transaction(self._db, durable)
 
 
 def _flatten(submission: JobSubmission) -> Iterable[tuple[int, str]]:
@@ -648,7 +486,7 @@ class StatusReader:
         except sqlite3.Error as exc:
             raise StorageError(f"could not open {path}: {exc}") from exc
 
-    @reads("a job's status")
+    @database_errors("read a job's status")
     def job_view(
         self, job_id: int, client_id: str | None = None, exact: bool = False
     ) -> JobView | None:

@@ -9,13 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.errors import StoreMasterError
+
 REQUIRED_COLUMNS = ("AreaCode", "StoreName", "StoreID")
 
 log = logging.getLogger(__name__)
-
-
-class StoreMasterError(ValueError):
-    """The Store Master file is missing, unreadable or lacks the required header."""
 
 
 def parse_store_master(text: str) -> frozenset[str]:

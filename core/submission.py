@@ -9,17 +9,10 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import InvalidSubmission, SubmissionTooLarge
 from core.models import JobSubmission, Visit
 from core.settings import Settings
 from core.text import is_utf8_text
-
-
-class InvalidSubmission(ValueError):
-    """The body breaks the contract; the message names the field and what is wrong."""
-
-
-class SubmissionTooLarge(ValueError):
-    """The body is well formed but over a configured size limit."""
 
 
 @dataclass(frozen=True)

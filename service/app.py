@@ -26,18 +26,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.tracker import tracker_handle
 from core.clients import ApiKeys
-from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
+from core.errors import (
+    IdempotencyConflict,
+    InvalidSubmission,
+    JobAlreadyFinished,
+    RateLimited,
+    ServiceBusy,
+    StorageError,
+    StoreMasterError,
+    SubmissionTooLarge,
+    TooManyOpenJobs,
+)
 from core.models import status_payload
 from core.settings import Settings
-from core.storage import IdempotencyConflict, StatusReader, StorageError
-from core.store_master import StoreMasterError
-from core.submission import (
-    InvalidSubmission,
-    SubmissionLimits,
-    SubmissionTooLarge,
-    parse_submission,
-    submission_fingerprint,
-)
+from core.storage import StatusReader
+from core.submission import SubmissionLimits, parse_submission, submission_fingerprint
 from service.params import parse_job_id, parse_non_negative
 from service.schemas import (
     ErrorBody,

@@ -29,9 +29,10 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.clients import ApiKeys
+from core.errors import StorageError
 from core.models import status_payload
 from core.settings import Settings
-from core.storage import StatusReader, StorageError
+from core.storage import StatusReader
 from service.params import parse_job_id
 
 CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"

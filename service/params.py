@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from core.submission import InvalidSubmission
+from core.errors import InvalidSubmission
 
 JOB_ID_PATTERN = re.compile(r"[0-9]{1,18}")
 

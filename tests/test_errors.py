@@ -16,11 +16,19 @@ import pytest
 from fastapi import FastAPI
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
+from core.errors import (
+    IdempotencyConflict,
+    InvalidSubmission,
+    JobAlreadyFinished,
+    RateLimited,
+    ServiceBusy,
+    StorageError,
+    StoreMasterError,
+    SubmissionTooLarge,
+    TooManyOpenJobs,
+)
 from core.models import JobSubmission, Visit
-from core.storage import IdempotencyConflict, JobStore, StorageError
-from core.store_master import StoreMasterError
-from core.submission import InvalidSubmission, SubmissionTooLarge
+from core.storage import JobStore
 from service.app import api
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import IdempotencyConflict, StorageError
 from core.models import (
     IMAGE_CANCELLED,
     JOB_CANCELLED,
@@ -16,7 +17,7 @@ from core.models import (
     StoreError,
     Visit,
 )
-from core.storage import UNSTORABLE_RESULT, CancelMark, IdempotencyConflict, JobStore, StorageError
+from core.storage import UNSTORABLE_RESULT, CancelMark, JobStore
 
 
 def submission() -> JobSubmission:

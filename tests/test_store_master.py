@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import StoreMasterError
 from core.settings import DEFAULT_STORE_MASTER
 from core.store_master import (
     SETTLE_SECONDS,
     StoreMasterCache,
-    StoreMasterError,
     load_store_master,
     parse_store_master,
 )
@@ -61,7 +61,8 @@ def test_cache_takes_a_file_renamed_over_it_once_still(tmp_path: Path) -> None:
     assert cache.current() == {"S1"}
     write(tmp_path / "new.csv", ["S1", "S2"])
     os.replace(tmp_path / "new.csv", path)
-    clock.now = path.stat().st_mtime + SETTLE_SECONDS
+    # A hair past the settle time: st_mtime (a float) can round below st_mtime_ns.
+    clock.now = path.stat().st_mtime + SETTLE_SECONDS + 0.001
     assert cache.current() == {"S1", "S2"}
 
 

@@ -5,11 +5,10 @@ from typing import Any
 
 import pytest
 
+from core.errors import InvalidSubmission, SubmissionTooLarge
 from core.settings import Settings
 from core.submission import (
-    InvalidSubmission,
     SubmissionLimits,
-    SubmissionTooLarge,
     is_http_url,
     is_iso8601,
     parse_submission,
