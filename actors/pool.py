@@ -20,11 +20,10 @@ from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.worker import ImageWorker
+from core.jobs import ImageKey
 from core.settings import IMAGE_SLOTS, Settings
 
 log = logging.getLogger(__name__)
-
-ImageKey = tuple[int, int]  # (job id, image index)
 
 
 @dataclass(eq=False)

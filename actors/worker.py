@@ -72,8 +72,11 @@ class ImageWorker:
         """Never answers while the worker lives: the tracker awaits it to learn of its death."""
         await asyncio.Event().wait()
 
+    async def ready(self) -> None:
+        """Answers once the worker is up: the tracker sends work only then."""
+
     async def pid(self) -> int:
-        """The worker's process id; answering at all also says the worker is up."""
+        """The worker's process id, for operators and the fault tests."""
         return os.getpid()
 
     async def _settle(self, task: ImageTask) -> None:

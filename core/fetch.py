@@ -12,7 +12,7 @@ import aiohttp
 
 from core.settings import Settings
 from core.text import is_utf8_text, safe_text
-from core.urlguard import AddressPolicy
+from core.urlguard import AddressPolicy, BlockedAddressError
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
@@ -61,7 +61,7 @@ def redact_url(url: str) -> str:
 
 def backoff_delay(attempt: int, base: float) -> float:
     """Exponential backoff with jitter: half fixed, half random, doubling per attempt."""
-    ceiling = base * (2**attempt)
+    ceiling = base * 2.0**attempt
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -180,9 +180,7 @@ class Downloader:
                     raise ImageDownloadError(f"HTTP {status}")
                 return await self._read_capped(response), None
         except aiohttp.ClientConnectorError as exc:
-            if "is not a public address" in str(exc.os_error) or "is not a public address" in str(
-                exc
-            ):
+            if isinstance(exc.os_error, BlockedAddressError):
                 raise ImageDownloadError(
                     f"refused: {safe_text(host, QUOTED_LOCATION_CHARS)} resolves to an address"
                     " that is not public"

@@ -15,7 +15,18 @@ _NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class BlockedAddressError(OSError):
-    """The download would connect to an address the guard refuses."""
+    """The download would connect to an address the guard refuses.
+
+    Its message is the same for every address: when a host resolves to several refused
+    addresses, aiohttp's happy-eyeballs connector raises one of their errors, keeping its type,
+    only if all their messages agree (otherwise a plain OSError naming them all)."""
+
+    def __init__(self, address: IPAddress) -> None:
+        super().__init__("the address is not public")
+        self.address = address
+
+    def __reduce__(self) -> tuple[type[BlockedAddressError], tuple[IPAddress]]:
+        return BlockedAddressError, (self.address,)
 
 
 def is_public_address(address: IPAddress) -> bool:
@@ -78,7 +89,7 @@ class AddressPolicy:
     def check_address(self, text: str) -> None:
         address = ipaddress.ip_address(text.split("%", 1)[0])
         if not self.allows_address(address):
-            raise BlockedAddressError(f"address {address} is not a public address")
+            raise BlockedAddressError(address)
 
     def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
         """Make the socket for one connection attempt, refusing before it is connected anywhere:

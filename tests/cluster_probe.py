@@ -33,9 +33,9 @@ def main() -> None:
     if what == "nodes":
         answer = [[n["NodeID"], n["Alive"], n["Resources"].get("image_slots")] for n in ray.nodes()]
     elif what == "tracker":
-        answer = ray.get(tracker_handle().stats.remote(), timeout=60)
+        answer = ray.get(tracker_handle().diagnostics.remote(), timeout=60)
     elif what == "workers":
-        answer = ray.get(tracker_handle().worker_pids.remote(), timeout=60)
+        answer = ray.get(tracker_handle().diagnostic_worker_pids.remote(), timeout=60)
     else:
         raise SystemExit(f"unknown probe {what!r}")
     print("PROBE", json.dumps(answer), flush=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 
+import aiohappyeyeballs
 import pytest
 
 from core.urlguard import AddressPolicy, BlockedAddressError, is_public_address
@@ -46,7 +48,7 @@ def test_allow_private_lifts_the_guard() -> None:
 )
 def test_socket_factory_refuses_before_making_a_socket(sockaddr: tuple) -> None:
     family = socket.AF_INET6 if ":" in sockaddr[0] else socket.AF_INET
-    with pytest.raises(BlockedAddressError, match="not a public address"):
+    with pytest.raises(BlockedAddressError, match="the address is not public"):
         AddressPolicy().socket_factory((family, socket.SOCK_STREAM, 6, "", sockaddr))
 
 
@@ -59,3 +61,19 @@ def test_socket_factory_makes_an_unconnected_socket_for_public_addresses() -> No
             sock.getpeername()  # created, never connected
     finally:
         sock.close()
+
+
+def test_a_host_with_several_refused_addresses_still_raises_the_guard_s_error() -> None:
+    """aiohttp's happy-eyeballs connector keeps an error's type only when the errors of all
+    addresses read the same: the guard's do, whatever the address."""
+    policy = AddressPolicy.from_entries(False, ())
+    addresses = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80)),
+    ]
+
+    async def connect() -> None:
+        await aiohappyeyeballs.start_connection(addresses, socket_factory=policy.socket_factory)
+
+    with pytest.raises(BlockedAddressError):
+        asyncio.run(connect())

@@ -1,0 +1,46 @@
+"""Completion callbacks as the tracker sends them: for jobs just finished, and after a restart
+for every finished job whose callback was neither delivered nor given up on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from core.callback import CallbackSender
+from core.dbthread import DatabaseThread
+from core.errors import StorageError
+from core.models import status_payload
+from core.storage import DueCallback, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class CallbackDelivery:
+    def __init__(self, sender: CallbackSender, store: JobStore, db: DatabaseThread) -> None:
+        self._sender = sender
+        self._store = store
+        self._db = db
+
+    async def for_jobs(self, job_ids: list[int] | None) -> None:
+        """Deliver the callbacks due of these jobs; of every finished job when None."""
+        due = await self._db.run(self._store.callbacks_due, job_ids)
+        await self.deliver_all(due)
+
+    async def deliver_all(self, due: list[DueCallback]) -> None:
+        await asyncio.gather(*(self._deliver(callback) for callback in due))
+
+    async def _deliver(self, callback: DueCallback) -> None:
+        context = {"job_id": callback.job_id, "state": callback.view.status.value}
+        attempts, failure = await self._sender.deliver(callback.url, status_payload(callback.view))
+        if failure is None:
+            log.info("callback delivered", extra={**context, "attempts": attempts})
+        else:
+            log.warning(
+                "callback not delivered; giving up",
+                extra={**context, "attempts": attempts, "error": failure},
+            )
+        try:
+            await self._db.run(self._store.mark_callback_done, callback.job_id, time.time())
+        except StorageError as exc:
+            log.error("recording the callback failed: %s", exc, extra=context)
