@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess
 
 
 @pytest.fixture(scope="session")

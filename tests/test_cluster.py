@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess, WorkerNode
 from tests.conftest import Client, job
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess, WorkerNode
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.fetch import Downloader, FetchLimits, ImageDownloadError, redact_url
 from core.urlguard import AddressPolicy
-from tests.imageserver import ImageServer
+from harness.imageserver import ImageServer
 
 FAST = FetchLimits(backoff=0.01, max_bytes=100_000)
 

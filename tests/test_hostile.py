@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import requests
 
+from harness.imageserver import ImageServer, perimeter
+from harness.service import ServiceProcess
 from tests.conftest import Client, job
-from tests.imageserver import ImageServer, perimeter
-from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess
 from tests.conftest import Client, job
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,4 +1,4 @@
-"""`python -m tests.cluster_probe ADDRESS tracker|workers|nodes`: print the JobTracker's stats,
+"""`python -m harness.cluster_probe ADDRESS tracker|workers|nodes`: print the JobTracker's stats,
 the image workers' process ids or the cluster's nodes as one JSON line marked `PROBE`, from a
 short-lived driver attached to the service's cluster."""
 
