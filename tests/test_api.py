@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import requests
 
+from harness.client import Client, job
 from harness.imageserver import ImageServer, perimeter
-from tests.conftest import Client, job
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess
-from tests.conftest import Client, job
 
 pytestmark = pytest.mark.timeout(600)
 

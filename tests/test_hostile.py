@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import requests
 
+from harness.client import Client, job
 from harness.imageserver import ImageServer, perimeter
 from harness.service import ServiceProcess
-from tests.conftest import Client, job
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from harness.client import Client, job
 from harness.imageserver import ImageServer
-from tests.conftest import Client, job
 
 MEASURED = {  # path: (width, height)
     "img/png-named.jpg": (300, 200),

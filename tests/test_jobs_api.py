@@ -13,9 +13,9 @@ from typing import Any
 import requests
 
 from core.models import IMAGE_CANCELLED, JOB_CANCELLED
+from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess
-from tests.conftest import Client, job
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

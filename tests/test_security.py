@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess
-from tests.conftest import Client, job
 
 pytestmark = pytest.mark.timeout(300)
 
