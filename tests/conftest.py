@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -29,8 +28,3 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 @pytest.fixture(scope="session")
 def client(service: ServiceProcess) -> Client:
     return Client(service.url)
-
-
-@pytest.fixture
-def tmp_service_dir(tmp_path: Path) -> Path:
-    return tmp_path / "service"
