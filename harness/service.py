@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,11 @@ class ServiceProcess:
             line for line in output.stdout.decode().splitlines() if line.startswith("PROBE ")
         ]
         return json.loads(answer.removeprefix("PROBE "))
+
+
+# What the `service_with` fixture (tests/conftest.py) gives: start a service with these
+# environment overrides, in a data directory named after the first argument.
+StartService = Callable[[str, Mapping[str, str]], ServiceProcess]
 
 
 def wait_group_gone(pgid: int, timeout: float = 60) -> None:

@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from harness.client import Client, job
 from harness.imageserver import ImageServer
-from harness.service import ServiceProcess
+from harness.service import ServiceProcess, StartService
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -90,10 +89,8 @@ class StatusWatcher:
 
 
 @pytest.fixture(scope="module")
-def slow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = ServiceProcess(tmp_path_factory.mktemp("slow"), env_overrides=SLOW).start()
-    yield running
-    running.stop()
+def slow_service(service_with: StartService) -> ServiceProcess:
+    return service_with("slow", SLOW)
 
 
 @pytest.fixture(scope="module")
