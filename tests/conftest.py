@@ -1,15 +1,53 @@
 """Fixtures: one image server and one running service for the session (real Ray, real HTTP),
-and services with their own settings for a module."""
+and services with their own settings for a module. Tests that start Ray are marked `cluster`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 import pytest
+import ray
 
 from harness.client import Client
 from harness.imageserver import ImageServer
-from harness.service import ServiceProcess, StartService
+from harness.service import ServiceProcess, StartService, WorkerNode
+
+# The fixtures below that start Ray and the service. A test using one, itself or through
+# another fixture, is marked `cluster`; a module that starts Ray itself says so with
+# `pytestmark = pytest.mark.cluster`.
+CLUSTER_FIXTURES = frozenset({"service", "service_with"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run without `cluster` tests (`make unit`) starts no Ray: a test that tries lacks its
+    mark, and fails at once rather than quietly making the fast run slow."""
+    if any(item.get_closest_marker("cluster") for item in session.items):
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setattr(ServiceProcess, "start", _refuse("ServiceProcess.start"))
+    patch.setattr(WorkerNode, "start", _refuse("WorkerNode.start"))
+    patch.setattr(ray, "init", _refuse("ray.init"))  # Ray's auto-init goes through it too
+    session.config.add_cleanup(patch.undo)
+
+
+def _refuse(what: str) -> Callable[..., NoReturn]:
+    def refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
+        # pytest.fail is not an Exception: no `except Exception` in the code under test hides it.
+        pytest.fail(
+            f"{what} in a run without `cluster` tests: mark the test `pytest.mark.cluster` or "
+            f"give it a fixture of {sorted(CLUSTER_FIXTURES)} (tests/conftest.py)",
+            pytrace=False,
+        )
+
+    return refuse
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess, StartService
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.cluster]  # restarts whole services
 
 # Slow enough that a kill lands mid-job: 8 images at once, 50-100 ms each.
 SLOW = {"IMAGE_SERVICE_GPU_DELAY": "0.05-0.1", "IMAGE_SERVICE_CONCURRENCY": "8"}
