@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench soak screenshot clean
+.PHONY: install run test unit lint format bench soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The tests that start no Ray cluster and no service (tests/conftest.py marks the rest `cluster`).
+unit: install
+	$(BIN)/python -m pytest -m "not cluster"
 
 bench: install
 	$(BIN)/python -m bench.run

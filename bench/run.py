@@ -22,8 +22,8 @@ from typing import Any
 
 import requests
 
-from bench.procs import cpu_by_role, descendants, rss_bytes
-from tests.service_process import ROOT, ServiceProcess, WorkerNode, free_port
+from harness.procs import cpu_by_role, descendants, rss_bytes
+from harness.service import ROOT, ServiceProcess, WorkerNode, free_port
 
 OUT = ROOT / "bench" / "out"
 IMAGE_COUNT = 300

@@ -20,8 +20,8 @@ from typing import Any
 import requests
 
 from bench.run import IMAGE_COUNT, child, make_job, wait_http
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess, free_port
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess, free_port
 
 CLIENTS = 32
 SECONDS = 60

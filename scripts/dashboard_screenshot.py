@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import requests
 
-from tests.conftest import job
-from tests.imageserver import ImageServer
-from tests.service_process import ROOT, ServiceProcess, free_port
+from harness.client import job
+from harness.imageserver import ImageServer
+from harness.service import ROOT, ServiceProcess, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"

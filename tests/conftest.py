@@ -1,17 +1,53 @@
-"""Session fixtures: one image server and one running service (real Ray, real HTTP)."""
+"""Fixtures: one image server and one running service for the session (real Ray, real HTTP),
+and services with their own settings for a module. Tests that start Ray are marked `cluster`."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 import pytest
-import requests
+import ray
 
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess
+from harness.client import Client
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess, StartService, WorkerNode
+
+# The fixtures below that start Ray and the service. A test using one, itself or through
+# another fixture, is marked `cluster`; a module that starts Ray itself says so with
+# `pytestmark = pytest.mark.cluster`.
+CLUSTER_FIXTURES = frozenset({"service", "service_with"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run without `cluster` tests (`make unit`) starts no Ray: a test that tries lacks its
+    mark, and fails at once rather than quietly making the fast run slow."""
+    if any(item.get_closest_marker("cluster") for item in session.items):
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setattr(ServiceProcess, "start", _refuse("ServiceProcess.start"))
+    patch.setattr(WorkerNode, "start", _refuse("WorkerNode.start"))
+    patch.setattr(ray, "init", _refuse("ray.init"))  # Ray's auto-init goes through it too
+    session.config.add_cleanup(patch.undo)
+
+
+def _refuse(what: str) -> Callable[..., NoReturn]:
+    def refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
+        # pytest.fail is not an Exception: no `except Exception` in the code under test hides it.
+        pytest.fail(
+            f"{what} in a run without `cluster` tests: mark the test `pytest.mark.cluster` or "
+            f"give it a fixture of {sorted(CLUSTER_FIXTURES)} (tests/conftest.py)",
+            pytrace=False,
+        )
+
+    return refuse
 
 
 @pytest.fixture(scope="session")
@@ -28,66 +64,22 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     running.stop()
 
 
-class Client:
-    """A thin HTTP client for the service under test."""
+@pytest.fixture(scope="module")
+def service_with(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartService]:
+    """Starts services with environment overrides for one module; they stop at its end."""
+    started: list[ServiceProcess] = []
 
-    def __init__(self, base_url: str, api_key: str | None = None) -> None:
-        self.base_url = base_url
-        self.session = requests.Session()
-        if api_key is not None:
-            self.session.headers["Authorization"] = f"Bearer {api_key}"
+    def start(name: str, env_overrides: Mapping[str, str]) -> ServiceProcess:
+        data_dir = tmp_path_factory.mktemp(name)
+        running = ServiceProcess(data_dir, env_overrides=dict(env_overrides)).start()
+        started.append(running)
+        return running
 
-    def submit(self, payload: Any) -> requests.Response:
-        return self.session.post(f"{self.base_url}/api/submit/", json=payload, timeout=60)
-
-    def submit_ok(self, payload: Any) -> int:
-        response = self.submit(payload)
-        assert response.status_code == 201, response.text
-        return int(response.json()["job_id"])
-
-    def status(self, job_id: int | str) -> requests.Response:
-        return self.session.get(f"{self.base_url}/api/status", params={"jobid": job_id}, timeout=60)
-
-    def wait(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            body = self.status(job_id).json()
-            if body["status"] != "ongoing":
-                return dict(body)
-            time.sleep(0.1)
-        raise AssertionError(f"job {job_id} still ongoing after {timeout}s")
-
-    def all_results(self, job_id: int, page: int = 1000) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        offset: int | None = 0
-        while offset is not None:
-            response = self.session.get(
-                f"{self.base_url}/api/results",
-                params={"jobid": job_id, "offset": offset, "limit": page},
-                timeout=60,
-            )
-            assert response.status_code == 200, response.text
-            body = response.json()
-            rows.extend(body["results"])
-            offset = body["next_offset"]
-        return rows
+    yield start
+    for running in started:
+        running.stop()
 
 
 @pytest.fixture(scope="session")
 def client(service: ServiceProcess) -> Client:
     return Client(service.url)
-
-
-def job(*visits: tuple[str, list[str]], visit_time: str = "2025-03-11") -> dict[str, Any]:
-    return {
-        "count": len(visits),
-        "visits": [
-            {"store_id": store, "image_url": urls, "visit_time": visit_time}
-            for store, urls in visits
-        ],
-    }
-
-
-@pytest.fixture
-def tmp_service_dir(tmp_path: Path) -> Path:
-    return tmp_path / "service"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer, perimeter
+from harness.client import Client, job
+from harness.imageserver import ImageServer, perimeter
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

@@ -10,7 +10,7 @@ import pytest
 
 from core.callback import CallbackLimits, CallbackSender
 from core.urlguard import AddressPolicy
-from tests.imageserver import ImageServer
+from harness.imageserver import ImageServer
 
 FAST = CallbackLimits(attempts=3, backoff=0.01, timeout=5)
 BODY = {"status": "completed", "job_id": 7}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.client import Client, job
+from harness.imageserver import ImageServer, perimeter
+from harness.service import ServiceProcess
 from imgjobs.cli import follow
 from imgjobs.jobfile import JobFileError, visits_from_csv
 from imgjobs.progress import ProgressMeter, format_duration
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer, perimeter
-from tests.service_process import ServiceProcess
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

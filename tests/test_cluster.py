@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess, WorkerNode
+from harness.client import Client, job
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess, WorkerNode
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.cluster]  # starts its own Ray nodes
 
 SLOTS = {"IMAGE_SERVICE_CONCURRENCY": "4", "IMAGE_SERVICE_GPU_DELAY": "0.05-0.1"}
 

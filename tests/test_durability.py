@@ -11,17 +11,16 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess
+from harness.client import Client, job
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess, StartService
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.cluster]  # restarts whole services
 
 # Slow enough that a kill lands mid-job: 8 images at once, 50-100 ms each.
 SLOW = {"IMAGE_SERVICE_GPU_DELAY": "0.05-0.1", "IMAGE_SERVICE_CONCURRENCY": "8"}
@@ -90,10 +89,8 @@ class StatusWatcher:
 
 
 @pytest.fixture(scope="module")
-def slow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = ServiceProcess(tmp_path_factory.mktemp("slow"), env_overrides=SLOW).start()
-    yield running
-    running.stop()
+def slow_service(service_with: StartService) -> ServiceProcess:
+    return service_with("slow", SLOW)
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,9 @@ import pytest
 from fastapi.responses import JSONResponse
 
 from core.clients import client_id_for_key
-from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import JobStore
+from harness.asgi import App, call, store_with_jobs
 from service.edge import FastStatus, ServeHeaderGuard
-from tests.test_errors import call
-
-
-class App:
-    """Stands for Serve behind the middleware: answers 299 and records that it was reached."""
-
-    def __init__(self) -> None:
-        self.reached: list[Any] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.reached.append(scope)
-        await send({"type": "http.response.start", "status": 299, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
 
 
 def get(app: Any, target: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
@@ -52,17 +38,6 @@ def test_other_headers_pass_the_header_guard_untouched() -> None:
     headers = [(b"x-request-id", b"abc"), (b"authorization", b"Bearer \xff")]
     assert asyncio.run(call(ServeHeaderGuard(serve), headers))[0] == 299
     assert [scope["headers"] for scope in serve.reached] == [headers]
-
-
-def store_with_jobs(data_dir: Path, client: str | None = None) -> tuple[int, int]:
-    """An ongoing job and a failed one, in the database the service keeps under `data_dir`."""
-    store = JobStore(Settings(data_dir=data_dir).database_path)
-    submission = JobSubmission((Visit("S\u00e9", "2025-01-01", ("http://a.test/1",)),))
-    ongoing, _ = store.create_job(submission, None, {}, client)
-    failed, _ = store.create_job(submission, None, {}, client)
-    store.save_outcomes([ImageOutcome(failed, 0, 1.0, error="HTTP 404")], [failed])
-    store.close()
-    return ongoing, failed
 
 
 def test_status_of_a_known_job_is_answered_byte_for_byte_without_serve(tmp_path: Path) -> None:

@@ -16,10 +16,9 @@ from ray.serve._private.http_util import _apply_middlewares
 from core.clients import ApiKeys, client_id_for_key
 from core.settings import Settings
 from core.storage import StatusReader
+from harness.asgi import App, call, store_with_jobs
 from service.app import ImageServiceAPI, api
 from service.edge import FastStatus, middlewares
-from tests.test_edge import App, store_with_jobs
-from tests.test_errors import call
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,10 +5,7 @@ In process, through the API's real exception handlers, without a cluster."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sqlite3
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from core.errors import (
 )
 from core.models import JobSubmission, Visit
 from core.storage import JobStore
+from harness.asgi import call
 from service.app import api
 
 
@@ -39,34 +37,6 @@ def across_ray(exc: Exception) -> Exception:
     except Exception as raised:
         error = RayTaskError("JobTracker.call", "Traceback (remote)", raised)
     return RayError.from_bytes(error.to_bytes()).as_instanceof_cause()  # type: ignore[no-any-return]
-
-
-async def call(
-    app: Any, headers: list[tuple[bytes, bytes]] | None = None, path: str = "/", query: str = ""
-) -> tuple[int, Any, Any]:
-    """One GET to an ASGI app: status, headers, JSON body."""
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
-        "headers": headers or [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
-        "root_path": "",
-    }  # fmt: skip
-    answer: dict[str, Any] = {"body": b""}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
-            answer["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
-        else:
-            answer["body"] += message.get("body", b"")
-
-    # Starlette raises a bug's exception again once it has sent the 500, for the server's log.
-    with contextlib.suppress(Exception):
-        await app(scope, receive, send)
-    return answer["status"], answer["headers"], json.loads(answer["body"])
 
 
 def answer_to(exc: Exception) -> tuple[int, str | None, Any]:

@@ -11,7 +11,7 @@ import pytest
 from core.fetch import Downloader, FetchLimits, ImageDownloadError, redact_url
 from core.settings import Settings
 from core.urlguard import AddressPolicy
-from tests.imageserver import ImageServer
+from harness.imageserver import ImageServer
 
 FAST = FetchLimits.from_settings(Settings(retry_backoff=0.01, max_image_bytes=100_000))
 

@@ -10,7 +10,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Client
+from harness.client import Client
 
 # Text as hostile clients send it: lone surrogates (valid JSON as "\ud800"), control characters.
 HOSTILE_TEXT = st.text(

@@ -20,7 +20,7 @@ from core.settings import Settings
 from core.storage import JobStore
 from core.submission import SubmissionLimits, parse_submission
 from core.urlguard import AddressPolicy
-from tests.imageserver import ImageServer
+from harness.imageserver import ImageServer
 
 NODE_ID = "1d84a03c9d82b143b22303da377061772d38ec25dd640db2c23cd276"  # as Ray names a node
 IMAGES = 5000

@@ -11,16 +11,15 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer, perimeter
-from tests.service_process import ServiceProcess
+from harness.client import Client, job
+from harness.imageserver import ImageServer, perimeter
+from harness.service import ServiceProcess, StartService
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,19 +29,17 @@ MAX_QUEUED = 2100
 
 
 @pytest.fixture(scope="module")
-def guarded_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = ServiceProcess(
-        tmp_path_factory.mktemp("hostile"),
-        env_overrides={
+def guarded_service(service_with: StartService) -> ServiceProcess:
+    return service_with(
+        "hostile",
+        {
             "IMAGE_SERVICE_API_KEYS": ",".join(KEYS.values()),
             "IMAGE_SERVICE_MAX_OPEN_JOBS_PER_CLIENT": "1",
             "IMAGE_SERVICE_MAX_QUEUED_IMAGES": str(MAX_QUEUED),
             "IMAGE_SERVICE_MAX_IMAGE_ATTEMPTS": "2",
             "IMAGE_SERVICE_TRACKER_TIMEOUT": "3",
         },
-    ).start()
-    yield running
-    running.stop()
+    )
 
 
 def as_client(service: ServiceProcess, who: str) -> Client:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer
+from harness.client import Client, job
+from harness.imageserver import ImageServer
 
 MEASURED = {  # path: (width, height)
     "img/png-named.jpg": (300, 200),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from tests.imageserver import peer_pid
+from harness.imageserver import peer_pid
 
 
 def listening() -> socket.socket:

@@ -13,9 +13,9 @@ from typing import Any
 import requests
 
 from core.models import IMAGE_CANCELLED, JOB_CANCELLED
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess
+from harness.client import Client, job
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

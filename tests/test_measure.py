@@ -9,7 +9,7 @@ from PIL import Image
 from core.measure import BrokenImageError, NotAnImageError, measure_image, open_image
 from core.models import ImageTask
 from core.processing import Budget, Stages, process_image
-from tests.imageserver import encode
+from harness.imageserver import encode
 
 LIMIT = 10_000_000
 

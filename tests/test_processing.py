@@ -10,7 +10,7 @@ from actors.pool import WorkerPool
 from core.models import ImageTask
 from core.processing import Budget, Stages, process_image
 from core.settings import Settings
-from tests.imageserver import encode
+from harness.imageserver import encode
 
 PNG = encode("PNG", 30, 20)
 

@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import Client, job
-from tests.imageserver import ImageServer
-from tests.service_process import ServiceProcess
+from harness.client import Client, job
+from harness.imageserver import ImageServer
+from harness.service import ServiceProcess, StartService
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,10 +29,10 @@ KEYS = {
 
 
 @pytest.fixture(scope="module")
-def secure_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = ServiceProcess(
-        tmp_path_factory.mktemp("secure"),
-        env_overrides={
+def secure_service(service_with: StartService) -> ServiceProcess:
+    return service_with(
+        "secure",
+        {
             "IMAGE_SERVICE_API_KEYS": ",".join(KEYS.values()),
             "IMAGE_SERVICE_SUBMIT_RATE": "0.2",
             "IMAGE_SERVICE_SUBMIT_BURST": "4",
@@ -42,9 +41,6 @@ def secure_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
             "IMAGE_SERVICE_ALLOWED_HOSTS": "localhost",
         },
     )
-    running.start()
-    yield running
-    running.stop()
 
 
 def as_client(service: ServiceProcess, who: str) -> Client:

@@ -1,4 +1,4 @@
-"""Running the real service (the `make run` launcher) as a child process group for the tests."""
+"""The real service (the `make run` launcher) as a child process group, and Ray worker nodes."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench.procs import descendants, role_of
 from core.settings import Settings
+from harness.procs import descendants, role_of
 from service.launcher import ray_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +147,7 @@ class ServiceProcess:
         wait_group_gone(head_pgid)
 
     def pids_of(self, role: str) -> list[int]:
-        """The service's processes of one role (`bench.procs.ROLES`: "serve replica", ...)."""
+        """The service's processes of one role (`harness.procs.ROLES`: "serve replica", ...)."""
         assert self.process is not None
         pids = descendants([self.process.pid, self.ray_head_pgid()])
         return sorted(pid for pid in pids if role_of(pid) == role)
@@ -157,7 +158,7 @@ class ServiceProcess:
     def probe(self, what: str) -> Any:
         """Ask the cluster (not the API) for process ids, from a separate driver process."""
         output = subprocess.run(
-            [sys.executable, "-m", "tests.cluster_probe", self.ray_address, what],
+            [sys.executable, "-m", "harness.cluster_probe", self.ray_address, what],
             cwd=ROOT,
             env=self.environment(),
             capture_output=True,
@@ -170,6 +171,11 @@ class ServiceProcess:
             line for line in output.stdout.decode().splitlines() if line.startswith("PROBE ")
         ]
         return json.loads(answer.removeprefix("PROBE "))
+
+
+# What the `service_with` fixture (tests/conftest.py) gives: start a service with these
+# environment overrides, in a data directory named after the first argument.
+StartService = Callable[[str, Mapping[str, str]], ServiceProcess]
 
 
 def wait_group_gone(pgid: int, timeout: float = 60) -> None:

@@ -1,10 +1,11 @@
-"""`python -m tests.cluster_probe ADDRESS tracker|workers|nodes`: print the JobTracker's stats,
+"""`python -m harness.cluster_probe ADDRESS tracker|workers|nodes`: print the JobTracker's stats,
 the image workers' process ids or the cluster's nodes as one JSON line marked `PROBE`, from a
 short-lived driver attached to the service's cluster."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any
@@ -28,7 +29,7 @@ def tracker_handle(deadline_seconds: float = 60) -> Any:
 
 def main() -> None:
     address, what = sys.argv[1], sys.argv[2]
-    ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
     answer: Any
     if what == "nodes":
         answer = [[n["NodeID"], n["Alive"], n["Resources"].get("image_slots")] for n in ray.nodes()]

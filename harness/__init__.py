@@ -1,0 +1,1 @@
+"""What tests/, bench/ and scripts/ share: the service run as processes, clients, image server."""

@@ -1,0 +1,64 @@
+"""In-process ASGI for the edge and API tests: one GET, a stand-in for Serve, jobs to answer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+from core.models import ImageOutcome, JobSubmission, Visit
+from core.settings import Settings
+from core.storage import JobStore
+
+
+async def call(
+    app: Any, headers: list[tuple[bytes, bytes]] | None = None, path: str = "/", query: str = ""
+) -> tuple[int, Any, Any]:
+    """One GET to an ASGI app: status, headers, JSON body."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+        "headers": headers or [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+        "root_path": "",
+    }  # fmt: skip
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        else:
+            answer["body"] += message.get("body", b"")
+
+    # Starlette raises a bug's exception again once it has sent the 500, for the server's log.
+    with contextlib.suppress(Exception):
+        await app(scope, receive, send)
+    return answer["status"], answer["headers"], json.loads(answer["body"])
+
+
+class App:
+    """Stands for Serve behind the middleware: answers 299 and records that it was reached."""
+
+    def __init__(self) -> None:
+        self.reached: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.reached.append(scope)
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def store_with_jobs(data_dir: Path, client: str | None = None) -> tuple[int, int]:
+    """An ongoing job and a failed one, in the database the service keeps under `data_dir`."""
+    store = JobStore(Settings(data_dir=data_dir).database_path)
+    submission = JobSubmission((Visit("S\u00e9", "2025-01-01", ("http://a.test/1",)),))
+    ongoing, _ = store.create_job(submission, None, {}, client)
+    failed, _ = store.create_job(submission, None, {}, client)
+    store.save_outcomes([ImageOutcome(failed, 0, 1.0, error="HTTP 404")], [failed])
+    store.close()
+    return ongoing, failed
