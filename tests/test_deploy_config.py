@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_kuberay_serve_config_equals_serve_config_yaml() -> None:
     serve_config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    rayservice = yaml.safe_load((ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    manifest = yaml.safe_load_all((ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    [rayservice] = [document for document in manifest if document["kind"] == "RayService"]
     embedded = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     assert embedded["applications"] == serve_config["applications"]
 
