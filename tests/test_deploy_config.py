@@ -88,6 +88,18 @@ def schema_errors(document: Document) -> list[str]:
     ]
 
 
+def with_fault_tolerance_uncommented(text: str) -> str:
+    """The manifest with its commented GCS fault tolerance example turned on, as the README
+    tells an operator to do: the `# ` after the indentation removed between the markers."""
+    block = re.compile(
+        r"^[ \t]*# BEGIN gcs-fault-tolerance\n(?P<body>.*?)^[ \t]*# END gcs-fault-tolerance\n",
+        re.MULTILINE | re.DOTALL,
+    )
+    [match] = block.finditer(text)
+    body = re.sub(r"^([ \t]*)# ?", r"\1", match["body"], flags=re.MULTILINE)
+    return text[: match.start()] + body + text[match.end() :]
+
+
 def node_groups(rayservice: Document) -> Iterator[tuple[str, Document]]:
     cluster = rayservice["spec"]["rayClusterConfig"]
     yield "head", cluster["headGroupSpec"]
@@ -216,6 +228,24 @@ def test_schema_validation_rejects_a_broken_rayservice(
     errors = schema_errors(broken)
     assert errors, f"the schema accepted {breakage.__name__}"
     assert any(error.split(":")[0].endswith(reported_at) for error in errors), errors
+
+
+def test_the_commented_gcs_fault_tolerance_example_validates_when_uncommented() -> None:
+    text = (KUBERAY / "rayservice.yaml").read_text()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    [enabled] = [
+        doc
+        for doc in yaml.load_all(with_fault_tolerance_uncommented(text), Loader=loader)
+        if doc and doc["kind"] == "RayService"
+    ]
+    options = enabled["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert "gcsFaultToleranceOptions" not in the_rayservice()["spec"]["rayClusterConfig"]
+    assert options["redisAddress"]
+    assert options["redisPassword"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    assert schema_errors(enabled) == []
+    # Nothing else changes: the example is the manifest plus the options.
+    del enabled["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert enabled == the_rayservice()
 
 
 # ---- every object it names is defined ----------------------------------------------------
