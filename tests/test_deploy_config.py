@@ -120,21 +120,23 @@ def environment(container: Document) -> dict[str, Document]:
     return {variable["name"]: variable for variable in env}
 
 
-def walk(node: Any, key: str | None = None) -> Iterator[tuple[str | None, Any]]:
-    """Every (key, value) pair in a document, depth first."""
+def walk(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair of the mappings in a document, depth first."""
     if isinstance(node, dict):
-        for child_key, child in node.items():
-            yield child_key, child
-            yield from walk(child, child_key)
+        for key, child in node.items():
+            yield key, child
+            yield from walk(child)
     elif isinstance(node, list):
         for child in node:
-            yield from walk(child, key)
+            yield from walk(child)
 
 
 def references(rayservice: Document) -> set[tuple[str, str]]:
     """(kind, name) of every Secret, PersistentVolumeClaim and ConfigMap the RayService names."""
     found = set()
     for key, value in walk(rayservice):
+        if not isinstance(value, dict):
+            continue
         if key in ("secretKeyRef", "secretRef"):
             found.add(("Secret", value["name"]))
         elif key == "secret" and "secretName" in value:
