@@ -11,7 +11,8 @@ from core.callback import CallbackSender
 from core.dbthread import DatabaseThread
 from core.errors import StorageError
 from core.models import status_payload
-from core.storage import DueCallback, JobStore
+from core.records import DueCallback
+from core.store import JobStore
 
 log = logging.getLogger(__name__)
 

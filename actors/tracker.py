@@ -38,7 +38,7 @@ from core.models import (
     ResultsPage,
 )
 from core.settings import Settings
-from core.storage import JobStore
+from core.store import JobStore, open_store
 from core.store_master import StoreMasterCache
 from core.supervise import supervise
 from core.urlguard import AddressPolicy
@@ -56,7 +56,7 @@ class JobTracker:
     def __init__(self, settings: Settings) -> None:
         use_json_logs()
         self._settings = settings
-        self._store = JobStore(settings.database_path)
+        self._store: JobStore = open_store(settings)
         self._db = DatabaseThread()
         self._store_master = StoreMasterCache(settings.store_master)
         self._book = JobBook(

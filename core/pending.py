@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from core.models import ImageOutcome
-from core.storage import CancelMark
+from core.records import CancelMark
 
 
 @dataclass

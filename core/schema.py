@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     id INTEGER PRIMARY KEY,
     node_id TEXT NOT NULL UNIQUE
 );
+-- Who dispatches: one tracker at a time, until its lease expires unrenewed.
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 # Columns added after the first release; a database from before gets them on opening.

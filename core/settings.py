@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         Path("data/run"), description="where the job database (`jobs.sqlite3`) and logs live"
     )
     store_master: Path = Field(DEFAULT_STORE_MASTER, description="the Store Master CSV")
+    lease_seconds: PositiveSeconds = Field(
+        15.0,
+        description="how long the dispatch lease lasts unrenewed: when two clusters share one "
+        "database, the other tracker takes over this long after the holder dies",
+    )
 
     # ---- the image pipeline -----------------------------------------------------------------
     gpu_delay: Annotated[tuple[float, float], NoDecode] = Field(

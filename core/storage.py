@@ -1,6 +1,6 @@
 """Durable job state in SQLite (WAL): jobs, their images, and one result per image.
 
-Not thread-safe by itself: the tracker drives one `JobStore` from a single thread. The unique
+Not thread-safe by itself: the tracker drives one `SqliteStore` from a single thread. The unique
 key on `results(job_id, idx)` is what makes each image settle exactly once, whatever retries,
 restarts or duplicate reports happen above it.
 """
@@ -12,7 +12,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -28,6 +27,7 @@ from core.models import (
     JobView,
     StoreError,
 )
+from core.records import CancelMark, DueCallback, UnfinishedJob
 from core.schema import Transaction, open_database
 from core.text import safe_text
 
@@ -79,34 +79,9 @@ def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
-@dataclass(frozen=True, slots=True)
-class DueCallback:
-    job_id: int
-    url: str
-    view: JobView
+class SqliteStore:
+    """The job store in one SQLite file (WAL) on the head's disk: `make run`'s default."""
 
-
-@dataclass(frozen=True, slots=True)
-class UnfinishedJob:
-    """An ongoing job as found on disk; its images are read one job at a time (`job_images`)."""
-
-    job_id: int
-    client_id: str | None
-    started: bool = False
-    cancelled: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CancelMark:
-    """A cancel, placed in the stream of outcomes: `position` outcomes of the batch it is saved
-    with settled before it. The stores left unfinished are those without a result then."""
-
-    job_id: int
-    when: float
-    position: int = 0
-
-
-class JobStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path)
         self._node_numbers: dict[str, int] = {}
@@ -400,6 +375,27 @@ class JobStore:
             (job_id, offset, limit),
         ).fetchall()
         return total, [ImageResult(*row) for row in rows]
+
+    @database_errors("hold the dispatch lease")
+    def hold_lease(self, holder: str, seconds: float) -> bool:
+        now = time.time()
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ('dispatch', ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
+                (holder, now + seconds, now),
+            )
+            (current,) = self._db.execute(
+                "SELECT holder FROM leases WHERE name = 'dispatch'"
+            ).fetchone()
+        return bool(current == holder)
+
+    @database_errors("release the dispatch lease")
+    def release_lease(self, holder: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM leases WHERE name = 'dispatch' AND holder = ?", (holder,))
 
     def _transaction(self, durable: bool = False) -> Transaction:
         return Transaction(self._db, durable)

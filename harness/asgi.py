@@ -10,7 +10,7 @@ from typing import Any
 
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import JobStore
+from core.storage import SqliteStore
 
 
 async def call(
@@ -55,7 +55,7 @@ class App:
 
 def store_with_jobs(data_dir: Path, client: str | None = None) -> tuple[int, int]:
     """An ongoing job and a failed one, in the database the service keeps under `data_dir`."""
-    store = JobStore(Settings(data_dir=data_dir).database_path)
+    store = SqliteStore(Settings(data_dir=data_dir).database_path)
     submission = JobSubmission((Visit("S\u00e9", "2025-01-01", ("http://a.test/1",)),))
     ongoing, _ = store.create_job(submission, None, {}, client)
     failed, _ = store.create_job(submission, None, {}, client)

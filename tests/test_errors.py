@@ -25,7 +25,7 @@ from core.errors import (
     TooManyOpenJobs,
 )
 from core.models import JobSubmission, Visit
-from core.storage import JobStore
+from core.storage import SqliteStore
 from harness.asgi import call
 from service.app import api
 
@@ -95,7 +95,7 @@ def test_a_bug_is_a_json_500_not_a_traceback() -> None:
 
 
 def test_every_read_of_a_failing_database_is_a_storage_error(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(
         JobSubmission((Visit("S", "2025-01-01", ("http://a/",)),)), "k", {}
     )

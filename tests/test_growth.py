@@ -17,7 +17,7 @@ from core.fetch import Downloader, FetchLimits
 from core.models import ImageOutcome, ImageTask
 from core.processing import process_image
 from core.settings import Settings
-from core.storage import JobStore
+from core.storage import SqliteStore
 from core.submission import SubmissionLimits, parse_submission
 from core.urlguard import AddressPolicy
 from harness.imageserver import ImageServer
@@ -73,7 +73,7 @@ def test_the_worst_failing_body_grows_the_database_at_most_20x(
                                  "visit_time": "2025-03-11"}]}
     ).encode()  # fmt: skip
     path = tmp_path / "jobs.sqlite3"
-    store = JobStore(path)
+    store = SqliteStore(path)
     before = database_bytes(path)
     job_id, _ = store.create_job(
         parse_submission(body, SubmissionLimits.from_settings(Settings())), None, {}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from core.models import ImageOutcome
 from core.pending import PendingWrites
-from core.storage import CancelMark
+from core.records import CancelMark
 
 
 def outcome(index: int) -> ImageOutcome:

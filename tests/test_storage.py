@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from core.models import (
     StoreError,
     Visit,
 )
-from core.storage import UNSTORABLE_RESULT, CancelMark, JobStore
+from core.records import CancelMark
+from core.storage import UNSTORABLE_RESULT, SqliteStore
 
 
 def submission() -> JobSubmission:
@@ -34,24 +36,24 @@ def done(job_id: int, index: int, size: int = 10) -> ImageOutcome:
 
 
 def test_job_ids_increase_and_survive_reopening(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     first, _ = store.create_job(submission(), "k1", {})
     second, _ = store.create_job(submission(), "k2", {})
     store.close()
-    reopened = JobStore(tmp_path / "db.sqlite3")
+    reopened = SqliteStore(tmp_path / "db.sqlite3")
     third, _ = reopened.create_job(submission(), "k3", {})
     assert first < second < third
 
 
 def test_same_submission_key_returns_the_same_job(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, created = store.create_job(submission(), "key", {})
     again, created_again = store.create_job(submission(), "key", {})
     assert (again, created, created_again) == (job_id, True, False)
 
 
 def test_a_result_is_kept_once_first_write_wins(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0, 10)], [])
     store.save_outcomes([done(job_id, 0, 99), done(job_id, 1), done(job_id, 2)], [job_id])
@@ -61,7 +63,7 @@ def test_a_result_is_kept_once_first_write_wins(tmp_path: Path) -> None:
 
 
 def test_finished_job_lists_first_failure_per_store_in_image_order(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {2: "store_id not in store master"})
     store.save_outcomes(
         [
@@ -79,14 +81,14 @@ def test_finished_job_lists_first_failure_per_store_in_image_order(tmp_path: Pat
 
 
 def test_all_images_failed_at_submission_finishes_the_job_at_once(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {0: "x", 1: "x", 2: "y"})
     assert store.job_view(job_id).status is JobStatus.FAILED  # type: ignore[union-attr]
     assert store.unfinished_jobs() == []
 
 
 def test_unfinished_jobs_know_what_is_settled(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 1)], [])
     [unfinished] = store.unfinished_jobs()
@@ -96,7 +98,7 @@ def test_unfinished_jobs_know_what_is_settled(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_no_half_recorded_job(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     # A trigger that fails on the last image insert stands in for a full disk mid-transaction.
     store._db.execute(
         "CREATE TRIGGER fail_third BEFORE INSERT ON images WHEN NEW.idx = 2"
@@ -112,13 +114,13 @@ def test_failed_write_leaves_no_half_recorded_job(tmp_path: Path) -> None:
 
 
 def test_database_uses_wal(tmp_path: Path) -> None:
-    JobStore(tmp_path / "db.sqlite3").close()
+    SqliteStore(tmp_path / "db.sqlite3").close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_progress_counts_are_exact_whatever_duplicates_arrive(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {2: "store_id not in store master"})
     store.save_outcomes([done(job_id, 0), done(job_id, 0), done(job_id, 0, 99)], [])
     detail = store.job_detail(job_id)
@@ -128,7 +130,7 @@ def test_progress_counts_are_exact_whatever_duplicates_arrive(tmp_path: Path) ->
 
 
 def test_started_time_is_kept_from_the_first_dispatch(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([], [], started=[(job_id, 5.0)])
     store.save_outcomes([], [], started=[(job_id, 9.0)])
@@ -138,7 +140,7 @@ def test_started_time_is_kept_from_the_first_dispatch(tmp_path: Path) -> None:
 
 
 def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0), done(job_id, 1)], [])
     cancelled = ImageOutcome(job_id, 2, 2.0, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
@@ -157,7 +159,7 @@ def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path)
 
 
 def test_a_cancelled_job_that_lost_nothing_still_ends_failed(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0)], [], cancelled=[CancelMark(job_id, 1.0)])
     store.save_outcomes([done(job_id, 1), done(job_id, 2)], [job_id])
@@ -167,7 +169,7 @@ def test_a_cancelled_job_that_lost_nothing_still_ends_failed(tmp_path: Path) -> 
 
 
 def test_idempotency_conflict_when_the_body_differs(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), "key", {}, request_hash="a")
     assert store.create_job(submission(), "key", {}, request_hash="a") == (job_id, False)
     with pytest.raises(IdempotencyConflict, match=f"job {job_id}"):
@@ -175,7 +177,7 @@ def test_idempotency_conflict_when_the_body_differs(tmp_path: Path) -> None:
 
 
 def test_recent_jobs_newest_first_per_client(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     ids = [store.create_job(submission(), None, {}, client_id=c)[0] for c in "abab"]
     total, jobs = store.recent_jobs("a", 0, 10)
     assert total == 2 and [j.job_id for j in jobs] == [ids[2], ids[0]]
@@ -185,7 +187,7 @@ def test_recent_jobs_newest_first_per_client(tmp_path: Path) -> None:
 
 
 def test_callbacks_are_due_once_a_job_ends_until_marked_done(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     with_callback = JobSubmission(submission().visits, callback_url="http://cb.test/done")
     job_id, _ = store.create_job(with_callback, None, {})
     assert store.callbacks_due() == []
@@ -211,7 +213,7 @@ def test_database_from_before_job_control_gains_its_columns_and_counts(tmp_path:
             " NULL);"
         )
     old.close()
-    detail = JobStore(path).job_detail(1)
+    detail = SqliteStore(path).job_detail(1)
     assert detail is not None and (detail.done, detail.failed, detail.total) == (1, 1, 3)
 
 
@@ -225,7 +227,7 @@ def test_a_cancel_counts_only_the_outcomes_placed_before_it(
 ) -> None:
     # The race of a cancel with a flush: S1's images settled before the cancel but reach the
     # database in the cancel's own batch. Placed before it, S1 is not named as cancelled.
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     outcomes = [done(job_id, 0), done(job_id, 1), cancelled_image(job_id, 2)]
     store.save_outcomes(outcomes, [job_id], cancelled=[CancelMark(job_id, 2.0, position)])
@@ -234,7 +236,7 @@ def test_a_cancel_counts_only_the_outcomes_placed_before_it(
 
 
 def test_one_result_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     too_wide = ImageOutcome(job_id, 1, 1.0, width=2**70, height=1)  # past SQLite's INTEGER
     unstorable = store.save_outcomes([done(job_id, 0), too_wide, done(job_id, 2)], [job_id])
@@ -249,7 +251,7 @@ def test_one_result_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
 
 def test_error_text_that_is_not_utf8_is_stored_readable(tmp_path: Path) -> None:
     # aiohttp hands over an origin's undecodable header bytes as lone surrogates.
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     garbled = ImageOutcome(job_id, 0, 1.0, error="redirected to ftp://a/\udcff" + "x" * 10**6)
     assert store.save_outcomes([garbled], []) == []
@@ -259,7 +261,7 @@ def test_error_text_that_is_not_utf8_is_stored_readable(tmp_path: Path) -> None:
 
 
 def test_a_visit_is_stored_once_whatever_its_images(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     urls = tuple(f"http://a.test/{i}" for i in range(500))
     long_store = "S" * 256
     job_id, _ = store.create_job(JobSubmission((Visit(long_store, "2025-01-01", urls),)), None, {})
@@ -274,7 +276,7 @@ def test_a_visit_is_stored_once_whatever_its_images(tmp_path: Path) -> None:
 
 def test_database_with_visit_fields_on_every_image_is_split_on_opening(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    store = JobStore(path)
+    store = SqliteStore(path)
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 1)], [])
     store.close()
@@ -289,7 +291,7 @@ def test_database_with_visit_fields_on_every_image_is_split_on_opening(tmp_path:
             f" ({job_id}, 2, 'S2', '2025-01-02', 'http://a.test/3');"
         )
     old.close()
-    reopened = JobStore(path)
+    reopened = SqliteStore(path)
     total, rows = reopened.results_page(job_id, 0, 10)
     assert total == 3
     assert [(r.store_id, r.visit_time, r.image_url, r.width) for r in rows] == [
@@ -304,7 +306,7 @@ def test_database_with_visit_fields_on_every_image_is_split_on_opening(tmp_path:
 def test_job_and_cancel_commits_are_synced_other_batches_are_not(tmp_path: Path) -> None:
     # A 201 and a 202 promise what a power loss must not undo: those commits run with
     # synchronous=FULL, which syncs the WAL at COMMIT; result batches keep NORMAL.
-    store = JobStore(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
 
@@ -321,3 +323,25 @@ def test_job_and_cancel_commits_are_synced_other_batches_are_not(tmp_path: Path)
     store.save_outcomes([cancelled_image(job_id, 1)], [], cancelled=[CancelMark(job_id, 1.0)])
     assert sync_mode_at_commit() == "PRAGMA synchronous=FULL"
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+
+
+def test_one_holder_at_a_time_has_the_dispatch_lease(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.sqlite3")
+    other = SqliteStore(tmp_path / "jobs.sqlite3")
+    assert store.hold_lease("a", 60)
+    assert store.hold_lease("a", 60)  # renewed
+    assert not other.hold_lease("b", 60)
+    store.release_lease("b")  # not b's to give up
+    assert not other.hold_lease("b", 60)
+    store.release_lease("a")
+    assert other.hold_lease("b", 60)
+    assert not store.hold_lease("a", 60)
+
+
+def test_an_expired_lease_passes_to_the_next_holder(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.sqlite3")
+    assert store.hold_lease("a", 0.05)
+    assert not store.hold_lease("b", 60)
+    time.sleep(0.1)
+    assert store.hold_lease("b", 60)
+    assert not store.hold_lease("a", 60)

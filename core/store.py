@@ -1,0 +1,87 @@
+"""The job store as the tracker and the API see it, whichever database holds it: SQLite on the
+head's disk (the default, `core/storage.py`) or PostgreSQL for clusters (`core/pg_store.py`,
+chosen by `IMAGE_SERVICE_DATABASE_URL`).
+
+Both give the same guarantees: a job is committed with all its images before its id is
+answered; each image has at most one result (its primary key), whatever retries, restarts or
+duplicate reports happen above; progress counts are kept by the database itself; one tracker
+at a time holds the dispatch lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from core.models import ImageOutcome, ImageResult, JobDetail, JobState, JobSubmission, JobView
+from core.records import CancelMark, DueCallback, UnfinishedJob
+from core.settings import Settings
+from core.storage import SqliteStore
+
+
+class JobStore(Protocol):
+    def close(self) -> None: ...
+
+    def create_job(
+        self,
+        submission: JobSubmission,
+        idempotency_key: str | None,
+        failed_images: dict[int, str],
+        client_id: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[int, bool]:
+        """Record a job with all its images in one durable transaction; `failed_images` (index
+        to reason) settle at once. Returns `(job_id, created)`; a known key returns its old job,
+        unless `request_hash` says the body differs: then `IdempotencyConflict`."""
+        ...
+
+    def job_for_key(self, idempotency_key: str | None, request_hash: str | None) -> int | None: ...
+
+    def save_outcomes(
+        self,
+        outcomes: Sequence[ImageOutcome],
+        finished_jobs: Iterable[int],
+        started: Iterable[tuple[int, float]] = (),
+        cancelled: Sequence[CancelMark] = (),
+    ) -> list[ImageOutcome]:
+        """In one transaction: mark jobs started, store a batch of settled images with each
+        cancel at its place among them, then close the jobs now fully settled. An image already
+        settled keeps its first result. Outcomes that could not be stored are stored as
+        failures instead, and returned."""
+        ...
+
+    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None: ...
+
+    def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None: ...
+
+    def recent_jobs(
+        self, client_id: str | None, offset: int, limit: int
+    ) -> tuple[int, list[JobDetail]]: ...
+
+    def job_counts(self) -> dict[JobState, int]: ...
+
+    def callbacks_due(self, job_ids: Iterable[int] | None = None) -> list[DueCallback]: ...
+
+    def mark_callback_done(self, job_id: int, when: float) -> None: ...
+
+    def unfinished_jobs(self) -> list[UnfinishedJob]: ...
+
+    def job_images(self, job_id: int) -> tuple[list[str], bytearray]: ...
+
+    def results_page(
+        self, job_id: int, offset: int, limit: int
+    ) -> tuple[int, list[ImageResult]]: ...
+
+    def hold_lease(self, holder: str, seconds: float) -> bool:
+        """Take the dispatch lease for `holder`, or extend it if `holder` has it, for `seconds`
+        from now; False while another holder's lease has not expired."""
+        ...
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up at once, if `holder` has it."""
+        ...
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The store the settings name."""
+    return SqliteStore(settings.database_path)
