@@ -23,7 +23,7 @@ from actors.pool import WorkerPool, WorkerSlot
 from core.callback import CallbackLimits, CallbackSender
 from core.clients import RateLimiter
 from core.dbthread import DatabaseThread
-from core.errors import JobAlreadyFinished, RateLimited
+from core.errors import JobAlreadyFinished, NotDispatching, RateLimited
 from core.jobs import ActiveJob, JobBook, JobLimits, unknown_store_failures
 from core.logs import use_json_logs
 from core.models import (
@@ -82,12 +82,17 @@ class JobTracker:
             self._store,
             self._db,
         )
+        # The lease is held in the name of this cluster (its GCS address), so a tracker that Ray
+        # restarts in the same cluster takes it back at once instead of waiting for it to expire.
+        self._holder = str(ray.get_runtime_context().gcs_address)
+        self._leading = False
         self._recovered = asyncio.get_running_loop().create_task(self._recover())
         self._background = [
             supervise("dispatch", self._dispatch_step, RETRY_PAUSE_SECONDS),
             supervise("flush", self._flush_step, RETRY_PAUSE_SECONDS),
             supervise("nodes", self._node_step, RETRY_PAUSE_SECONDS),
             supervise("metrics", self._metrics_step, RETRY_PAUSE_SECONDS),
+            supervise("lease", self._lease_step, RETRY_PAUSE_SECONDS),
         ]
 
     # ---- API called by the Serve deployment -------------------------------------------------
@@ -138,7 +143,9 @@ class JobTracker:
             return job_id
         self._image_metrics.failed_at_once(FailureReason.UNKNOWN_STORE, len(failed))
         if len(failed) < submission.image_count:
-            self._activate(ActiveJob.submitted(job_id, submission, failed, client_id))
+            if self._leading:
+                self._activate(ActiveJob.submitted(job_id, submission, failed, client_id))
+            # Otherwise the dispatching cluster's tracker picks it up from the store.
         else:
             self._keep(asyncio.create_task(self._callbacks.for_jobs([job_id])))
         log.info(
@@ -181,6 +188,10 @@ class JobTracker:
         ones in flight settle as they finish, then the job ends as failed. Answers once the
         cancel is on disk. None for an unknown job; `JobAlreadyFinished` for an ended one."""
         await self._recovered
+        if not self._leading:
+            raise NotDispatching(
+                "this service is standing by: the cluster that holds the dispatch lease cancels"
+            )
         job = self._book.jobs.get(job_id)
         if job is not None and client_id is not None and job.client_id != client_id:
             return None
@@ -214,7 +225,12 @@ class JobTracker:
     async def shutdown(self) -> int:
         """Stop dispatching and put everything settled so far on disk; returns images saved."""
         self._stopping = True
-        return await self._flush()
+        saved = await self._flush()
+        if self._leading:
+            self._leading = False
+            # Another cluster sharing the store may take over now, not when the lease expires.
+            await self._db.run(self._store.release_lease, self._holder)
+        return saved
 
     # ---- diagnostics, for operators and the fault tests ---------------------------------------
 
@@ -228,6 +244,7 @@ class JobTracker:
             "nodes": len(self._pool.workers()),
             "pid": os.getpid(),
             "rate_limit_buckets": len(self._submit_limiter),
+            "leading": self._leading,
         }
 
     async def diagnostic_worker_pids(self) -> dict[str, list[int]]:
@@ -249,40 +266,83 @@ class JobTracker:
         self._wake.set()
 
     async def _recover(self) -> None:
-        """Load the unfinished jobs, one at a time (a restart holds no more than the jobs
-        themselves), and the callbacks due. A failure is retried, never kept as the answer."""
+        """Take the dispatch lease if no other cluster holds it, and then load the unfinished
+        jobs. A failure is retried, never kept as the answer. Without the lease the tracker
+        answers reads and records submissions; the lease step takes over later if it can."""
         while True:
             try:
-                unfinished = await self._db.run(self._store.unfinished_jobs)
-                for stored in unfinished:
-                    if stored.job_id in self._book.jobs:
-                        continue  # loaded by an attempt that failed later on
-                    urls, settled = await self._db.run(self._store.job_images, stored.job_id)
-                    self._activate(
-                        ActiveJob(
-                            stored.job_id,
-                            urls,
-                            settled,
-                            stored.client_id,
-                            started=stored.started,
-                            cancelled=stored.cancelled,
-                        )
-                    )
-                due = await self._db.run(self._store.callbacks_due, None)
+                if await self._db.run(self._store.hold_lease, self._holder, self._lease_seconds):
+                    await self._lead()
+                else:
+                    log.warning("another cluster holds the dispatch lease; standing by")
+                return
             except Exception:
                 log.exception("recovering the unfinished jobs failed; trying again")
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+    @property
+    def _lease_seconds(self) -> float:
+        return self._settings.lease_seconds
+
+    async def _lead(self) -> None:
+        """Become the dispatching tracker: load every unfinished job, one at a time (a restart
+        holds no more than the jobs themselves), and deliver the callbacks due."""
+        resumed = await self._load_unfinished(only_unsettled=False)
+        due = await self._db.run(self._store.callbacks_due, None)
+        self._leading = True
+        if resumed:
+            log.info("resumed %d unfinished jobs", resumed)
+        self._keep(asyncio.create_task(self._callbacks.deliver_all(due)))
+        self._wake.set()
+
+    async def _load_unfinished(self, only_unsettled: bool) -> int:
+        """Activate the unfinished jobs not held yet; returns how many. With `only_unsettled`,
+        a job whose every image has a result is left alone: its finish is under way."""
+        loaded = 0
+        for stored in await self._db.run(self._store.unfinished_jobs):
+            if stored.job_id in self._book.jobs:
                 continue
-            if unfinished:
-                log.info("resumed %d unfinished jobs", len(unfinished))
-            self._keep(asyncio.create_task(self._callbacks.deliver_all(due)))
+            urls, settled = await self._db.run(self._store.job_images, stored.job_id)
+            # Checked again after the await: a submission may have activated it meanwhile.
+            if stored.job_id in self._book.jobs or (only_unsettled and all(settled)):
+                continue
+            self._activate(
+                ActiveJob(
+                    stored.job_id,
+                    urls,
+                    settled,
+                    stored.client_id,
+                    started=stored.started,
+                    cancelled=stored.cancelled,
+                )
+            )
+            loaded += 1
+        return loaded
+
+    async def _lease_step(self) -> None:
+        """Renew the lease, or take it when its holder has let it expire; while leading, pick
+        up the jobs another cluster's tracker recorded."""
+        await self._recovered
+        await asyncio.sleep(self._lease_seconds / 3)
+        if self._stopping:
             return
+        held = await self._db.run(self._store.hold_lease, self._holder, self._lease_seconds)
+        if held and not self._leading:
+            log.warning("took over the dispatch lease")
+            await self._lead()
+        elif not held and self._leading:
+            self._leading = False
+            log.error("lost the dispatch lease to another cluster; dispatching stops")
+        elif held:
+            picked = await self._load_unfinished(only_unsettled=True)
+            if picked:
+                log.info("picked up %d jobs recorded by another cluster", picked)
 
     async def _dispatch_step(self) -> None:
         await self._recovered
         await self._wake.wait()
         self._wake.clear()
-        if self._stopping:
+        if self._stopping or not self._leading:
             return
         for worker in self._pool.freest_first():
             if not self._book.waiting:

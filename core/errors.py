@@ -47,5 +47,10 @@ class ServiceBusy(RuntimeError):
     """The service holds as many unsettled images as it may; a later retry can pass (503)."""
 
 
+class NotDispatching(RuntimeError):
+    """This service's tracker does not hold the dispatch lease: another cluster sharing the
+    database dispatches, and only it can cancel (503 with Retry-After)."""
+
+
 class JobAlreadyFinished(ValueError):
     """A cancel for a job that has already ended (409)."""

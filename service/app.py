@@ -30,6 +30,7 @@ from core.errors import (
     IdempotencyConflict,
     InvalidSubmission,
     JobAlreadyFinished,
+    NotDispatching,
     RateLimited,
     ServiceBusy,
     StorageError,
@@ -139,8 +140,9 @@ async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
     )
 
 
+@api.exception_handler(NotDispatching)
 @api.exception_handler(ServiceBusy)
-async def service_busy(_request: Request, exc: ServiceBusy) -> JSONResponse:
+async def service_busy(_request: Request, exc: Exception) -> JSONResponse:
     return unavailable(tracker_reason(exc), retry_after=BUSY_RETRY_AFTER_SECONDS)
 
 
