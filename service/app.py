@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from actors.tracker import tracker_handle
 from core.clients import ApiKeys
 from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
-from core.models import status_payload
+from core.models import JobView, status_payload
 from core.settings import Settings
 from core.storage import IdempotencyConflict, StatusReader, StorageError
 from core.store_master import StoreMasterError
@@ -77,7 +77,6 @@ def error(status_code: int, message: str) -> JSONResponse:
 
 
 UNKNOWN_JOB = JSONResponse({}, status_code=400)
-LOOK_UP_IN_TRACKER = object()
 
 
 class BodyTooLarge(Exception):
@@ -293,14 +292,16 @@ class ImageServiceAPI:
     async def submit_without_slash(self, request: Request) -> JSONResponse:
         return await self.submit(request)
 
-    def _read_status(self, job_id: int, client: str | None) -> Any:
-        if self._statuses is None:
-            return LOOK_UP_IN_TRACKER
-        try:
-            return self._statuses.job_view(job_id, client)
-        except StorageError as exc:
-            log.warning("status from the database failed, asking the tracker: %s", exc)
-            return LOOK_UP_IN_TRACKER
+    async def _job_view(self, job_id: int, client: str | None) -> JobView | None:
+        """From the database beside this replica if there is one; from the tracker otherwise,
+        or when that read fails."""
+        if self._statuses is not None:
+            try:
+                return self._statuses.job_view(job_id, client)
+            except StorageError as exc:
+                log.warning("status from the database failed, asking the tracker: %s", exc)
+        view: JobView | None = await self._ask(self._tracker.status.remote(job_id, client))
+        return view
 
     @api.get("/api/status", response_model=StatusBody, responses={400: {"model": dict}})
     async def status(self, request: Request, jobid: str | None = None) -> JSONResponse:
@@ -309,9 +310,7 @@ class ImageServiceAPI:
         job_id = parse_job_id(jobid)
         if job_id is None:
             return UNKNOWN_JOB
-        view = self._read_status(job_id, client)
-        if view is LOOK_UP_IN_TRACKER:
-            view = await self._ask(self._tracker.status.remote(job_id, client))
+        view = await self._job_view(job_id, client)
         if view is None:
             return UNKNOWN_JOB
         return JSONResponse(status_payload(view))

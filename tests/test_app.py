@@ -26,6 +26,7 @@ from core.models import (
     StoreError,
 )
 from core.settings import Settings
+from core.storage import StorageError
 from core.submission import SubmissionLimits
 from service.app import ImageServiceAPI, api
 
@@ -62,14 +63,15 @@ class Tracker:
         return Method()
 
 
-def api_with(tracker: Tracker, settings: Settings | None = None) -> Any:
-    """The real API app, its Serve replica an ImageServiceAPI that asks `tracker`."""
+def api_with(tracker: Tracker, settings: Settings | None = None, statuses: Any = None) -> Any:
+    """The real API app, its Serve replica an ImageServiceAPI that asks `tracker` (and reads
+    status from `statuses`, the database beside it, when given)."""
     settings = settings or Settings(data_dir=Path("/nonexistent"))
     instance = object.__new__(ImageServiceAPI.func_or_class)
     instance._settings = settings
     instance._limits = SubmissionLimits()
     instance._api_keys = ApiKeys(settings.api_keys)
-    instance._statuses = None  # no database beside it: every read asks the tracker
+    instance._statuses = statuses
     instance._tracker = tracker
     [servable] = {
         inspect.signature(route.endpoint).parameters["self"].default.dependency
@@ -132,6 +134,44 @@ def get(tracker: Tracker, target: str, settings: Settings | None = None) -> Any:
 FAILED_VIEW = JobView(
     7, JobStatus.FAILED, (StoreError("S\u00e9", 'HTTP 404 "gone"'), StoreError("S2", "x"))
 )
+
+
+@pytest.mark.parametrize(
+    ("view", "body"),
+    [
+        (JobView(7, JobStatus.ONGOING), b'{"status":"ongoing","job_id":7}'),
+        (JobView(7, JobStatus.COMPLETED), b'{"status":"completed","job_id":7}'),
+        (FAILED_VIEW,
+         b'{"status":"failed","job_id":7,"error":[{"store_id":"S\xc3\xa9","error":'
+         b'"HTTP 404 \\"gone\\""},{"store_id":"S2","error":"x"}]}'),
+        (JobView(7, JobStatus.FAILED), b'{"status":"failed","job_id":7,"error":[]}'),
+    ],
+)  # fmt: skip
+def test_status_bytes(view: JobView, body: bytes) -> None:
+    tracker = Tracker(status=view)
+    assert get(tracker, "/api/status?jobid=7") == json_answer(200, body)
+    assert tracker.calls == [("status", (7, None))]
+
+
+@pytest.mark.parametrize("query", ["jobid=8", "", "jobid=x", "jobid=-1", "jobid=1.5"])
+def test_status_of_an_unknown_or_unnamed_job_is_400_empty(query: str) -> None:
+    assert get(Tracker(status=None), f"/api/status?{query}") == json_answer(400, b"{}")
+
+
+class FailingReader:
+    """A database beside the replica whose reads fail (disk trouble, a lock)."""
+
+    def job_view(self, job_id: int, client: str | None) -> JobView | None:
+        raise StorageError("disk I/O error")
+
+
+def test_status_is_asked_of_the_tracker_when_the_database_beside_fails() -> None:
+    tracker = Tracker(status=JobView(7, JobStatus.ONGOING))
+    app = api_with(tracker, statuses=FailingReader())
+    assert request(app, "GET", "/api/status?jobid=7") == json_answer(
+        200, b'{"status":"ongoing","job_id":7}'
+    )
+    assert tracker.calls == [("status", (7, None))]
 
 
 PENDING = ImageResult(0, "S1", "2025-03-11", "http://a.test/0.jpg", None, None, None, None, None)
