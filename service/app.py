@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from actors.tracker import tracker_handle
 from core.clients import ApiKeys
 from core.errors import JobAlreadyFinished, RateLimited, ServiceBusy, TooManyOpenJobs
-from core.models import JobView, status_payload
+from core.models import JobView
 from core.settings import Settings
 from core.storage import IdempotencyConflict, StatusReader, StorageError
 from core.store_master import StoreMasterError
@@ -41,6 +41,7 @@ from core.submission import (
 from service.params import parse_job_id, parse_non_negative
 from service.schemas import (
     ErrorBody,
+    HealthBody,
     JobDetailBody,
     JobListBody,
     ResultsBody,
@@ -49,6 +50,7 @@ from service.schemas import (
     job_detail_body,
     job_list_body,
     results_body,
+    status_body,
 )
 
 log = logging.getLogger(__name__)
@@ -73,18 +75,26 @@ api = FastAPI(
 
 
 def error(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
-UNKNOWN_JOB = JSONResponse({}, status_code=400)
-
-
-class BodyTooLarge(Exception):
-    pass
+    return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status_code)
 
 
 class Unauthorized(Exception):
     pass
+
+
+class UnknownJob(Exception):
+    """The spec's endpoints answer a job id that names no job of the caller's with `400 {}`."""
+
+
+class JobNotFound(Exception):
+    """The job-control endpoints answer a job id that names no job of the caller's with 404."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+
+
+class TrackerUnhealthy(Exception):
+    """`/healthz` while the job tracker does not answer."""
 
 
 @api.exception_handler(Unauthorized)
@@ -106,6 +116,25 @@ def tracker_reason(exc: Exception) -> str:
     """The message of an exception the tracker raised. Ray re-raises it as a subclass that
     prints the remote traceback; the client gets the original message only."""
     return str(getattr(exc, "cause", None) or exc)
+
+
+@api.exception_handler(UnknownJob)
+async def unknown_job(_request: Request, _exc: UnknownJob) -> JSONResponse:
+    return JSONResponse({}, status_code=400)
+
+
+@api.exception_handler(JobNotFound)
+async def job_not_found(_request: Request, exc: JobNotFound) -> JSONResponse:
+    return error(404, str(exc))
+
+
+@api.exception_handler(TrackerUnhealthy)
+async def tracker_unhealthy(_request: Request, _exc: TrackerUnhealthy) -> JSONResponse:
+    return JSONResponse(
+        HealthBody(status="unavailable").model_dump(),
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    )
 
 
 @api.exception_handler(InvalidSubmission)
@@ -189,12 +218,12 @@ async def read_body(request: Request, cap: int) -> bytes:
         and declared.isdigit()
         and (len(declared) > len(str(cap)) or int(declared) > cap)
     ):
-        raise BodyTooLarge
+        raise SubmissionTooLarge(f"body is larger than {cap} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
-            raise BodyTooLarge
+            raise SubmissionTooLarge(f"body is larger than {cap} bytes")
     return bytes(body)
 
 
@@ -249,7 +278,7 @@ class ImageServiceAPI:
         response_model=SubmitAccepted,
         responses={code: {"model": ErrorBody} for code in (400, 401, 409, 413, 429, 503)},
     )
-    async def submit(self, request: Request) -> JSONResponse:
+    async def submit(self, request: Request) -> SubmitAccepted:
         """Submit a job of store visits; answers the new job's id once it is recorded.
 
         Optional: a `callback_url` field receives one POST with the final status (the body
@@ -258,10 +287,7 @@ class ImageServiceAPI:
         client = self._client(request)
         caller = client or (request.client.host if request.client else "unknown")
         idempotency_key = self._idempotency_key(request)
-        try:
-            body = await read_body(request, self._settings.max_body_bytes)
-        except BodyTooLarge:
-            return error(413, f"body is larger than {self._settings.max_body_bytes} bytes")
+        body = await read_body(request, self._settings.max_body_bytes)
         if len(body) > INLINE_PARSE_BYTES:
             submission = await asyncio.to_thread(parse_submission, body, self._limits)
         else:
@@ -277,7 +303,7 @@ class ImageServiceAPI:
         job_id = await self._ask(
             self._tracker.submit.remote(submission, key, client, fingerprint, caller)
         )
-        return JSONResponse({"job_id": job_id}, status_code=201)
+        return SubmitAccepted(job_id=job_id)
 
     def _idempotency_key(self, request: Request) -> str | None:
         key = request.headers.get("idempotency-key")
@@ -288,8 +314,10 @@ class ImageServiceAPI:
             )
         return key
 
-    @api.post("/api/submit", include_in_schema=False, status_code=201)
-    async def submit_without_slash(self, request: Request) -> JSONResponse:
+    @api.post(
+        "/api/submit", include_in_schema=False, status_code=201, response_model=SubmitAccepted
+    )
+    async def submit_without_slash(self, request: Request) -> SubmitAccepted:
         return await self.submit(request)
 
     async def _job_view(self, job_id: int, client: str | None) -> JobView | None:
@@ -303,37 +331,47 @@ class ImageServiceAPI:
         view: JobView | None = await self._ask(self._tracker.status.remote(job_id, client))
         return view
 
-    @api.get("/api/status", response_model=StatusBody, responses={400: {"model": dict}})
-    async def status(self, request: Request, jobid: str | None = None) -> JSONResponse:
+    @api.get(
+        "/api/status",
+        response_model=StatusBody,
+        response_model_exclude_unset=True,
+        responses={400: {"model": dict}},
+    )
+    async def status(self, request: Request, jobid: str | None = None) -> StatusBody:
         """The job's status: ongoing, completed, or failed with the failing store ids."""
         client = self._client(request)
         job_id = parse_job_id(jobid)
         if job_id is None:
-            return UNKNOWN_JOB
+            raise UnknownJob
         view = await self._job_view(job_id, client)
         if view is None:
-            return UNKNOWN_JOB
-        return JSONResponse(status_payload(view))
+            raise UnknownJob
+        return status_body(view)
 
-    @api.get("/api/results", response_model=ResultsBody, responses={400: {"model": dict}})
+    @api.get(
+        "/api/results",
+        response_model=ResultsBody,
+        response_model_exclude_unset=True,
+        responses={400: {"model": dict}},
+    )
     async def results(
         self,
         request: Request,
         jobid: str | None = None,
         offset: str | None = None,
         limit: str | None = None,
-    ) -> JSONResponse:
+    ) -> ResultsBody:
         """Per-image results in a stable order (visit order, then URL order), one page at a time."""
         client = self._client(request)
         job_id = parse_job_id(jobid)
         if job_id is None:
-            return UNKNOWN_JOB
+            raise UnknownJob
         start = parse_non_negative(offset, "offset", 0, None)
         size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
         page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
         if page is None:
-            return UNKNOWN_JOB
-        return JSONResponse(results_body(page, size))
+            raise UnknownJob
+        return results_body(page, size)
 
     @api.get(
         "/api/jobs",
@@ -342,7 +380,7 @@ class ImageServiceAPI:
     )
     async def list_jobs(
         self, request: Request, offset: str | None = None, limit: str | None = None
-    ) -> JSONResponse:
+    ) -> JobListBody:
         """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
         client = self._client(request)
         start = parse_non_negative(offset, "offset", 0, None)
@@ -350,14 +388,14 @@ class ImageServiceAPI:
             limit, "limit", DEFAULT_JOBS_PAGE, self._settings.results_page_max
         )
         total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
-        return JSONResponse(job_list_body(total, start, size, jobs))
+        return job_list_body(total, start, size, jobs)
 
     @api.get(
         "/api/jobs/{job_id}",
         response_model=JobDetailBody,
         responses={code: {"model": ErrorBody} for code in (401, 404)},
     )
-    async def job_detail(self, request: Request, job_id: str) -> JSONResponse:
+    async def job_detail(self, request: Request, job_id: str) -> JobDetailBody:
         """A job's lifecycle, progress counts, times and per-store errors."""
         client = self._client(request)
         number = parse_job_id(job_id)
@@ -365,8 +403,8 @@ class ImageServiceAPI:
         if number is not None:
             detail = await self._ask(self._tracker.job_detail.remote(number, client))
         if detail is None:
-            return error(404, f"no job {job_id}")
-        return JSONResponse(job_detail_body(detail))
+            raise JobNotFound(job_id)
+        return job_detail_body(detail)
 
     @api.post(
         "/api/jobs/{job_id}/cancel",
@@ -374,31 +412,27 @@ class ImageServiceAPI:
         response_model=JobDetailBody,
         responses={code: {"model": ErrorBody} for code in (401, 404, 409, 503)},
     )
-    async def cancel(self, request: Request, job_id: str) -> JSONResponse:
+    async def cancel(self, request: Request, job_id: str) -> JobDetailBody:
         """Cancel a job: its queued images are dropped (they settle as cancelled), the ones in
         flight finish, then the job ends; `/api/status` reports it `failed` with a cancel entry
         per store left unfinished. Cancelling again is harmless; an ended job is a 409."""
         client = self._client(request)
         number = parse_job_id(job_id)
         if number is None:
-            return error(404, f"no job {job_id}")
+            raise JobNotFound(job_id)
         detail = await self._ask(self._tracker.cancel.remote(number, client))
         if detail is None:
-            return error(404, f"no job {job_id}")
-        return JSONResponse(job_detail_body(detail), status_code=202)
+            raise JobNotFound(job_id)
+        return job_detail_body(detail)
 
-    @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
+    @api.get("/healthz", response_model=HealthBody, responses={503: {"model": HealthBody}})
+    async def healthz(self) -> HealthBody:
         """200 when this replica and the job tracker answer."""
         try:
             await asyncio.wait_for(self._tracker.ping.remote(), timeout=5)
-        except (TimeoutError, GetTimeoutError, RayActorError):
-            return JSONResponse(
-                {"status": "unavailable"},
-                status_code=503,
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-            )
-        return JSONResponse({"status": "ok"})
+        except (TimeoutError, GetTimeoutError, RayActorError) as exc:
+            raise TrackerUnhealthy from exc
+        return HealthBody(status="ok")
 
 
 def build_app(args: dict[str, str] | None = None) -> serve.Application:
