@@ -38,7 +38,7 @@ from core.submission import (
     parse_submission,
     submission_fingerprint,
 )
-from service.params import parse_job_id, parse_non_negative
+from service.params import InvalidQueryParameter, parse_job_id, parse_limit, parse_offset
 from service.schemas import (
     ErrorBody,
     HealthBody,
@@ -139,6 +139,11 @@ async def tracker_unhealthy(_request: Request, _exc: TrackerUnhealthy) -> JSONRe
 
 @api.exception_handler(InvalidSubmission)
 async def invalid_submission(_request: Request, exc: InvalidSubmission) -> JSONResponse:
+    return error(400, str(exc))
+
+
+@api.exception_handler(InvalidQueryParameter)
+async def invalid_query_parameter(_request: Request, exc: InvalidQueryParameter) -> JSONResponse:
     return error(400, str(exc))
 
 
@@ -366,8 +371,8 @@ class ImageServiceAPI:
         job_id = parse_job_id(jobid)
         if job_id is None:
             raise UnknownJob
-        start = parse_non_negative(offset, "offset", 0, None)
-        size = parse_non_negative(limit, "limit", DEFAULT_PAGE, self._settings.results_page_max)
+        start = parse_offset(offset)
+        size = parse_limit(limit, DEFAULT_PAGE, self._settings.results_page_max)
         page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
         if page is None:
             raise UnknownJob
@@ -383,10 +388,8 @@ class ImageServiceAPI:
     ) -> JobListBody:
         """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
         client = self._client(request)
-        start = parse_non_negative(offset, "offset", 0, None)
-        size = parse_non_negative(
-            limit, "limit", DEFAULT_JOBS_PAGE, self._settings.results_page_max
-        )
+        start = parse_offset(offset)
+        size = parse_limit(limit, DEFAULT_JOBS_PAGE, self._settings.results_page_max)
         total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
         return job_list_body(total, start, size, jobs)
 
