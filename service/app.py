@@ -1,6 +1,11 @@
 """The Serve ingress: translates HTTP to JobTracker calls and the tracker's answers to the
-contract's bodies. Job state is the tracker's; every error maps to its status here, once, in
-the exception handlers.
+contract's bodies; every error maps to its status here, once, in the exception handlers.
+
+A replica keeps no job or client state: jobs, the per-client rate-limit buckets, open-job counts
+and idempotency keys are the tracker's (and its database's), so the limits hold however many
+replicas there are. What a replica holds is set once when it starts: its settings, the API
+keys, the tracker's handle and, when it runs beside the tracker's database, a read-only
+connection to it that status is read from.
 
 Endpoints: POST /api/submit/ (and /api/submit), GET /api/status, GET /api/results,
 GET /api/jobs, GET /api/jobs/{id}, POST /api/jobs/{id}/cancel, GET /healthz, and the OpenAPI
