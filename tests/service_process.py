@@ -19,7 +19,7 @@ import requests
 
 from bench.procs import descendants, role_of
 from core.settings import Settings
-from service.launcher import ray_environment
+from launcher import ray_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "service.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.launcher"],
+            [sys.executable, "-m", "launcher"],
             cwd=ROOT,
             env=self.environment(),
             stdout=log,

@@ -1,4 +1,5 @@
-"""`make run`: start a Ray head node and the Serve app in the foreground; Ctrl-C stops both.
+"""`make run` (`python -m launcher`): start a Ray head node and the Serve app in the
+foreground; Ctrl-C stops both.
 
 The Ray head runs as a child in its own process group (so the terminal's Ctrl-C reaches only
 this launcher, which then saves everything settled before stopping Ray), and it is tied to
@@ -165,7 +166,7 @@ def main() -> None:
             os.environ.setdefault(name, value)
         os.environ["IMAGE_SERVICE_LAUNCHER_ENV"] = "1"
         # Start afresh so that Ray, imported above, reads the variables just set.
-        os.execv(sys.executable, [sys.executable, "-m", "service.launcher", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-m", "launcher", *sys.argv[1:]])
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -203,7 +204,3 @@ def main() -> None:
     finally:
         log.info("stopping")
         stop(head)
-
-
-if __name__ == "__main__":
-    main()
