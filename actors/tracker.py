@@ -151,12 +151,12 @@ class JobTracker:
     async def submit(
         self,
         submission: JobSubmission,
-        submission_key: str | None,
+        idempotency_key: str | None,
         client_id: str | None = None,
         request_hash: str | None = None,
         caller: str = "",
     ) -> int:
-        """Record the job and start it; a known `submission_key` returns its job instead
+        """Record the job and start it; a known `idempotency_key` returns its job instead
         (`IdempotencyConflict` if `request_hash` differs from the one it was recorded with).
         `caller` (the client id, or the caller's address without API keys) is rate limited
         here, in the one tracker, so the limit holds however many API replicas there are."""
@@ -165,17 +165,17 @@ class JobTracker:
             raise RateLimited(wait)
         await self._recovered
         # A repeated submission answers with its job even when the client is at its limit.
-        repeated = await self._in_db_thread(self._store.job_for_key, submission_key, request_hash)
+        repeated = await self._in_db_thread(self._store.job_for_key, idempotency_key, request_hash)
         if repeated is not None:
             log.info("submission repeated: answered with its job", extra={"job_id": repeated})
             return int(repeated)
         with self._admission(client_id, submission.image_count):
-            return await self._record_job(submission, submission_key, client_id, request_hash)
+            return await self._record_job(submission, idempotency_key, client_id, request_hash)
 
     async def _record_job(
         self,
         submission: JobSubmission,
-        submission_key: str | None,
+        idempotency_key: str | None,
         client_id: str | None,
         request_hash: str | None,
     ) -> int:
@@ -188,7 +188,7 @@ class JobTracker:
                     failed[index] = UNKNOWN_STORE
                 index += 1
         job_id, created = await self._in_db_thread(
-            self._store.create_job, submission, submission_key, failed, client_id, request_hash
+            self._store.create_job, submission, idempotency_key, failed, client_id, request_hash
         )
         if not created:
             log.info("submission repeated: answered with its job", extra={"job_id": job_id})

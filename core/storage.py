@@ -237,7 +237,7 @@ class JobStore:
     def create_job(
         self,
         submission: JobSubmission,
-        submission_key: str | None,
+        idempotency_key: str | None,
         failed_images: dict[int, str],
         client_id: str | None = None,
         request_hash: str | None = None,
@@ -248,14 +248,14 @@ class JobStore:
         now = time.time()
         try:
             with self._transaction(durable=True):
-                known = self.job_for_key(submission_key, request_hash)
+                known = self.job_for_key(idempotency_key, request_hash)
                 if known is not None:
                     return known, False
                 cursor = self._db.execute(
                     "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
                     " created_at, client_id, callback_url) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
-                        submission_key,
+                        idempotency_key,
                         request_hash,
                         JobStatus.ONGOING.value,
                         submission.image_count,
@@ -290,13 +290,13 @@ class JobStore:
         return job_id, True
 
     @reads("the job of an idempotency key")
-    def job_for_key(self, submission_key: str | None, request_hash: str | None) -> int | None:
+    def job_for_key(self, idempotency_key: str | None, request_hash: str | None) -> int | None:
         """The job recorded under this key, if any; `IdempotencyConflict` when `request_hash`
         is given and differs from the one recorded with it."""
-        if submission_key is None:
+        if idempotency_key is None:
             return None
         row = self._db.execute(
-            "SELECT id, request_hash FROM jobs WHERE submission_key = ?", (submission_key,)
+            "SELECT id, request_hash FROM jobs WHERE submission_key = ?", (idempotency_key,)
         ).fetchone()
         if row is None:
             return None

@@ -296,33 +296,35 @@ class ImageServiceAPI:
         the same key with a different body is a 409."""
         client = self._client(request)
         caller = client or (request.client.host if request.client else "unknown")
-        idempotency_key = self._idempotency_key(request)
+        header = self._idempotency_header(request)
         body = await read_body(request, self._settings.max_body_bytes)
         if len(body) > INLINE_PARSE_BYTES:
             submission = await asyncio.to_thread(parse_submission, body, self._limits)
         else:
             submission = parse_submission(body, self._limits)
-        if idempotency_key is None:
+        if header is None:
             # A fresh key per request: if the tracker restarts mid-call, Ray retries the call
             # and the key makes the retry return the job already recorded, not a second one.
-            key, fingerprint = uuid.uuid4().hex, None
+            idempotency_key, fingerprint = uuid.uuid4().hex, None
         else:
             # Scoped by client: one client's key never finds another client's job.
-            key = f"idempotency:{client or ''}:{idempotency_key}"
+            idempotency_key = f"idempotency:{client or ''}:{header}"
             fingerprint = submission_fingerprint(submission)
         job_id = await self._ask(
-            self._tracker.submit.remote(submission, key, client, fingerprint, caller)
+            self._tracker.submit.remote(submission, idempotency_key, client, fingerprint, caller)
         )
         return SubmitAccepted(job_id=job_id)
 
-    def _idempotency_key(self, request: Request) -> str | None:
-        key = request.headers.get("idempotency-key")
+    def _idempotency_header(self, request: Request) -> str | None:
+        """The client's `Idempotency-Key` header, if it sent one (the idempotency key is made
+        from it and the client's id)."""
+        header = request.headers.get("idempotency-key")
         longest = self._settings.max_idempotency_key_length
-        if key is not None and (len(key) > longest or not VISIBLE_ASCII.fullmatch(key)):
+        if header is not None and (len(header) > longest or not VISIBLE_ASCII.fullmatch(header)):
             raise InvalidSubmission(
                 f"Idempotency-Key must be 1 to {longest} visible ASCII characters"
             )
-        return key
+        return header
 
     @api.post(
         "/api/submit", include_in_schema=False, status_code=201, response_model=SubmitAccepted

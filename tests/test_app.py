@@ -330,6 +330,17 @@ def test_submit_bytes(path: str) -> None:
     assert (name, client, fingerprint, caller) == ("submit", None, None, "127.0.0.1")
 
 
+def test_an_idempotency_key_header_is_scoped_by_client_and_sent_with_the_body_s_hash() -> None:
+    tracker = Tracker(submit=12)
+    keys = Settings(data_dir=Path("/nonexistent"), api_keys=("key-a",))
+    headers = [(b"idempotency-key", b"k-1"), (b"authorization", b"Bearer key-a")]
+    answer = request(api_with(tracker, keys), "POST", "/api/submit/", SUBMISSION, headers)
+    assert answer == json_answer(201, b'{"job_id":12}')
+    [(_name, (_submission, idempotency_key, client, fingerprint, caller))] = tracker.calls
+    assert idempotency_key == f"idempotency:{client}:k-1" and client == caller
+    assert client is not None and fingerprint is not None
+
+
 def test_submit_errors_bytes() -> None:
     small = Settings(data_dir=Path("/nonexistent"), max_body_bytes=10)
     assert request(api_with(Tracker(), small), "POST", "/api/submit/", SUBMISSION) == (
