@@ -7,6 +7,7 @@ COPY pyproject.toml README.md Makefile ./
 COPY core ./core
 COPY actors ./actors
 COPY service ./service
+COPY launcher ./launcher
 COPY imgjobs ./imgjobs
 COPY data/store_master.csv ./data/store_master.csv
 COPY serve_config.yaml ./
@@ -25,4 +26,4 @@ VOLUME /data
 EXPOSE 8000 8265 6379 8080
 
 # A single-node service, as `make run`. For a cluster, run `ray start` (head or worker) instead.
-CMD ["python", "-m", "service.launcher"]
+CMD ["python", "-m", "launcher"]

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m service.launcher
+	$(BIN)/python -m launcher
 
 lint: install
 	$(BIN)/ruff check .

@@ -11,6 +11,10 @@ class InvalidSubmission(ValueError):
     """The body breaks the contract; the message names the field and what is wrong (400)."""
 
 
+class InvalidQueryParameter(ValueError):
+    """A query parameter the API cannot use (400); the message names it and what it takes."""
+
+
 class SubmissionTooLarge(ValueError):
     """The body is well formed but over a configured size limit (413)."""
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 # Fields a log call may attach with `extra=`; anything else stays out of the line.
-CONTEXT_FIELDS = ("job_id", "images", "node_id", "state", "url", "attempts", "error")
+CONTEXT_FIELDS = ("job_id", "images", "state", "attempts", "error")
 
 
 class JsonFormatter(logging.Formatter):

@@ -51,7 +51,3 @@ class FairQueue:
         dropped = len(queue) if queue else 0
         self._size -= dropped
         return dropped
-
-    def pending_for(self, job_id: int) -> int:
-        queue = self._pending.get(job_id)
-        return len(queue) if queue else 0

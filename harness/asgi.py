@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
+
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
 from core.storage import SqliteStore
+from service.app import api
 
 
 async def call(
@@ -62,3 +66,47 @@ def store_with_jobs(data_dir: Path, client: str | None = None) -> tuple[int, int
     store.save_outcomes([ImageOutcome(failed, 0, 1.0, error="HTTP 404")], [failed])
     store.close()
     return ongoing, failed
+
+
+def request(
+    app: Any,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One request to an ASGI app: status, raw headers in the order sent, body bytes."""
+    path, _, query = target.partition("?")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+        "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2), "root_path": "",
+    }  # fmt: skip
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = list(message["headers"])
+        else:
+            answer["body"] += message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    return answer["status"], answer["headers"], answer["body"]
+
+
+def answer_to(exc: Exception) -> tuple[int, str | None, Any]:
+    """How the API answers a route that raised `exc`: status, Retry-After, body."""
+    app = FastAPI()
+    app.exception_handlers.update(api.exception_handlers)
+
+    @app.get("/")
+    async def route() -> None:
+        raise exc
+
+    status, headers, body = asyncio.run(call(app))
+    return status, headers.get("retry-after"), body

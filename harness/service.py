@@ -20,7 +20,7 @@ import requests
 
 from core.settings import Settings
 from harness.procs import descendants, role_of
-from service.launcher import ray_environment
+from launcher import ray_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "service.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.launcher"],
+            [sys.executable, "-m", "launcher"],
             cwd=ROOT,
             env=self.environment(),
             stdout=log,

@@ -1,6 +1,11 @@
 """The Serve ingress: translates HTTP to JobTracker calls and the tracker's answers to the
-contract's bodies. Job state is the tracker's; every error maps to its status here, once, in
-the exception handlers.
+contract's bodies; every error maps to its status here, once, in the exception handlers.
+
+A replica keeps no job or client state: jobs, the per-client rate-limit buckets, open-job counts
+and idempotency keys are the tracker's (and its database's), so the limits hold however many
+replicas there are. What a replica holds is set once when it starts: its settings, the API
+keys, the tracker's handle and, when it runs beside the tracker's database, a read-only
+connection to it that status is read from.
 
 Endpoints: POST /api/submit/ (and /api/submit), GET /api/status, GET /api/results,
 GET /api/jobs, GET /api/jobs/{id}, POST /api/jobs/{id}/cancel, GET /healthz, and the OpenAPI
@@ -28,6 +33,7 @@ from actors.tracker import tracker_handle
 from core.clients import ApiKeys
 from core.errors import (
     IdempotencyConflict,
+    InvalidQueryParameter,
     InvalidSubmission,
     JobAlreadyFinished,
     NotDispatching,
@@ -38,13 +44,14 @@ from core.errors import (
     SubmissionTooLarge,
     TooManyOpenJobs,
 )
-from core.models import status_payload
+from core.models import JobView
 from core.settings import Settings
 from core.storage import StatusReader
 from core.submission import SubmissionLimits, parse_submission, submission_fingerprint
-from service.params import parse_job_id, parse_non_negative
+from service.params import parse_job_id, parse_limit, parse_offset
 from service.schemas import (
     ErrorBody,
+    HealthBody,
     JobDetailBody,
     JobListBody,
     ResultsBody,
@@ -53,6 +60,7 @@ from service.schemas import (
     job_detail_body,
     job_list_body,
     results_body,
+    status_body,
 )
 
 log = logging.getLogger(__name__)
@@ -75,19 +83,26 @@ api = FastAPI(
 
 
 def error(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
-UNKNOWN_JOB = JSONResponse({}, status_code=400)
-LOOK_UP_IN_TRACKER = object()
-
-
-class BodyTooLarge(Exception):
-    pass
+    return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status_code)
 
 
 class Unauthorized(Exception):
     pass
+
+
+class UnknownJob(Exception):
+    """The spec's endpoints answer a job id that names no job of the caller's with `400 {}`."""
+
+
+class JobNotFound(Exception):
+    """The job-control endpoints answer a job id that names no job of the caller's with 404."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+
+
+class TrackerUnhealthy(Exception):
+    """`/healthz` while the job tracker does not answer."""
 
 
 @api.exception_handler(Unauthorized)
@@ -111,8 +126,32 @@ def tracker_reason(exc: Exception) -> str:
     return str(getattr(exc, "cause", None) or exc)
 
 
+@api.exception_handler(UnknownJob)
+async def unknown_job(_request: Request, _exc: UnknownJob) -> JSONResponse:
+    return JSONResponse({}, status_code=400)
+
+
+@api.exception_handler(JobNotFound)
+async def job_not_found(_request: Request, exc: JobNotFound) -> JSONResponse:
+    return error(404, str(exc))
+
+
+@api.exception_handler(TrackerUnhealthy)
+async def tracker_unhealthy(_request: Request, _exc: TrackerUnhealthy) -> JSONResponse:
+    return JSONResponse(
+        HealthBody(status="unavailable").model_dump(),
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    )
+
+
 @api.exception_handler(InvalidSubmission)
 async def invalid_submission(_request: Request, exc: InvalidSubmission) -> JSONResponse:
+    return error(400, str(exc))
+
+
+@api.exception_handler(InvalidQueryParameter)
+async def invalid_query_parameter(_request: Request, exc: InvalidQueryParameter) -> JSONResponse:
     return error(400, str(exc))
 
 
@@ -193,12 +232,12 @@ async def read_body(request: Request, cap: int) -> bytes:
         and declared.isdigit()
         and (len(declared) > len(str(cap)) or int(declared) > cap)
     ):
-        raise BodyTooLarge
+        raise SubmissionTooLarge(f"body is larger than {cap} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
-            raise BodyTooLarge
+            raise SubmissionTooLarge(f"body is larger than {cap} bytes")
     return bytes(body)
 
 
@@ -248,7 +287,7 @@ class ImageServiceAPI:
         response_model=SubmitAccepted,
         responses={code: {"model": ErrorBody} for code in (400, 401, 409, 413, 429, 503)},
     )
-    async def submit(self, request: Request) -> JSONResponse:
+    async def submit(self, request: Request) -> SubmitAccepted:
         """Submit a job of store visits; answers the new job's id once it is recorded.
 
         Optional: a `callback_url` field receives one POST with the final status (the body
@@ -256,85 +295,96 @@ class ImageServiceAPI:
         the same key with a different body is a 409."""
         client = self._client(request)
         caller = client or (request.client.host if request.client else "unknown")
-        idempotency_key = self._idempotency_key(request)
-        try:
-            body = await read_body(request, self._settings.max_body_bytes)
-        except BodyTooLarge:
-            return error(413, f"body is larger than {self._settings.max_body_bytes} bytes")
+        header = self._idempotency_header(request)
+        body = await read_body(request, self._settings.max_body_bytes)
         if len(body) > INLINE_PARSE_BYTES:
             submission = await asyncio.to_thread(parse_submission, body, self._limits)
         else:
             submission = parse_submission(body, self._limits)
-        if idempotency_key is None:
+        if header is None:
             # A fresh key per request: if the tracker restarts mid-call, Ray retries the call
             # and the key makes the retry return the job already recorded, not a second one.
-            key, fingerprint = uuid.uuid4().hex, None
+            idempotency_key, fingerprint = uuid.uuid4().hex, None
         else:
             # Scoped by client: one client's key never finds another client's job.
-            key = f"idempotency:{client or ''}:{idempotency_key}"
+            idempotency_key = f"idempotency:{client or ''}:{header}"
             fingerprint = submission_fingerprint(submission)
         job_id = await self._ask(
-            self._tracker.submit.remote(submission, key, client, fingerprint, caller)
+            self._tracker.submit.remote(submission, idempotency_key, client, fingerprint, caller)
         )
-        return JSONResponse({"job_id": job_id}, status_code=201)
+        return SubmitAccepted(job_id=job_id)
 
-    def _idempotency_key(self, request: Request) -> str | None:
-        key = request.headers.get("idempotency-key")
+    def _idempotency_header(self, request: Request) -> str | None:
+        """The client's `Idempotency-Key` header, if it sent one (the idempotency key is made
+        from it and the client's id)."""
+        header = request.headers.get("idempotency-key")
         longest = self._settings.max_idempotency_key_length
-        if key is not None and (len(key) > longest or not VISIBLE_ASCII.fullmatch(key)):
+        if header is not None and (len(header) > longest or not VISIBLE_ASCII.fullmatch(header)):
             raise InvalidSubmission(
                 f"Idempotency-Key must be 1 to {longest} visible ASCII characters"
             )
-        return key
+        return header
 
-    @api.post("/api/submit", include_in_schema=False, status_code=201)
-    async def submit_without_slash(self, request: Request) -> JSONResponse:
+    @api.post(
+        "/api/submit", include_in_schema=False, status_code=201, response_model=SubmitAccepted
+    )
+    async def submit_without_slash(self, request: Request) -> SubmitAccepted:
         return await self.submit(request)
 
-    def _read_status(self, job_id: int, client: str | None) -> Any:
-        if self._statuses is None:
-            return LOOK_UP_IN_TRACKER
-        try:
-            return self._statuses.job_view(job_id, client)
-        except StorageError as exc:
-            log.warning("status from the database failed, asking the tracker: %s", exc)
-            return LOOK_UP_IN_TRACKER
+    async def _job_view(self, job_id: int, client: str | None) -> JobView | None:
+        """From the database beside this replica if there is one; from the tracker otherwise,
+        or when that read fails."""
+        if self._statuses is not None:
+            try:
+                return self._statuses.job_view(job_id, client)
+            except StorageError as exc:
+                log.warning("status from the database failed, asking the tracker: %s", exc)
+        view: JobView | None = await self._ask(self._tracker.status.remote(job_id, client))
+        return view
 
-    @api.get("/api/status", response_model=StatusBody, responses={400: {"model": dict}})
-    async def status(self, request: Request, jobid: str | None = None) -> JSONResponse:
+    @api.get(
+        "/api/status",
+        response_model=StatusBody,
+        response_model_exclude_unset=True,
+        responses={400: {"model": dict}},
+    )
+    async def status(self, request: Request, jobid: str | None = None) -> StatusBody:
         """The job's status: ongoing, completed, or failed with the failing store ids."""
         client = self._client(request)
         job_id = parse_job_id(jobid)
         if job_id is None:
-            return UNKNOWN_JOB
-        view = self._read_status(job_id, client)
-        if view is LOOK_UP_IN_TRACKER:
-            view = await self._ask(self._tracker.status.remote(job_id, client))
+            raise UnknownJob
+        view = await self._job_view(job_id, client)
         if view is None:
-            return UNKNOWN_JOB
-        return JSONResponse(status_payload(view))
+            raise UnknownJob
+        return status_body(view)
 
-    @api.get("/api/results", response_model=ResultsBody, responses={400: {"model": dict}})
+    @api.get(
+        "/api/results",
+        response_model=ResultsBody,
+        response_model_exclude_unset=True,
+        responses={400: {"model": dict}},
+    )
     async def results(
         self,
         request: Request,
         jobid: str | None = None,
         offset: str | None = None,
         limit: str | None = None,
-    ) -> JSONResponse:
+    ) -> ResultsBody:
         """Per-image results in a stable order (visit order, then URL order), one page at a time."""
         client = self._client(request)
         job_id = parse_job_id(jobid)
         if job_id is None:
-            return UNKNOWN_JOB
-        start = parse_non_negative(offset, "offset", 0, None)
-        size = parse_non_negative(
-            limit, "limit", self._settings.results_page_default, self._settings.results_page_max
+            raise UnknownJob
+        start = parse_offset(offset)
+        size = parse_limit(
+            limit, self._settings.results_page_default, self._settings.results_page_max
         )
         page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
         if page is None:
-            return UNKNOWN_JOB
-        return JSONResponse(results_body(page, size))
+            raise UnknownJob
+        return results_body(page, size)
 
     @api.get(
         "/api/jobs",
@@ -343,22 +393,20 @@ class ImageServiceAPI:
     )
     async def list_jobs(
         self, request: Request, offset: str | None = None, limit: str | None = None
-    ) -> JSONResponse:
+    ) -> JobListBody:
         """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
         client = self._client(request)
-        start = parse_non_negative(offset, "offset", 0, None)
-        size = parse_non_negative(
-            limit, "limit", self._settings.jobs_page_default, self._settings.results_page_max
-        )
+        start = parse_offset(offset)
+        size = parse_limit(limit, self._settings.jobs_page_default, self._settings.results_page_max)
         total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
-        return JSONResponse(job_list_body(total, start, size, jobs))
+        return job_list_body(total, start, size, jobs)
 
     @api.get(
         "/api/jobs/{job_id}",
         response_model=JobDetailBody,
         responses={code: {"model": ErrorBody} for code in (401, 404)},
     )
-    async def job_detail(self, request: Request, job_id: str) -> JSONResponse:
+    async def job_detail(self, request: Request, job_id: str) -> JobDetailBody:
         """A job's lifecycle, progress counts, times and per-store errors."""
         client = self._client(request)
         number = parse_job_id(job_id)
@@ -366,8 +414,8 @@ class ImageServiceAPI:
         if number is not None:
             detail = await self._ask(self._tracker.job_detail.remote(number, client))
         if detail is None:
-            return error(404, f"no job {job_id}")
-        return JSONResponse(job_detail_body(detail))
+            raise JobNotFound(job_id)
+        return job_detail_body(detail)
 
     @api.post(
         "/api/jobs/{job_id}/cancel",
@@ -375,31 +423,27 @@ class ImageServiceAPI:
         response_model=JobDetailBody,
         responses={code: {"model": ErrorBody} for code in (401, 404, 409, 503)},
     )
-    async def cancel(self, request: Request, job_id: str) -> JSONResponse:
+    async def cancel(self, request: Request, job_id: str) -> JobDetailBody:
         """Cancel a job: its queued images are dropped (they settle as cancelled), the ones in
         flight finish, then the job ends; `/api/status` reports it `failed` with a cancel entry
         per store left unfinished. Cancelling again is harmless; an ended job is a 409."""
         client = self._client(request)
         number = parse_job_id(job_id)
         if number is None:
-            return error(404, f"no job {job_id}")
+            raise JobNotFound(job_id)
         detail = await self._ask(self._tracker.cancel.remote(number, client))
         if detail is None:
-            return error(404, f"no job {job_id}")
-        return JSONResponse(job_detail_body(detail), status_code=202)
+            raise JobNotFound(job_id)
+        return job_detail_body(detail)
 
-    @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
+    @api.get("/healthz", response_model=HealthBody, responses={503: {"model": HealthBody}})
+    async def healthz(self) -> HealthBody:
         """200 when this replica and the job tracker answer."""
         try:
             await asyncio.wait_for(self._tracker.ping.remote(), timeout=5)
-        except (TimeoutError, GetTimeoutError, RayActorError):
-            return JSONResponse(
-                {"status": "unavailable"},
-                status_code=503,
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-            )
-        return JSONResponse({"status": "ok"})
+        except (TimeoutError, GetTimeoutError, RayActorError) as exc:
+            raise TrackerUnhealthy from exc
+        return HealthBody(status="ok")
 
 
 def build_app(args: dict[str, str] | None = None) -> serve.Application:

@@ -81,7 +81,7 @@ class ServeHeaderGuard:
 
 
 async def send_json(send: Send, status: int, answer: object) -> None:
-    # Byte for byte what the API's JSONResponse sends, its headers in the same order.
+    # Byte for byte what the API sends, its headers in the same order (tests/test_edge_vs_api.py).
     body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     await send(
         {

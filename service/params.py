@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from core.errors import InvalidSubmission
+from core.errors import InvalidQueryParameter
 
 JOB_ID_PATTERN = re.compile(r"[0-9]{1,18}")
 
@@ -16,13 +16,22 @@ def parse_job_id(raw: str | None) -> int | None:
     return int(raw)
 
 
-def parse_non_negative(raw: str | None, name: str, default: int, maximum: int | None) -> int:
-    """An offset or limit: `default` when absent; InvalidSubmission (a 400) when bad."""
+def _count(raw: str, name: str) -> int:
+    if not JOB_ID_PATTERN.fullmatch(raw):
+        raise InvalidQueryParameter(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def parse_offset(raw: str | None) -> int:
+    """A page's `offset`: 0 (the first row) when absent; any non-negative integer."""
+    return 0 if raw is None else _count(raw, "offset")
+
+
+def parse_limit(raw: str | None, default: int, maximum: int) -> int:
+    """A page's `limit`: `default` when absent; 1 to `maximum`."""
     if raw is None:
         return default
-    if not JOB_ID_PATTERN.fullmatch(raw):
-        raise InvalidSubmission(f"{name} must be a non-negative integer")
-    value = int(raw)
-    if maximum is not None and not 1 <= value <= maximum:
-        raise InvalidSubmission(f"{name} must be between 1 and {maximum}")
+    value = _count(raw, "limit")
+    if not 1 <= value <= maximum:
+        raise InvalidQueryParameter(f"limit must be between 1 and {maximum}")
     return value

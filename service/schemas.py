@@ -1,4 +1,5 @@
-"""Response shapes of the public API, and their construction from domain records."""
+"""Response shapes of the public API, and their construction from domain records. The routes
+return these models, so FastAPI checks every answer against the shape it declares."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.models import ImageResult, JobDetail, ResultsPage
+from core.models import ImageResult, JobDetail, JobView, ResultsPage, status_payload
 
 
 class ErrorBody(BaseModel):
@@ -26,12 +27,18 @@ class StoreErrorBody(BaseModel):
 class StatusBody(BaseModel):
     """`error` is present only when `status` is `failed`."""
 
+    # The route leaves out the fields its builder did not set: `error`, unless failed.
     status: Literal["ongoing", "completed", "failed"]
     job_id: int
     error: list[StoreErrorBody] | None = None
 
 
 class ImageResultBody(BaseModel):
+    """A `pending` row has no more fields; a `done` one has `width`, `height`, `perimeter`,
+    `processed_at` and `node_id`; a `failed` one `error`, `processed_at` and `node_id` if known."""
+
+    # The route leaves out the fields its builder did not set. The fields are declared in the
+    # order the rows have always had on the wire: a `failed` row's `error` before its time.
     store_id: str
     image_url: str
     visit_time: str
@@ -39,8 +46,8 @@ class ImageResultBody(BaseModel):
     width: int | None = None
     height: int | None = None
     perimeter: int | None = None
-    processed_at: float | None = Field(None, description="Unix time the image settled.")
     error: str | None = None
+    processed_at: float | None = Field(None, description="Unix time the image settled.")
     node_id: str | None = Field(None, description="The Ray node that processed the image.")
 
 
@@ -83,9 +90,11 @@ class JobListBody(BaseModel):
     jobs: list[JobDetailBody] = Field(description="Newest first.")
 
 
-def iso_time(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
+class HealthBody(BaseModel):
+    status: Literal["ok", "unavailable"]
+
+
+def iso_time(seconds: float) -> str:
     return (
         datetime.fromtimestamp(seconds, UTC)
         .isoformat(timespec="milliseconds")
@@ -93,35 +102,46 @@ def iso_time(seconds: float | None) -> str | None:
     )
 
 
-def job_detail_body(detail: JobDetail) -> dict[str, Any]:
-    return {
-        "job_id": detail.job_id,
-        "status": detail.state.value,
-        "total": detail.total,
-        "done": detail.done,
-        "failed": detail.failed,
-        "in_flight": detail.in_flight,
-        "queued": detail.queued,
-        "created_at": iso_time(detail.created_at),
-        "started_at": iso_time(detail.started_at),
-        "finished_at": iso_time(detail.finished_at),
-        "cancelled_at": iso_time(detail.cancelled_at),
-        "errors": [{"store_id": e.store_id, "error": e.error} for e in detail.errors],
-    }
+def iso_time_or_none(seconds: float | None) -> str | None:
+    return None if seconds is None else iso_time(seconds)
 
 
-def job_list_body(total: int, offset: int, limit: int, jobs: list[JobDetail]) -> dict[str, Any]:
+def status_body(view: JobView) -> StatusBody:
+    """The API's status answer: the body the edge and the completion callback send too
+    (`status_payload`), checked against its model."""
+    return StatusBody.model_validate(status_payload(view))
+
+
+def job_detail_body(detail: JobDetail) -> JobDetailBody:
+    return JobDetailBody(
+        job_id=detail.job_id,
+        status=detail.state.value,
+        total=detail.total,
+        done=detail.done,
+        failed=detail.failed,
+        in_flight=detail.in_flight,
+        queued=detail.queued,
+        created_at=iso_time(detail.created_at),
+        started_at=iso_time_or_none(detail.started_at),
+        finished_at=iso_time_or_none(detail.finished_at),
+        cancelled_at=iso_time_or_none(detail.cancelled_at),
+        errors=[StoreErrorBody(store_id=e.store_id, error=e.error) for e in detail.errors],
+    )
+
+
+def job_list_body(total: int, offset: int, limit: int, jobs: list[JobDetail]) -> JobListBody:
     end = offset + len(jobs)
-    return {
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "next_offset": end if end < total else None,
-        "jobs": [job_detail_body(detail) for detail in jobs],
-    }
+    return JobListBody(
+        total=total,
+        offset=offset,
+        limit=limit,
+        next_offset=end if end < total else None,
+        jobs=[job_detail_body(detail) for detail in jobs],
+    )
 
 
-def image_result_body(row: ImageResult) -> dict[str, Any]:
+def image_result_body(row: ImageResult) -> ImageResultBody:
+    """Only the fields of the row's state are set (a `done` row's `node_id` even when None)."""
     body: dict[str, Any] = {
         "store_id": row.store_id,
         "image_url": row.image_url,
@@ -142,17 +162,17 @@ def image_result_body(row: ImageResult) -> dict[str, Any]:
             processed_at=row.processed_at,
             node_id=row.node_id,
         )
-    return body
+    return ImageResultBody.model_validate(body)
 
 
-def results_body(page: ResultsPage, limit: int) -> dict[str, Any]:
+def results_body(page: ResultsPage, limit: int) -> ResultsBody:
     end = page.offset + len(page.results)
-    return {
-        "job_id": page.job.job_id,
-        "status": page.job.status.value,
-        "total": page.total,
-        "offset": page.offset,
-        "limit": limit,
-        "next_offset": end if end < page.total else None,
-        "results": [image_result_body(row) for row in page.results],
-    }
+    return ResultsBody(
+        job_id=page.job.job_id,
+        status=page.job.status.value,
+        total=page.total,
+        offset=page.offset,
+        limit=limit,
+        next_offset=end if end < page.total else None,
+        results=[image_result_body(row) for row in page.results],
+    )

@@ -14,9 +14,10 @@ import pytest
 from ray.serve._private.http_util import _apply_middlewares
 
 from core.clients import ApiKeys, client_id_for_key
+from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import StatusReader
-from harness.asgi import App, call, store_with_jobs
+from core.storage import SqliteStore, StatusReader
+from harness.asgi import App, call, request, store_with_jobs
 from service.app import ImageServiceAPI, api
 from service.edge import FastStatus, middlewares
 
@@ -116,3 +117,23 @@ def test_api_keys_the_edge_does_not_see_never_open_a_job_to_it(
     edge = FastStatus(App())  # as Serve builds it in its proxy
     from_edge = status(edge, f"jobid={ongoing}")
     assert from_edge[0] == 299 or from_edge == from_api, from_edge
+
+
+def test_the_edge_answers_a_known_job_byte_for_byte_as_the_api(tmp_path: Path) -> None:
+    """The API's answer is its response model; the edge sends `status_payload` as JSON itself.
+    Bytes and headers must be the same (the edge adds only Serve's X-Request-ID)."""
+    ongoing, failed = store_with_jobs(tmp_path)
+    store = SqliteStore(Settings(data_dir=tmp_path).database_path)
+    completed, _ = store.create_job(
+        JobSubmission((Visit("S1", "2025-01-01", ("http://a.test/1",)),)), None, {}
+    )
+    store.save_outcomes([ImageOutcome(completed, 0, 1.0, width=2, height=3)], [completed])
+    store.close()
+    settings = Settings(data_dir=tmp_path)
+    for job_id in (ongoing, failed, completed):
+        target = f"/api/status?jobid={job_id}"
+        from_api = request(api_for(settings), "GET", target)
+        status, headers, body = request(FastStatus(App(), settings), "GET", target)
+        assert [name for name, _ in headers][-1] == b"x-request-id"
+        assert (status, headers[:-1], body) == from_api
+        assert from_api[0] == 200 and f'"job_id":{job_id}'.encode() in from_api[2]

@@ -4,13 +4,11 @@ In process, through the API's real exception handlers, without a cluster."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from core.errors import (
@@ -27,8 +25,7 @@ from core.errors import (
 )
 from core.models import JobSubmission, Visit
 from core.storage import SqliteStore
-from harness.asgi import call
-from service.app import api
+from harness.asgi import answer_to
 
 
 def across_ray(exc: Exception) -> Exception:
@@ -38,19 +35,6 @@ def across_ray(exc: Exception) -> Exception:
     except Exception as raised:
         error = RayTaskError("JobTracker.call", "Traceback (remote)", raised)
     return RayError.from_bytes(error.to_bytes()).as_instanceof_cause()  # type: ignore[no-any-return]
-
-
-def answer_to(exc: Exception) -> tuple[int, str | None, Any]:
-    """How the API answers a route that raised `exc`: status, Retry-After, body."""
-    app = FastAPI()
-    app.exception_handlers.update(api.exception_handlers)
-
-    @app.get("/")
-    async def route() -> None:
-        raise exc
-
-    status, headers, body = asyncio.run(call(app))
-    return status, headers.get("retry-after"), body
 
 
 @pytest.mark.parametrize(

@@ -40,5 +40,5 @@ def test_drop_job() -> None:
     queue.add(1, range(3))
     queue.add(2, range(2))
     assert queue.drop_job(1) == 3
-    assert len(queue) == 2 and queue.pending_for(1) == 0
+    assert len(queue) == 2 and queue.drop_job(1) == 0
     assert drain(queue) == [(2, 0), (2, 1)]

@@ -1,4 +1,5 @@
-"""`make run`: start a Ray head node and the Serve app in the foreground; Ctrl-C stops both.
+"""`make run` (`python -m launcher`): start a Ray head node and the Serve app in the
+foreground; Ctrl-C stops both.
 
 The Ray head runs as a child in its own process group (so the terminal's Ctrl-C reaches only
 this launcher, which then saves everything settled before stopping Ray), and it is tied to
@@ -25,7 +26,7 @@ import ray
 from ray import serve
 
 from actors.tracker import NAMESPACE, TRACKER_NAME
-from core.settings import Settings
+from core.settings import IMAGE_SLOTS, Settings
 from service.app import build_app
 from service.edge import CALLBACK, CALLBACK_VARIABLE
 
@@ -70,7 +71,7 @@ def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}",
         f"--metrics-export-port={settings.metrics_port}",
-        f"--resources={json.dumps({'image_slots': settings.concurrency})}",
+        f"--resources={json.dumps({IMAGE_SLOTS: settings.concurrency})}",
         *settings.ray_start_args,
     ]
     # The tracker is drained before the head is stopped; Ray's own 30 s node drain adds nothing.
@@ -165,7 +166,7 @@ def main() -> None:
             os.environ.setdefault(name, value)
         os.environ["IMAGE_SERVICE_LAUNCHER_ENV"] = "1"
         # Start afresh so that Ray, imported above, reads the variables just set.
-        os.execv(sys.executable, [sys.executable, "-m", "service.launcher", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-m", "launcher", *sys.argv[1:]])
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -203,7 +204,3 @@ def main() -> None:
     finally:
         log.info("stopping")
         stop(head)
-
-
-if __name__ == "__main__":
-    main()
