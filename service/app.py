@@ -1,5 +1,5 @@
 """The Serve ingress: translates HTTP to JobTracker calls and the tracker's answers to the
-contract's bodies; every error maps to its status here, once, in the exception handlers.
+contract's bodies; every error maps to its status once, in service/errors.py.
 
 A replica keeps no job or client state: jobs, the per-client rate-limit buckets, open-job counts
 and idempotency keys are the tracker's (and its database's), so the limits hold however many
@@ -23,31 +23,22 @@ from typing import Any
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.tracker import tracker_handle
 from core.clients import ApiKeys
 from core.errors import (
-    IdempotencyConflict,
-    InvalidQueryParameter,
     InvalidSubmission,
-    JobAlreadyFinished,
-    NotDispatching,
-    RateLimited,
-    ServiceBusy,
     StorageError,
-    StoreMasterError,
     SubmissionTooLarge,
-    TooManyOpenJobs,
 )
 from core.models import JobView
 from core.settings import Settings
 from core.storage import StatusReader
 from core.submission import SubmissionLimits, parse_submission, submission_fingerprint
+from service import errors
+from service.errors import JobNotFound, TrackerUnhealthy, Unauthorized, UnknownJob
 from service.params import parse_job_id, parse_limit, parse_offset
 from service.schemas import (
     ErrorBody,
@@ -62,17 +53,13 @@ from service.schemas import (
     results_body,
     status_body,
 )
+from service.tracker_client import TrackerClient
 
 log = logging.getLogger(__name__)
 
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
 INLINE_PARSE_BYTES = 256 * 1024
 VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an Idempotency-Key may hold, as Stripe's
-# What a client should wait before retrying when the tracker or the database is not answering:
-# about what a tracker restart takes.
-UNAVAILABLE_RETRY_AFTER_SECONDS = 5
-# A full service drains as jobs finish: minutes, not seconds.
-BUSY_RETRY_AFTER_SECONDS = 30
 
 api = FastAPI(
     title="Image job service",
@@ -80,148 +67,7 @@ api = FastAPI(
     description="Submit store visits with image URLs; every image is downloaded, measured and "
     "its perimeter 2 * (height + width) stored. Poll status and read the results.",
 )
-
-
-def error(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status_code)
-
-
-class Unauthorized(Exception):
-    pass
-
-
-class UnknownJob(Exception):
-    """The spec's endpoints answer a job id that names no job of the caller's with `400 {}`."""
-
-
-class JobNotFound(Exception):
-    """The job-control endpoints answer a job id that names no job of the caller's with 404."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id}")
-
-
-class TrackerUnhealthy(Exception):
-    """`/healthz` while the job tracker does not answer."""
-
-
-@api.exception_handler(Unauthorized)
-async def unauthorized(_request: Request, _exc: Unauthorized) -> JSONResponse:
-    return JSONResponse(
-        {"error": "missing or invalid API key"},
-        status_code=401,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
-
-def unavailable(message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS) -> JSONResponse:
-    return JSONResponse(
-        {"error": message}, status_code=503, headers={"Retry-After": str(retry_after)}
-    )
-
-
-def tracker_reason(exc: Exception) -> str:
-    """The message of an exception the tracker raised. Ray re-raises it as a subclass that
-    prints the remote traceback; the client gets the original message only."""
-    return str(getattr(exc, "cause", None) or exc)
-
-
-@api.exception_handler(UnknownJob)
-async def unknown_job(_request: Request, _exc: UnknownJob) -> JSONResponse:
-    return JSONResponse({}, status_code=400)
-
-
-@api.exception_handler(JobNotFound)
-async def job_not_found(_request: Request, exc: JobNotFound) -> JSONResponse:
-    return error(404, str(exc))
-
-
-@api.exception_handler(TrackerUnhealthy)
-async def tracker_unhealthy(_request: Request, _exc: TrackerUnhealthy) -> JSONResponse:
-    return JSONResponse(
-        HealthBody(status="unavailable").model_dump(),
-        status_code=503,
-        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-    )
-
-
-@api.exception_handler(InvalidSubmission)
-async def invalid_submission(_request: Request, exc: InvalidSubmission) -> JSONResponse:
-    return error(400, str(exc))
-
-
-@api.exception_handler(InvalidQueryParameter)
-async def invalid_query_parameter(_request: Request, exc: InvalidQueryParameter) -> JSONResponse:
-    return error(400, str(exc))
-
-
-@api.exception_handler(SubmissionTooLarge)
-async def submission_too_large(_request: Request, exc: SubmissionTooLarge) -> JSONResponse:
-    return error(413, str(exc))
-
-
-@api.exception_handler(IdempotencyConflict)
-@api.exception_handler(JobAlreadyFinished)
-async def conflict(_request: Request, exc: Exception) -> JSONResponse:
-    return error(409, tracker_reason(exc))
-
-
-@api.exception_handler(TooManyOpenJobs)
-async def too_many_open_jobs(_request: Request, exc: TooManyOpenJobs) -> JSONResponse:
-    return error(429, f"too many open jobs: {tracker_reason(exc)}")
-
-
-@api.exception_handler(RateLimited)
-async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
-    wait = getattr(exc, "cause", exc).retry_after
-    return JSONResponse(
-        {"error": tracker_reason(exc)}, status_code=429, headers={"Retry-After": str(wait)}
-    )
-
-
-@api.exception_handler(NotDispatching)
-@api.exception_handler(ServiceBusy)
-async def service_busy(_request: Request, exc: Exception) -> JSONResponse:
-    return unavailable(tracker_reason(exc), retry_after=BUSY_RETRY_AFTER_SECONDS)
-
-
-@api.exception_handler(StorageError)
-async def storage_failed(request: Request, exc: StorageError) -> JSONResponse:
-    log.error("%s %s: storage failed: %s", request.method, request.url.path, tracker_reason(exc))
-    if request.url.path.startswith("/api/submit"):
-        return unavailable("the job could not be recorded; nothing was kept, please retry")
-    return unavailable("the job store is not answering; please retry")
-
-
-@api.exception_handler(StoreMasterError)
-async def store_master_unreadable(_request: Request, exc: StoreMasterError) -> JSONResponse:
-    log.error("store master: %s", tracker_reason(exc))
-    return unavailable("the store master cannot be read; please retry later")
-
-
-@api.exception_handler(TimeoutError)
-@api.exception_handler(GetTimeoutError)
-@api.exception_handler(RayActorError)
-async def tracker_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: the tracker did not answer: %r", request.method, request.url.path, exc)
-    return unavailable("the job tracker is not answering; please retry")
-
-
-@api.exception_handler(Exception)
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error(500, "internal error")
-
-
-@api.exception_handler(StarletteHTTPException)
-async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail).lower()}, status_code=exc.status_code)
-
-
-@api.exception_handler(RequestValidationError)
-async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in exc.errors())
-    return error(400, f"invalid request: {fields}")
+errors.install(api)
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -255,8 +101,9 @@ class ImageServiceAPI:
         self._settings = Settings.from_env()
         self._limits = SubmissionLimits.from_settings(self._settings)
         self._api_keys = ApiKeys(self._settings.api_keys)
-        self._tracker = tracker_handle(self._settings)
-        self._statuses = self._local_status_reader()
+        tracker = tracker_handle(self._settings)
+        self._tracker = TrackerClient(tracker, self._settings.tracker_timeout)
+        self._statuses = self._local_status_reader(tracker)
 
     def _client(self, request: Request) -> str | None:
         """The caller's client id when API keys are on (None when they are off)."""
@@ -267,19 +114,15 @@ class ImageServiceAPI:
             raise Unauthorized
         return client
 
-    def _local_status_reader(self) -> StatusReader | None:
+    def _local_status_reader(self, tracker: Any) -> StatusReader | None:
         """Status straight from the database when this replica runs beside it: it spares every
         poll a round trip through the tracker, which is what bounds status throughput."""
-        tracker_node: Any = ray.get(
-            self._tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
+        tracker_node = ray.get(
+            tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
         )
         if tracker_node != ray.get_runtime_context().get_node_id():
             return None
         return StatusReader(self._settings.database_path)
-
-    async def _ask(self, ref: Any) -> Any:
-        """The tracker's answer; TimeoutError (answered 503) if it takes too long."""
-        return await asyncio.wait_for(ref, timeout=self._settings.tracker_timeout)
 
     @api.post(
         "/api/submit/",
@@ -309,8 +152,8 @@ class ImageServiceAPI:
             # Scoped by client: one client's key never finds another client's job.
             idempotency_key = f"idempotency:{client or ''}:{header}"
             fingerprint = submission_fingerprint(submission)
-        job_id = await self._ask(
-            self._tracker.submit.remote(submission, idempotency_key, client, fingerprint, caller)
+        job_id = await self._tracker.submit(
+            submission, idempotency_key, client, fingerprint, caller
         )
         return SubmitAccepted(job_id=job_id)
 
@@ -339,7 +182,7 @@ class ImageServiceAPI:
                 return self._statuses.job_view(job_id, client)
             except StorageError as exc:
                 log.warning("status from the database failed, asking the tracker: %s", exc)
-        view: JobView | None = await self._ask(self._tracker.status.remote(job_id, client))
+        view: JobView | None = await self._tracker.status(job_id, client)
         return view
 
     @api.get(
@@ -381,7 +224,7 @@ class ImageServiceAPI:
         size = parse_limit(
             limit, self._settings.results_page_default, self._settings.results_page_max
         )
-        page = await self._ask(self._tracker.results.remote(job_id, start, size, client))
+        page = await self._tracker.results(job_id, start, size, client)
         if page is None:
             raise UnknownJob
         return results_body(page, size)
@@ -398,7 +241,7 @@ class ImageServiceAPI:
         client = self._client(request)
         start = parse_offset(offset)
         size = parse_limit(limit, self._settings.jobs_page_default, self._settings.results_page_max)
-        total, jobs = await self._ask(self._tracker.jobs.remote(client, start, size))
+        total, jobs = await self._tracker.jobs(client, start, size)
         return job_list_body(total, start, size, jobs)
 
     @api.get(
@@ -412,7 +255,7 @@ class ImageServiceAPI:
         number = parse_job_id(job_id)
         detail = None
         if number is not None:
-            detail = await self._ask(self._tracker.job_detail.remote(number, client))
+            detail = await self._tracker.job_detail(number, client)
         if detail is None:
             raise JobNotFound(job_id)
         return job_detail_body(detail)
@@ -431,7 +274,7 @@ class ImageServiceAPI:
         number = parse_job_id(job_id)
         if number is None:
             raise JobNotFound(job_id)
-        detail = await self._ask(self._tracker.cancel.remote(number, client))
+        detail = await self._tracker.cancel(number, client)
         if detail is None:
             raise JobNotFound(job_id)
         return job_detail_body(detail)
@@ -440,7 +283,7 @@ class ImageServiceAPI:
     async def healthz(self) -> HealthBody:
         """200 when this replica and the job tracker answer."""
         try:
-            await asyncio.wait_for(self._tracker.ping.remote(), timeout=5)
+            await self._tracker.ping(timeout=5)
         except (TimeoutError, GetTimeoutError, RayActorError) as exc:
             raise TrackerUnhealthy from exc
         return HealthBody(status="ok")

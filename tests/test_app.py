@@ -28,6 +28,7 @@ from core.storage import StorageError
 from core.submission import SubmissionLimits
 from harness.asgi import request
 from service.app import ImageServiceAPI, api
+from service.tracker_client import TrackerClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -71,7 +72,7 @@ def api_with(tracker: Tracker, settings: Settings | None = None, statuses: Any =
     instance._limits = SubmissionLimits.from_settings(settings)
     instance._api_keys = ApiKeys(settings.api_keys)
     instance._statuses = statuses
-    instance._tracker = tracker
+    instance._tracker = TrackerClient(tracker, settings.tracker_timeout)
     [servable] = {
         inspect.signature(route.endpoint).parameters["self"].default.dependency
         for node in api.routes

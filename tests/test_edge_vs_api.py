@@ -20,6 +20,7 @@ from core.storage import SqliteStore, StatusReader
 from harness.asgi import App, call, request, store_with_jobs
 from service.app import ImageServiceAPI, api
 from service.edge import FastStatus, middlewares
+from service.tracker_client import TrackerClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -45,7 +46,7 @@ def api_for(settings: Settings) -> Any:
     instance._settings = settings
     instance._api_keys = ApiKeys(settings.api_keys)
     instance._statuses = StatusReader(settings.database_path)
-    instance._tracker = Tracker()
+    instance._tracker = TrackerClient(Tracker(), settings.tracker_timeout)
     servable = inspect.signature(_status_route().endpoint).parameters["self"].default.dependency
     api.dependency_overrides[servable] = lambda: instance
     return api
