@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -11,10 +12,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from core.clients import ApiKeys
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
 from core.storage import SqliteStore
-from service.app import api
+from core.submission import SubmissionLimits
+from service.app import ImageServiceAPI, api
+from service.tracker_client import TrackerClient
 
 
 async def call(
@@ -110,3 +114,23 @@ def answer_to(exc: Exception) -> tuple[int, str | None, Any]:
 
     status, headers, body = asyncio.run(call(app))
     return status, headers.get("retry-after"), body
+
+
+def api_with(tracker: Any, settings: Settings | None = None, statuses: Any = None) -> Any:
+    """The real API app, its Serve replica an ImageServiceAPI that asks `tracker` (and reads
+    status from `statuses`, the database beside it, when given)."""
+    settings = settings or Settings(data_dir=Path("/nonexistent"))
+    # Serve wraps the class in a Deployment; its `func_or_class` is the class itself.
+    instance = object.__new__(getattr(ImageServiceAPI, "func_or_class"))  # noqa: B009
+    instance._settings = settings
+    instance._limits = SubmissionLimits.from_settings(settings)
+    instance._api_keys = ApiKeys(settings.api_keys)
+    instance._statuses = statuses
+    instance._tracker = TrackerClient(tracker, settings.tracker_timeout)
+    [servable] = {
+        inspect.signature(route.endpoint).parameters["self"].default.dependency
+        for node in api.routes
+        for route in getattr(getattr(node, "original_router", None), "routes", [])
+    }
+    api.dependency_overrides[servable] = lambda: instance
+    return api

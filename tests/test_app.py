@@ -5,14 +5,12 @@ build their answers must leave them as they are."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ray.exceptions import GetTimeoutError
 
-from core.clients import ApiKeys
 from core.errors import JobAlreadyFinished
 from core.models import (
     ImageResult,
@@ -25,10 +23,8 @@ from core.models import (
 )
 from core.settings import Settings
 from core.storage import StorageError
-from core.submission import SubmissionLimits
-from harness.asgi import request
-from service.app import ImageServiceAPI, api
-from service.tracker_client import TrackerClient
+from harness.asgi import api_with, request
+from service.app import api
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,25 +57,6 @@ class Tracker:
                 return answer()
 
         return Method()
-
-
-def api_with(tracker: Tracker, settings: Settings | None = None, statuses: Any = None) -> Any:
-    """The real API app, its Serve replica an ImageServiceAPI that asks `tracker` (and reads
-    status from `statuses`, the database beside it, when given)."""
-    settings = settings or Settings(data_dir=Path("/nonexistent"))
-    instance = object.__new__(ImageServiceAPI.func_or_class)
-    instance._settings = settings
-    instance._limits = SubmissionLimits.from_settings(settings)
-    instance._api_keys = ApiKeys(settings.api_keys)
-    instance._statuses = statuses
-    instance._tracker = TrackerClient(tracker, settings.tracker_timeout)
-    [servable] = {
-        inspect.signature(route.endpoint).parameters["self"].default.dependency
-        for node in api.routes
-        for route in getattr(getattr(node, "original_router", None), "routes", [])
-    }
-    api.dependency_overrides[servable] = lambda: instance
-    return api
 
 
 @pytest.fixture(autouse=True)

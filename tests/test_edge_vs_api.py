@@ -5,7 +5,6 @@ real FastAPI routes and exception handlers, with the Serve instance injected."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,13 @@ from typing import Any
 import pytest
 from ray.serve._private.http_util import _apply_middlewares
 
-from core.clients import ApiKeys, client_id_for_key
+from core.clients import client_id_for_key
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
 from core.storage import SqliteStore, StatusReader
-from harness.asgi import App, call, request, store_with_jobs
-from service.app import ImageServiceAPI, api
+from harness.asgi import App, api_with, call, request, store_with_jobs
+from service.app import api
 from service.edge import FastStatus, middlewares
-from service.tracker_client import TrackerClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,14 +40,7 @@ class Tracker:
 
 def api_for(settings: Settings) -> Any:
     """The real API app, its Serve replica an ImageServiceAPI beside the database."""
-    instance = object.__new__(ImageServiceAPI.func_or_class)
-    instance._settings = settings
-    instance._api_keys = ApiKeys(settings.api_keys)
-    instance._statuses = StatusReader(settings.database_path)
-    instance._tracker = TrackerClient(Tracker(), settings.tracker_timeout)
-    servable = inspect.signature(_status_route().endpoint).parameters["self"].default.dependency
-    api.dependency_overrides[servable] = lambda: instance
-    return api
+    return api_with(Tracker(), settings, StatusReader(settings.database_path))
 
 
 @pytest.fixture(autouse=True)
