@@ -19,7 +19,8 @@ from core.models import (
     Visit,
 )
 from core.records import CancelMark
-from core.storage import UNSTORABLE_RESULT, SqliteStore
+from core.rows import UNSTORABLE_RESULT
+from core.storage import SqliteStore
 
 
 def submission() -> JobSubmission:
