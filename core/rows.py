@@ -4,10 +4,10 @@ made of them, so that SQLite and PostgreSQL answer alike."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from core.models import JobDetail, JobState, JobStatus, StoreError
+from core.models import JobDetail, JobState, JobStatus, JobSubmission, StoreError
 
 # An image with its visit's fields, as the stores' queries read it.
 IMAGES_WITH_VISITS = "images i JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
@@ -49,3 +49,11 @@ def job_state(status: str, cancelled: bool) -> JobState:
     if not cancelled:
         return JobState(status)
     return JobState.CANCELLING if status == JobStatus.ONGOING.value else JobState.CANCELLED
+
+
+def images_in_order(submission: JobSubmission) -> Iterable[tuple[int, str]]:
+    """Every image URL of the submission in order (its index is the position here), with its
+    visit's position."""
+    for position, visit in enumerate(submission.visits):
+        for url in visit.image_urls:
+            yield position, url

@@ -32,6 +32,7 @@ from core.rows import (
     JOB_DETAIL_COLUMNS,
     UNSTORABLE_RESULT,
     detail_from_row,
+    images_in_order,
     job_state,
     store_errors,
 )
@@ -128,7 +129,7 @@ class SqliteStore:
                 "INSERT INTO images (job_id, idx, visit, url) VALUES (?, ?, ?, ?)",
                 (
                     (job_id, index, position, url)
-                    for index, (position, url) in enumerate(_flatten(submission))
+                    for index, (position, url) in enumerate(images_in_order(submission))
                 ),
             )
             self._db.executemany(
@@ -396,13 +397,6 @@ class SqliteStore:
 
     def _transaction(self, durable: bool = False) -> Transaction:
         return Transaction(self._db, durable)
-
-
-def _flatten(submission: JobSubmission) -> Iterable[tuple[int, str]]:
-    """Every image URL of the submission in order, with its visit's position."""
-    for position, visit in enumerate(submission.visits):
-        for url in visit.image_urls:
-            yield position, url
 
 
 def _result_row(o: ImageOutcome, node: int | None) -> tuple[Any, ...]:
