@@ -64,9 +64,11 @@ def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 class PostgresStore:
-    """The job store in a PostgreSQL database (`IMAGE_SERVICE_DATABASE_URL`). Each call is one
-    transaction on a pooled connection: committed at the end of its block, rolled back on any
-    error."""
+    """The job store in a PostgreSQL database (`IMAGE_SERVICE_DATABASE_URL`).
+
+    Each call takes a pooled connection in autocommit: a write of several statements is one
+    explicit transaction, rolled back on any error; a read needs none, each statement seeing
+    the latest commits as SQLite's reads do, without the round trips of BEGIN and COMMIT."""
 
     def __init__(self, url: str) -> None:
         try:
@@ -96,7 +98,7 @@ class PostgresStore:
         reason) settle at once. Returns `(job_id, created)`; a known key returns its old job,
         unless `request_hash` says the body differs: then `IdempotencyConflict`."""
         now = time.time()
-        with self._pool.connection() as db:
+        with self._pool.connection() as db, db.transaction():
             known = _job_for_key(db, idempotency_key, request_hash)
             if known is not None:
                 return known, False
@@ -161,7 +163,7 @@ class PostgresStore:
         stored is stored as a failure instead; those are returned."""
         self._number_nodes({o.node_id for o in outcomes if o.node_id is not None})
         unstorable: list[ImageOutcome] = []
-        with self._pool.connection() as db:
+        with self._pool.connection() as db, db.transaction():
             db.cursor().executemany(
                 "UPDATE jobs SET started_at = %s WHERE id = %s AND started_at IS NULL",
                 [(when, job_id) for job_id, when in started],
