@@ -51,21 +51,23 @@ def insert_results(
     refuse (NUL in text, an integer past bigint) is stored as a failure instead, found before
     it is sent; should the batch still fail on some row, it goes row by row, so that one image
     never holds back the others' results. Returns the outcomes stored as failures."""
-    rows: list[ResultRow] = []
+    placed: list[tuple[ImageOutcome, ResultRow]] = []
     unstorable: list[ImageOutcome] = []
     for outcome in outcomes:
         row = result_row(outcome, node_numbers)
         if row is None:
             unstorable.append(outcome)
+            if not (fits_bigint(outcome.job_id) and fits_bigint(outcome.index)):
+                continue  # no row can name this image: it is only reported
             row = unstorable_row(outcome)
-        rows.append(row)
+        placed.append((outcome, row))
     try:
         with db.transaction():  # a savepoint: a batch that fails is undone alone
-            insert_rows(db, rows)
+            insert_rows(db, [row for _outcome, row in placed])
         return unstorable
     except ROW_ERRORS:
         pass
-    for outcome, row in zip(outcomes, rows, strict=True):
+    for outcome, row in placed:
         try:
             with db.transaction():
                 insert_rows(db, [row])
@@ -86,7 +88,8 @@ def result_row(o: ImageOutcome, node_numbers: Mapping[str, int]) -> ResultRow | 
     error = None if o.error is None else safe_text(o.error)
     if error is not None and "\x00" in error:
         return None
-    if not all(fits_bigint(value) for value in (o.job_id, o.index, o.width, o.height)):
+    fits = fits_bigint  # spelt out, not a generator: this runs for every result
+    if not (fits(o.job_id) and fits(o.index) and fits(o.width) and fits(o.height)):
         return None
     return (o.job_id, o.index, o.width, o.height, error, o.processed_at, node)
 
