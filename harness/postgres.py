@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
@@ -44,8 +44,12 @@ class PostgresServer:
     """One server, its data and socket in a directory of its own, in its own process group."""
 
     base_dir: Path | None = None
+    # False (tests): fsync off, since a test server's data is thrown away. True (benchmarks):
+    # the server's defaults, so commits cost what they cost in production.
+    durable: bool = False
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -56,29 +60,33 @@ class PostgresServer:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60) -> PostgresServer:
+        """initdb (the first time), then the server; returns once it accepts connections."""
         bin_dir = server_binaries()
         if self.base_dir is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix="pg-"))
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._give_to_server_user(self.base_dir)
-        self._run(
-            [
-                str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-                "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
-            ]
-        )  # fmt: skip
-        log = open(self.base_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
+        if not (self.data_dir / "PG_VERSION").exists():  # else: started again after a stop
+            self._run(
+                [
+                    str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                    "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+                ]
+            )  # fmt: skip
+        self._log = open(self.base_dir / "server.log", "ab")  # noqa: SIM115 - closed by stop
+        options = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.base_dir),
+        }
+        if not self.durable:
+            options |= {"fsync": "off", "full_page_writes": "off"}
         self.process = subprocess.Popen(
             [
                 str(bin_dir / "postgres"), "-D", str(self.data_dir),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
-                "-c", f"unix_socket_directories={self.base_dir}",
-                # A test server: its data is thrown away, so nothing need reach the disk.
-                # (fsync=off alone; the store's own durability settings stay as in production.)
-                "-c", "fsync=off", "-c", "full_page_writes=off",
-                "-c", "max_connections=200",
+                *(arg for name, value in options.items() for arg in ("-c", f"{name}={value}")),
             ],
-            stdout=log,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stopped by that id, never by name
@@ -123,18 +131,20 @@ class PostgresServer:
 
     def stop(self) -> None:
         """`pg_ctl stop -m fast`: clients are disconnected, the server exits at once."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self._run(
-            [str(server_binaries() / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast"],
-            check=False,
-        )
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self._run(
+                [str(server_binaries() / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast"],
+                check=False,
+            )
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)  # its own group, by id
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def remove(self) -> None:
         self.stop()
