@@ -34,7 +34,6 @@ from core.pg_schema import open_pool
 from core.pg_writes import Connection, cancel_job, finish_job, insert_results, insert_rows, storable
 from core.records import CancelMark, DueCallback, UnfinishedJob
 from core.rows import (
-    IMAGES_WITH_VISITS,
     JOB_DETAIL_COLUMNS,
     detail_from_row,
     images_in_order,
@@ -304,13 +303,18 @@ class PostgresStore:
             total_row = db.execute(
                 "SELECT image_count FROM jobs WHERE id = %s", (job_id,)
             ).fetchone()
+            # The page's images first, then their joins: without statistics on a new job the
+            # planner would join all the job's images and sort them (14 ms for a page of 1,000
+            # of 10,000, against 3 ms this way).
             rows = db.execute(
                 "SELECT i.idx, v.store_id, v.visit_time, i.url, r.width, r.height, r.error,"
                 " r.processed_at, n.node_id"
-                f" FROM {IMAGES_WITH_VISITS}"
+                " FROM (SELECT * FROM images WHERE job_id = %s AND idx >= %s"
+                "       ORDER BY idx LIMIT %s) AS i"
+                " JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
                 " LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
                 " LEFT JOIN nodes n ON n.id = r.node"
-                " WHERE i.job_id = %s AND i.idx >= %s ORDER BY i.idx LIMIT %s",
+                " ORDER BY i.idx",
                 (job_id, offset, limit),
             ).fetchall()
         total = int(total_row[0]) if total_row else 0
