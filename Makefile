@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install postgres-server run test unit lint format bench soak screenshot clean
+.PHONY: install postgres-server run test unit lint format bench bench-stores soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ unit: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The job store's calls on SQLite and on a PostgreSQL server of its own (bench/stores.py).
+bench-stores: install postgres-server
+	$(BIN)/python -m bench.stores
 
 soak: install
 	$(BIN)/python -m bench.soak
