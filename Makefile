@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit lint format bench soak screenshot clean
+.PHONY: install postgres-server run test unit lint format bench bench-stores soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The tests start their own PostgreSQL server (harness/postgres.py) from Debian's server
+# binaries: installed here, as root, only when none is.
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
 run: install
 	$(BIN)/python -m launcher
@@ -26,15 +32,20 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint postgres-server
 	$(BIN)/python -m pytest
 
-# The tests that start no Ray cluster and no service (tests/conftest.py marks the rest `cluster`).
+# The tests that start no Ray cluster, no service and no PostgreSQL server (tests/conftest.py
+# marks the rest `cluster` or `postgres`).
 unit: install
-	$(BIN)/python -m pytest -m "not cluster"
+	$(BIN)/python -m pytest -m "not cluster and not postgres"
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The job store's calls on SQLite and on a PostgreSQL server of its own (bench/stores.py).
+bench-stores: install postgres-server
+	$(BIN)/python -m bench.stores
 
 soak: install
 	$(BIN)/python -m bench.soak

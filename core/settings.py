@@ -30,6 +30,9 @@ IMAGE_SLOTS = "image_slots"
 # A refused value is quoted this far: an environment variable can be any length.
 QUOTED_CHARS = 80
 
+# What libpq takes as a URL (anything else in DATABASE_URL is a mistake, not a SQLite path).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Words = Annotated[tuple[str, ...], NoDecode]
@@ -58,6 +61,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address")
     data_dir: Path = Field(
         Path("data/run"), description="where the job database (`jobs.sqlite3`) and logs live"
+    )
+    database_url: str = Field(
+        "",
+        repr=False,  # it may hold a password: kept out of logs and tracebacks
+        description="`postgresql://user:password@host:5432/db` keeps the jobs in PostgreSQL (for "
+        "clusters); empty: SQLite in `DATA_DIR`",
     )
     store_master: Path = Field(DEFAULT_STORE_MASTER, description="the Store Master CSV")
     lease_seconds: PositiveSeconds = Field(
@@ -219,6 +228,16 @@ class Settings(BaseSettings):
     def _whitespace_separated(cls, value: Any) -> Any:
         return tuple(value.split()) if isinstance(value, str) else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if value and not value.startswith(POSTGRES_SCHEMES):
+            # Not quoted, unlike other refused values: it may hold a password.
+            raise ValueError(
+                f"{ENV_PREFIX}DATABASE_URL must start with {' or '.join(POSTGRES_SCHEMES)}"
+            )
+        return value
+
     @field_validator("data_dir", "store_master")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -311,6 +330,8 @@ def shown(value: Any) -> str:
     if isinstance(value, Path):
         inside = value.is_relative_to(PACKAGE_ROOT)
         return f"`{value.relative_to(PACKAGE_ROOT) if inside else value}`"
+    if value == "":
+        return "empty"
     if isinstance(value, tuple):
         if not value:
             return "empty"

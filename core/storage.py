@@ -25,14 +25,19 @@ from core.models import (
     JobStatus,
     JobSubmission,
     JobView,
-    StoreError,
 )
 from core.records import CancelMark, DueCallback, UnfinishedJob
+from core.rows import (
+    IMAGES_WITH_VISITS,
+    JOB_DETAIL_COLUMNS,
+    UNSTORABLE_RESULT,
+    detail_from_row,
+    images_in_order,
+    job_state,
+    store_errors,
+)
 from core.schema import Transaction, open_database
 from core.text import safe_text
-
-# An image with its visit's fields, as the queries below read it.
-IMAGES_WITH_VISITS = "images i JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
 
 INSERT_RESULT = (
     "INSERT OR IGNORE INTO results (job_id, idx, width, height, error, processed_at, node)"
@@ -50,13 +55,6 @@ ROW_ERRORS = (
     ValueError,
     TypeError,
 )
-UNSTORABLE_RESULT = "internal error: the image's result could not be stored"
-
-JOB_DETAIL_COLUMNS = (
-    "id, status, errors, image_count, settled_count, failed_count,"
-    " created_at, started_at, finished_at, cancelled_at"
-)
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -131,7 +129,7 @@ class SqliteStore:
                 "INSERT INTO images (job_id, idx, visit, url) VALUES (?, ?, ?, ?)",
                 (
                     (job_id, index, position, url)
-                    for index, (position, url) in enumerate(_flatten(submission))
+                    for index, (position, url) in enumerate(images_in_order(submission))
                 ),
             )
             self._db.executemany(
@@ -296,7 +294,7 @@ class SqliteStore:
             f"SELECT {JOB_DETAIL_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
         ).fetchall()
-        return int(total), [_job_detail(row) for row in rows]
+        return int(total), [detail_from_row(row) for row in rows]
 
     @database_errors("read the job counts")
     def job_counts(self) -> dict[JobState, int]:
@@ -305,7 +303,7 @@ class SqliteStore:
         ).fetchall()
         counts: dict[JobState, int] = {}
         for status, cancelled, count in rows:
-            state = _job_state(status, bool(cancelled))
+            state = job_state(status, bool(cancelled))
             counts[state] = counts.get(state, 0) + count
         return counts
 
@@ -401,13 +399,6 @@ class SqliteStore:
         return Transaction(self._db, durable)
 
 
-def _flatten(submission: JobSubmission) -> Iterable[tuple[int, str]]:
-    """Every image URL of the submission in order, with its visit's position."""
-    for position, visit in enumerate(submission.visits):
-        for url in visit.image_urls:
-            yield position, url
-
-
 def _result_row(o: ImageOutcome, node: int | None) -> tuple[Any, ...]:
     # Error texts quote origins and URLs: the last line of defence against unstorable text.
     error = None if o.error is None else safe_text(o.error)
@@ -435,37 +426,7 @@ def read_job_detail(
     ).fetchone()
     if row is None or (client_id is not None and row[-1] != client_id):
         return None
-    return _job_detail(row)
-
-
-def _job_detail(row: Sequence[Any]) -> JobDetail:
-    (job_id, status, errors, total, settled, failed, created, started, finished, cancelled) = row[
-        :10
-    ]
-    state = _job_state(status, cancelled is not None)
-    return JobDetail(
-        job_id=job_id,
-        state=state,
-        total=total,
-        done=settled - failed,
-        failed=failed,
-        created_at=created,
-        started_at=started,
-        finished_at=finished,
-        cancelled_at=cancelled,
-        errors=() if status == JobStatus.ONGOING.value else store_errors(errors),
-    )
-
-
-def store_errors(errors_json: str | None) -> tuple[StoreError, ...]:
-    """The `errors` column: per-store entries, as saved when the job ended or was cancelled."""
-    return tuple(StoreError(**entry) for entry in json.loads(errors_json or "[]"))
-
-
-def _job_state(status: str, cancelled: bool) -> JobState:
-    if not cancelled:
-        return JobState(status)
-    return JobState.CANCELLING if status == JobStatus.ONGOING.value else JobState.CANCELLED
+    return detail_from_row(row)
 
 
 class StatusReader:

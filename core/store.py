@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from core.models import ImageOutcome, ImageResult, JobDetail, JobState, JobSubmission, JobView
+from core.pg_store import PostgresStore
 from core.records import CancelMark, DueCallback, UnfinishedJob
 from core.settings import Settings
 from core.storage import SqliteStore
@@ -83,5 +84,7 @@ class JobStore(Protocol):
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The store the settings name."""
+    """The store the settings name: PostgreSQL when `database_url` is set, else SQLite."""
+    if settings.database_url:
+        return PostgresStore(settings.database_url)
     return SqliteStore(settings.database_path)

@@ -87,3 +87,21 @@ def test_hostile_values_are_refused_naming_the_variable(name: str, value: str) -
 def test_settings_cross_to_ray_processes_whole() -> None:
     settings = Settings.from_env({"IMAGE_SERVICE_ALLOWED_HOSTS": "10.0.0.0/8"})
     assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@db:5432/jobs", "postgres://u@db/jobs"])
+def test_a_postgresql_url_is_taken_and_kept_out_of_the_repr(url: str) -> None:
+    settings = Settings.from_env({"IMAGE_SERVICE_DATABASE_URL": url})
+    assert settings.database_url == url
+    assert Settings.from_env({}).database_url == ""
+    assert "u@db" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:s3cret@db/jobs", "/var/lib/jobs.sqlite3", "s3cret postgresql://"]
+)
+def test_a_database_url_of_another_kind_is_refused_without_quoting_it(url: str) -> None:
+    with pytest.raises(SettingsError, match="IMAGE_SERVICE_DATABASE_URL must start with") as no:
+        Settings.from_env({"IMAGE_SERVICE_DATABASE_URL": url})
+    assert "s3cret" not in str(no.value) and "jobs" not in str(no.value)
+    assert no.value.__cause__ is None and no.value.__suppress_context__

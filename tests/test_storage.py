@@ -1,3 +1,6 @@
+"""The job store's semantics, on both backends (`database`: SQLite, then PostgreSQL); what is
+SQLite's alone (its files' migrations, PRAGMAs, WAL) is tested on SQLite only."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -19,7 +22,10 @@ from core.models import (
     Visit,
 )
 from core.records import CancelMark
-from core.storage import UNSTORABLE_RESULT, SqliteStore
+from core.rows import UNSTORABLE_RESULT
+from core.storage import SqliteStore
+from core.store import JobStore
+from harness.stores import StoreDatabase
 
 
 def submission() -> JobSubmission:
@@ -35,25 +41,28 @@ def done(job_id: int, index: int, size: int = 10) -> ImageOutcome:
     return ImageOutcome(job_id, index, processed_at=1.0, width=size, height=size)
 
 
-def test_job_ids_increase_and_survive_reopening(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+@pytest.fixture
+def store(database: StoreDatabase) -> JobStore:
+    return database.open()
+
+
+def test_job_ids_increase_and_survive_reopening(database: StoreDatabase) -> None:
+    store = database.open()
     first, _ = store.create_job(submission(), "k1", {})
     second, _ = store.create_job(submission(), "k2", {})
     store.close()
-    reopened = SqliteStore(tmp_path / "db.sqlite3")
+    reopened = database.open()
     third, _ = reopened.create_job(submission(), "k3", {})
     assert first < second < third
 
 
-def test_same_submission_key_returns_the_same_job(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_same_submission_key_returns_the_same_job(store: JobStore) -> None:
     job_id, created = store.create_job(submission(), "key", {})
     again, created_again = store.create_job(submission(), "key", {})
     assert (again, created, created_again) == (job_id, True, False)
 
 
-def test_a_result_is_kept_once_first_write_wins(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_a_result_is_kept_once_first_write_wins(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0, 10)], [])
     store.save_outcomes([done(job_id, 0, 99), done(job_id, 1), done(job_id, 2)], [job_id])
@@ -62,8 +71,7 @@ def test_a_result_is_kept_once_first_write_wins(tmp_path: Path) -> None:
     assert store.job_view(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
 
 
-def test_finished_job_lists_first_failure_per_store_in_image_order(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_finished_job_lists_first_failure_per_store_in_image_order(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {2: "store_id not in store master"})
     store.save_outcomes(
         [
@@ -80,15 +88,13 @@ def test_finished_job_lists_first_failure_per_store_in_image_order(tmp_path: Pat
     )
 
 
-def test_all_images_failed_at_submission_finishes_the_job_at_once(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_all_images_failed_at_submission_finishes_the_job_at_once(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {0: "x", 1: "x", 2: "y"})
     assert store.job_view(job_id).status is JobStatus.FAILED  # type: ignore[union-attr]
     assert store.unfinished_jobs() == []
 
 
-def test_unfinished_jobs_know_what_is_settled(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_unfinished_jobs_know_what_is_settled(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 1)], [])
     [unfinished] = store.unfinished_jobs()
@@ -97,20 +103,25 @@ def test_unfinished_jobs_know_what_is_settled(tmp_path: Path) -> None:
     assert urls == ["http://a.test/1", "http://a.test/2", "http://a.test/3"]
 
 
-def test_failed_write_leaves_no_half_recorded_job(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
-    # A trigger that fails on the last image insert stands in for a full disk mid-transaction.
-    store._db.execute(
-        "CREATE TRIGGER fail_third BEFORE INSERT ON images WHEN NEW.idx = 2"
-        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-    )
-    with pytest.raises(StorageError, match="disk is full"):
+# A trigger that fails on the last image insert stands in for a full disk mid-transaction.
+FAIL_THIRD_IMAGE = {
+    "sqlite": "CREATE TRIGGER fail_third BEFORE INSERT ON images WHEN NEW.idx = 2"
+    " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    "postgres": "CREATE FUNCTION fail_third() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " IF NEW.idx = 2 THEN RAISE EXCEPTION 'database or disk is full'; END IF; RETURN NEW;"
+    " END $$; CREATE TRIGGER fail_third BEFORE INSERT ON images FOR EACH ROW"
+    " EXECUTE FUNCTION fail_third()",
+}
+
+
+def test_failed_write_leaves_no_half_recorded_job(database: StoreDatabase) -> None:
+    store = database.open()
+    database.sql(FAIL_THIRD_IMAGE[database.backend])
+    with pytest.raises(StorageError, match=r"could not record the job: .*disk is full"):
         store.create_job(submission(), "k", {})
-    counts = [
-        store._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-        for t in ("jobs", "visits", "images")
-    ]
+    counts = [database.sql(f"SELECT COUNT(*) FROM {t}")[0][0] for t in ("jobs", "visits", "images")]
     assert counts == [0, 0, 0]
+    assert store.job_for_key("k", None) is None
 
 
 def test_database_uses_wal(tmp_path: Path) -> None:
@@ -119,8 +130,7 @@ def test_database_uses_wal(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_progress_counts_are_exact_whatever_duplicates_arrive(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_progress_counts_are_exact_whatever_duplicates_arrive(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {2: "store_id not in store master"})
     store.save_outcomes([done(job_id, 0), done(job_id, 0), done(job_id, 0, 99)], [])
     detail = store.job_detail(job_id)
@@ -129,8 +139,7 @@ def test_progress_counts_are_exact_whatever_duplicates_arrive(tmp_path: Path) ->
     assert detail.started_at is None and detail.errors == ()
 
 
-def test_started_time_is_kept_from_the_first_dispatch(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_started_time_is_kept_from_the_first_dispatch(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([], [], started=[(job_id, 5.0)])
     store.save_outcomes([], [], started=[(job_id, 9.0)])
@@ -139,8 +148,7 @@ def test_started_time_is_kept_from_the_first_dispatch(tmp_path: Path) -> None:
     assert unfinished.started and not unfinished.cancelled
 
 
-def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_cancel_names_the_stores_left_unfinished_and_ends_failed(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0), done(job_id, 1)], [])
     cancelled = ImageOutcome(job_id, 2, 2.0, error=IMAGE_CANCELLED, reason=FailureReason.CANCELLED)
@@ -158,8 +166,7 @@ def test_cancel_names_the_stores_left_unfinished_and_ends_failed(tmp_path: Path)
     assert (finished.done, finished.failed, finished.cancelled_at) == (2, 1, 2.0)
 
 
-def test_a_cancelled_job_that_lost_nothing_still_ends_failed(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_a_cancelled_job_that_lost_nothing_still_ends_failed(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {})
     store.save_outcomes([done(job_id, 0)], [], cancelled=[CancelMark(job_id, 1.0)])
     store.save_outcomes([done(job_id, 1), done(job_id, 2)], [job_id])
@@ -168,16 +175,14 @@ def test_a_cancelled_job_that_lost_nothing_still_ends_failed(tmp_path: Path) -> 
     assert view.errors == (StoreError("S1", JOB_CANCELLED), StoreError("S2", JOB_CANCELLED))
 
 
-def test_idempotency_conflict_when_the_body_differs(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_idempotency_conflict_when_the_body_differs(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), "key", {}, request_hash="a")
     assert store.create_job(submission(), "key", {}, request_hash="a") == (job_id, False)
     with pytest.raises(IdempotencyConflict, match=f"job {job_id}"):
         store.create_job(submission(), "key", {}, request_hash="b")
 
 
-def test_recent_jobs_newest_first_per_client(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_recent_jobs_newest_first_per_client(store: JobStore) -> None:
     ids = [store.create_job(submission(), None, {}, client_id=c)[0] for c in "abab"]
     total, jobs = store.recent_jobs("a", 0, 10)
     assert total == 2 and [j.job_id for j in jobs] == [ids[2], ids[0]]
@@ -186,8 +191,7 @@ def test_recent_jobs_newest_first_per_client(tmp_path: Path) -> None:
     assert store.job_detail(ids[0], client_id="b") is None
 
 
-def test_callbacks_are_due_once_a_job_ends_until_marked_done(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_callbacks_are_due_once_a_job_ends_until_marked_done(store: JobStore) -> None:
     with_callback = JobSubmission(submission().visits, callback_url="http://cb.test/done")
     job_id, _ = store.create_job(with_callback, None, {})
     assert store.callbacks_due() == []
@@ -223,11 +227,10 @@ def cancelled_image(job_id: int, index: int) -> ImageOutcome:
 
 @pytest.mark.parametrize(("position", "errors"), [(2, ["S2"]), (0, ["S1", "S2"])])
 def test_a_cancel_counts_only_the_outcomes_placed_before_it(
-    tmp_path: Path, position: int, errors: list[str]
+    store: JobStore, position: int, errors: list[str]
 ) -> None:
     # The race of a cancel with a flush: S1's images settled before the cancel but reach the
     # database in the cancel's own batch. Placed before it, S1 is not named as cancelled.
-    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     outcomes = [done(job_id, 0), done(job_id, 1), cancelled_image(job_id, 2)]
     store.save_outcomes(outcomes, [job_id], cancelled=[CancelMark(job_id, 2.0, position)])
@@ -235,10 +238,11 @@ def test_a_cancel_counts_only_the_outcomes_placed_before_it(
     assert view is not None and [e.store_id for e in view.errors] == errors
 
 
-def test_one_result_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_one_result_that_cannot_be_stored_fails_alone(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), None, {})
-    too_wide = ImageOutcome(job_id, 1, 1.0, width=2**70, height=1)  # past SQLite's INTEGER
+    too_wide = ImageOutcome(
+        job_id, 1, 1.0, width=2**70, height=1
+    )  # past SQLite's INTEGER and bigint
     unstorable = store.save_outcomes([done(job_id, 0), too_wide, done(job_id, 2)], [job_id])
     assert unstorable == [too_wide]
     _total, rows = store.results_page(job_id, 0, 10)
@@ -249,9 +253,8 @@ def test_one_result_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
     )  # fmt: skip
 
 
-def test_error_text_that_is_not_utf8_is_stored_readable(tmp_path: Path) -> None:
+def test_error_text_that_is_not_utf8_is_stored_readable(store: JobStore) -> None:
     # aiohttp hands over an origin's undecodable header bytes as lone surrogates.
-    store = SqliteStore(tmp_path / "db.sqlite3")
     job_id, _ = store.create_job(submission(), None, {})
     garbled = ImageOutcome(job_id, 0, 1.0, error="redirected to ftp://a/\udcff" + "x" * 10**6)
     assert store.save_outcomes([garbled], []) == []
@@ -260,13 +263,13 @@ def test_error_text_that_is_not_utf8_is_stored_readable(tmp_path: Path) -> None:
     assert len(row.error) <= 2500 and row.error.endswith("...")
 
 
-def test_a_visit_is_stored_once_whatever_its_images(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+def test_a_visit_is_stored_once_whatever_its_images(database: StoreDatabase) -> None:
+    store = database.open()
     urls = tuple(f"http://a.test/{i}" for i in range(500))
     long_store = "S" * 256
     job_id, _ = store.create_job(JobSubmission((Visit(long_store, "2025-01-01", urls),)), None, {})
-    assert store._db.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == 1
-    stored = store._db.execute("SELECT SUM(LENGTH(url)) FROM images").fetchone()[0]
+    assert database.sql("SELECT COUNT(*) FROM visits") == [(1,)]
+    [(stored,)] = database.sql("SELECT SUM(LENGTH(url)) FROM images")
     assert stored == sum(map(len, urls))
     _total, rows = store.results_page(job_id, 498, 10)
     assert [(r.store_id, r.image_url) for r in rows] == [
@@ -325,9 +328,8 @@ def test_job_and_cancel_commits_are_synced_other_batches_are_not(tmp_path: Path)
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
 
 
-def test_one_holder_at_a_time_has_the_dispatch_lease(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "jobs.sqlite3")
-    other = SqliteStore(tmp_path / "jobs.sqlite3")
+def test_one_holder_at_a_time_has_the_dispatch_lease(database: StoreDatabase) -> None:
+    store, other = database.open(), database.open()
     assert store.hold_lease("a", 60)
     assert store.hold_lease("a", 60)  # renewed
     assert not other.hold_lease("b", 60)
@@ -338,8 +340,7 @@ def test_one_holder_at_a_time_has_the_dispatch_lease(tmp_path: Path) -> None:
     assert not store.hold_lease("a", 60)
 
 
-def test_an_expired_lease_passes_to_the_next_holder(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "jobs.sqlite3")
+def test_an_expired_lease_passes_to_the_next_holder(store: JobStore) -> None:
     assert store.hold_lease("a", 0.05)
     assert not store.hold_lease("b", 60)
     time.sleep(0.1)

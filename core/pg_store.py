@@ -1,0 +1,359 @@
+"""Durable job state in PostgreSQL: the same jobs, images and one result per image as the
+SQLite store (core/storage.py), for clusters whose jobs must outlive the head node's disk.
+
+Thread-safe: every call takes a connection from a small pool and is one transaction. The
+primary key of `results(job_id, idx)` with `ON CONFLICT DO NOTHING` is what makes each image
+settle exactly once, whatever retries, restarts, duplicate reports or second stores happen.
+
+Every commit is durable (PostgreSQL's default, `synchronous_commit=on`), result batches too:
+unlike SQLite beside the tracker, this server can crash or fail over while the tracker lives
+on, and a batch it lost would leave a job the tracker thinks finished `ongoing` for ever.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from core.errors import IdempotencyConflict, StorageError
+from core.models import (
+    ImageOutcome,
+    ImageResult,
+    JobDetail,
+    JobState,
+    JobStatus,
+    JobSubmission,
+    JobView,
+)
+from core.pg_schema import open_pool
+from core.pg_writes import Connection, cancel_job, finish_job, insert_results, insert_rows, storable
+from core.records import CancelMark, DueCallback, UnfinishedJob
+from core.rows import (
+    JOB_DETAIL_COLUMNS,
+    detail_from_row,
+    images_in_order,
+    job_state,
+    store_errors,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """As core/storage.py's: a database error becomes a StorageError saying what could not be
+    done; every read and write goes through it."""
+
+    def wrap(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except psycopg.Error as exc:
+                raise StorageError(f"could not {action}: {exc}") from exc
+
+        return call
+
+    return wrap
+
+
+class PostgresStore:
+    """The job store in a PostgreSQL database (`IMAGE_SERVICE_DATABASE_URL`).
+
+    Each call takes a pooled connection in autocommit: a write of several statements is one
+    explicit transaction, rolled back on any error; a read needs none, each statement seeing
+    the latest commits as SQLite's reads do, without the round trips of BEGIN and COMMIT."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error:
+            # Its message may quote the URL, password and all.
+            raise StorageError("could not open the job database: its URL is malformed") from None
+        try:
+            self._pool = open_pool(url)
+        except psycopg.Error as exc:
+            raise StorageError(f"could not open the job database: {exc}") from exc
+        self._node_numbers: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @database_errors("record the job")
+    def create_job(
+        self,
+        submission: JobSubmission,
+        idempotency_key: str | None,
+        failed_images: dict[int, str],
+        client_id: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[int, bool]:
+        """Record a job with all its images in one transaction; `failed_images` (index to
+        reason) settle at once. Returns `(job_id, created)`; a known key returns its old job,
+        unless `request_hash` says the body differs: then `IdempotencyConflict`."""
+        now = time.time()
+        with self._pool.connection() as db, db.transaction():
+            known = _job_for_key(db, idempotency_key, request_hash)
+            if known is not None:
+                return known, False
+            row = db.execute(
+                "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
+                " created_at, client_id, callback_url) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (submission_key) DO NOTHING RETURNING id",
+                (
+                    idempotency_key,
+                    request_hash,
+                    JobStatus.ONGOING.value,
+                    submission.image_count,
+                    now,
+                    client_id,
+                    submission.callback_url,
+                ),
+            ).fetchone()
+            if row is None:
+                # The same key was committed by another call meanwhile (the insert waited for
+                # it): answer its job, as a repeat after it would be answered.
+                raced = _job_for_key(db, idempotency_key, request_hash)
+                if raced is None:
+                    raise StorageError("could not record the job: its key vanished")
+                return raced, False
+            job_id = int(row[0])
+            with db.cursor().copy(
+                "COPY visits (job_id, visit, store_id, visit_time) FROM STDIN"
+            ) as copy:
+                for position, visit in enumerate(submission.visits):
+                    copy.write_row((job_id, position, visit.store_id, visit.visit_time))
+            with db.cursor().copy("COPY images (job_id, idx, visit, url) FROM STDIN") as copy:
+                for index, (position, url) in enumerate(images_in_order(submission)):
+                    copy.write_row((job_id, index, position, url))
+            insert_rows(
+                db,
+                [(job_id, i, None, None, reason, now, None) for i, reason in failed_images.items()],
+            )
+            if len(failed_images) == submission.image_count:
+                finish_job(db, job_id)
+        return job_id, True
+
+    @database_errors("read the job of an idempotency key")
+    def job_for_key(self, idempotency_key: str | None, request_hash: str | None) -> int | None:
+        """The job recorded under this key, if any; `IdempotencyConflict` when `request_hash`
+        is given and differs from the one recorded with it."""
+        if idempotency_key is None:
+            return None
+        with self._pool.connection() as db:
+            return _job_for_key(db, idempotency_key, request_hash)
+
+    @database_errors("save results")
+    def save_outcomes(
+        self,
+        outcomes: Sequence[ImageOutcome],
+        finished_jobs: Iterable[int],
+        started: Iterable[tuple[int, float]] = (),
+        cancelled: Sequence[CancelMark] = (),
+    ) -> list[ImageOutcome]:
+        """In one transaction: mark jobs started (`(job_id, when)` pairs), store a batch of
+        settled images with each cancel at its place among them, then close the jobs now fully
+        settled. An image already settled keeps its first result. An outcome that cannot be
+        stored is stored as a failure instead; those are returned."""
+        self._number_nodes({o.node_id for o in outcomes if o.node_id is not None})
+        unstorable: list[ImageOutcome] = []
+        with self._pool.connection() as db, db.transaction():
+            db.cursor().executemany(
+                "UPDATE jobs SET started_at = %s WHERE id = %s AND started_at IS NULL",
+                [(when, job_id) for job_id, when in started],
+            )
+            done = 0
+            for mark in sorted(cancelled, key=lambda mark: mark.position):
+                unstorable += insert_results(db, outcomes[done : mark.position], self._node_numbers)
+                done = max(done, mark.position)
+                cancel_job(db, mark.job_id, mark.when)
+            unstorable += insert_results(db, outcomes[done:], self._node_numbers)
+            for job_id in finished_jobs:
+                finish_job(db, job_id)
+        return unstorable
+
+    def _number_nodes(self, node_ids: set[str]) -> None:
+        """Number the nodes not numbered yet, in a commit of their own (before any batch that
+        uses them), so a batch rolled back never leaves a number behind that names nothing."""
+        new = [node for node in node_ids if node not in self._node_numbers and storable(node)]
+        if not new:
+            return
+        with self._pool.connection() as db:
+            db.execute(
+                "INSERT INTO nodes (node_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (new,),
+            )
+            # A statement of its own: it sees a number another store committed meanwhile.
+            rows = db.execute(
+                "SELECT node_id, id FROM nodes WHERE node_id = ANY(%s::text[])", (new,)
+            ).fetchall()
+        self._node_numbers.update({str(node): int(number) for node, number in rows})
+
+    @database_errors("read a job's status")
+    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
+        """The job's status; None if unknown, or if `client_id` is given and the job is
+        another's."""
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT status, errors, client_id FROM jobs WHERE id = %s", (job_id,)
+            ).fetchone()
+        if row is None or (client_id is not None and row[2] != client_id):
+            return None
+        return JobView(job_id=job_id, status=JobStatus(row[0]), errors=store_errors(row[1]))
+
+    @database_errors("read a job")
+    def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
+        with self._pool.connection() as db:
+            row = db.execute(
+                f"SELECT {JOB_DETAIL_COLUMNS}, client_id FROM jobs WHERE id = %s", (job_id,)
+            ).fetchone()
+        if row is None or (client_id is not None and row[-1] != client_id):
+            return None
+        return detail_from_row(row)
+
+    @database_errors("read the recent jobs")
+    def recent_jobs(
+        self, client_id: str | None, offset: int, limit: int
+    ) -> tuple[int, list[JobDetail]]:
+        """Newest first, with the number of jobs in all (this client's only, when given)."""
+        where, args = ("WHERE client_id = %s", (client_id,)) if client_id is not None else ("", ())
+        with self._pool.connection() as db:
+            count = db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()
+            rows = db.execute(
+                f"SELECT {JOB_DETAIL_COLUMNS} FROM jobs {where} ORDER BY id DESC"
+                " LIMIT %s OFFSET %s",
+                (*args, limit, offset),
+            ).fetchall()
+        return (int(count[0]) if count else 0), [detail_from_row(row) for row in rows]
+
+    @database_errors("read the job counts")
+    def job_counts(self) -> dict[JobState, int]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT status, cancelled_at IS NOT NULL, COUNT(*) FROM jobs GROUP BY 1, 2"
+            ).fetchall()
+        counts: dict[JobState, int] = {}
+        for status, cancelled, count in rows:
+            state = job_state(status, bool(cancelled))
+            counts[state] = counts.get(state, 0) + int(count)
+        return counts
+
+    @database_errors("read the callbacks due")
+    def callbacks_due(self, job_ids: Iterable[int] | None = None) -> list[DueCallback]:
+        """Finished jobs whose callback is neither delivered nor given up on; all of them when
+        `job_ids` is None (after a restart)."""
+        query = (
+            "SELECT id, callback_url, status, errors FROM jobs WHERE callback_url IS NOT NULL"
+            " AND callback_done_at IS NULL AND status != %s"
+        )
+        args: tuple[Any, ...] = (JobStatus.ONGOING.value,)
+        if job_ids is not None:
+            query += " AND id = ANY(%s::bigint[])"
+            args += (list(job_ids),)
+        with self._pool.connection() as db:
+            rows = db.execute(query + " ORDER BY id", args).fetchall()
+        return [
+            DueCallback(job_id, url, JobView(job_id, JobStatus(status), store_errors(errors)))
+            for job_id, url, status, errors in rows
+        ]
+
+    @database_errors("record a job's callback")
+    def mark_callback_done(self, job_id: int, when: float) -> None:
+        with self._pool.connection() as db:
+            db.execute("UPDATE jobs SET callback_done_at = %s WHERE id = %s", (when, job_id))
+
+    @database_errors("read the unfinished jobs")
+    def unfinished_jobs(self) -> list[UnfinishedJob]:
+        """The ongoing jobs, without their images: a restart reads those one job at a time."""
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = %s"
+                " ORDER BY id",
+                (JobStatus.ONGOING.value,),
+            ).fetchall()
+        return [
+            UnfinishedJob(job_id, client_id, started_at is not None, cancelled_at is not None)
+            for job_id, client_id, started_at, cancelled_at in rows
+        ]
+
+    @database_errors("read a job's images")
+    def job_images(self, job_id: int) -> tuple[list[str], bytearray]:
+        """A job's image URLs in order, and a flag per image: 1 where it has a result."""
+        with self._pool.connection() as db:
+            urls = [
+                str(url)
+                for (url,) in db.execute(
+                    "SELECT url FROM images WHERE job_id = %s ORDER BY idx", (job_id,)
+                )
+            ]
+            settled = bytearray(len(urls))
+            for (index,) in db.execute("SELECT idx FROM results WHERE job_id = %s", (job_id,)):
+                settled[index] = 1
+        return urls, settled
+
+    @database_errors("read a page of results")
+    def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
+        """Rows in image order (visit order, then URL order within a visit), and the total."""
+        with self._pool.connection() as db:
+            total_row = db.execute(
+                "SELECT image_count FROM jobs WHERE id = %s", (job_id,)
+            ).fetchone()
+            # The page's images first, then their joins: without statistics on a new job the
+            # planner would join all the job's images and sort them (14 ms for a page of 1,000
+            # of 10,000, against 3 ms this way).
+            rows = db.execute(
+                "SELECT i.idx, v.store_id, v.visit_time, i.url, r.width, r.height, r.error,"
+                " r.processed_at, n.node_id"
+                " FROM (SELECT * FROM images WHERE job_id = %s AND idx >= %s"
+                "       ORDER BY idx LIMIT %s) AS i"
+                " JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
+                " LEFT JOIN results r ON r.job_id = i.job_id AND r.idx = i.idx"
+                " LEFT JOIN nodes n ON n.id = r.node"
+                " ORDER BY i.idx",
+                (job_id, offset, limit),
+            ).fetchall()
+        total = int(total_row[0]) if total_row else 0
+        return total, [ImageResult(*row) for row in rows]
+
+    @database_errors("hold the dispatch lease")
+    def hold_lease(self, holder: str, seconds: float) -> bool:
+        """By the database's clock, not this host's: trackers on hosts whose clocks disagree
+        still agree on when a lease expires."""
+        with self._pool.connection() as db:
+            row = db.execute(
+                "INSERT INTO leases (name, holder, expires_at)"
+                " VALUES ('dispatch', %s, clock_timestamp() + make_interval(secs => %s))"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE leases.holder = excluded.holder OR leases.expires_at < clock_timestamp()"
+                " RETURNING holder",
+                (holder, seconds),
+            ).fetchone()
+        return row is not None
+
+    @database_errors("release the dispatch lease")
+    def release_lease(self, holder: str) -> None:
+        with self._pool.connection() as db:
+            db.execute("DELETE FROM leases WHERE name = 'dispatch' AND holder = %s", (holder,))
+
+
+def _job_for_key(
+    db: Connection, idempotency_key: str | None, request_hash: str | None
+) -> int | None:
+    if idempotency_key is None:
+        return None
+    row = db.execute(
+        "SELECT id, request_hash FROM jobs WHERE submission_key = %s", (idempotency_key,)
+    ).fetchone()
+    if row is None:
+        return None
+    if request_hash is not None and row[1] != request_hash:
+        raise IdempotencyConflict(
+            f"this Idempotency-Key was used for job {row[0]} with a different body"
+        )
+    return int(row[0])

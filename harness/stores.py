@@ -1,0 +1,50 @@
+"""The job stores under test, opened alike whatever the backend: one empty database per test,
+in SQLite or in PostgreSQL, with plain SQL beside the stores opened on it."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from core.pg_store import PostgresStore
+from core.storage import SqliteStore
+from core.store import JobStore
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@dataclass
+class StoreDatabase:
+    """One database: `open` gives a store on it, again and again (as two processes would
+    have); `close` closes every store it gave."""
+
+    backend: str  # one of BACKENDS
+    location: str  # the SQLite file, or the PostgreSQL URL
+    opened: list[JobStore] = field(default_factory=list)
+
+    def open(self) -> JobStore:
+        store: JobStore = (
+            SqliteStore(Path(self.location))
+            if self.backend == "sqlite"
+            else PostgresStore(self.location)
+        )
+        self.opened.append(store)
+        return store
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        """Run one statement on a connection of its own, committed; its rows, if any."""
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.location) as db:
+                return db.execute(statement).fetchall()
+        with psycopg.connect(self.location, autocommit=True) as pg:
+            cursor = pg.execute(statement.encode())
+            return cursor.fetchall() if cursor.description is not None else []
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+        self.opened.clear()
