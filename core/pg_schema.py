@@ -101,6 +101,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 # it fails: the API answers 503 rather than hang. The tracker's thread needs one at a time,
 # the API's readers a few more.
 POOL_TIMEOUT_SECONDS = 5.0
+STATEMENT_TIMEOUT_MS = 30_000
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
 
@@ -110,8 +111,13 @@ def open_pool(url: str) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
     A server that cannot be reached raises psycopg.OperationalError within the timeouts."""
     # Autocommit: the store opens a transaction where it needs one (see core/pg_store.py).
     options: dict[str, Any] = {"autocommit": True}
-    if "connect_timeout" not in conninfo_to_dict(url):  # the URL may set its own
+    given = conninfo_to_dict(url)
+    if "connect_timeout" not in given:  # the URL may set its own
         options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    if "options" not in given:
+        # A statement stuck behind another session's lock fails, instead of holding the
+        # tracker's one store thread (and with it every write) for ever.
+        options["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
     pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
         url,
         min_size=POOL_MIN_SIZE,

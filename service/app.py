@@ -116,7 +116,10 @@ class ImageServiceAPI:
 
     def _local_status_reader(self, tracker: Any) -> StatusReader | None:
         """Status straight from the database when this replica runs beside it: it spares every
-        poll a round trip through the tracker, which is what bounds status throughput."""
+        poll a round trip through the tracker, which is what bounds status throughput. Not with
+        PostgreSQL: status then goes through the tracker (a SQLite file beside it is stale)."""
+        if self._settings.database_url:
+            return None
         tracker_node = ray.get(
             tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
         )

@@ -142,7 +142,10 @@ class FastStatus:
         return None if view is None else status_payload(view)
 
     def _status_reader(self) -> StatusReader | None:
-        """The job database, read only, once it exists on this node (the tracker's)."""
+        """The SQLite job database, read only, once it exists on this node (the tracker's).
+        None with PostgreSQL: status then goes to the API (a SQLite file here is stale)."""
+        if self._settings.database_url:
+            return None
         if self._reader is None and self._settings.database_path.exists():
             try:
                 self._reader = StatusReader(self._settings.database_path)

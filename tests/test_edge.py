@@ -88,3 +88,11 @@ def test_with_api_keys_only_the_owner_is_answered_the_rest_goes_on(tmp_path: Pat
     for headers in ([], [(b"authorization", b"Bearer key-b")], [(b"authorization", b"Bearer x")]):
         assert get(edge, target, headers)[0] == 299  # the API answers 401 or 400 {}
     assert len(serve.reached) == 3
+
+
+def test_with_postgresql_a_sqlite_file_left_here_is_never_read(tmp_path: Path) -> None:
+    ongoing, _ = store_with_jobs(tmp_path)
+    serve = App()
+    settings = Settings(data_dir=tmp_path, database_url="postgresql://u@127.0.0.1:1/jobs")
+    assert get(FastStatus(serve, settings), f"/api/status?jobid={ongoing}")[0] == 299
+    assert len(serve.reached) == 1
