@@ -39,9 +39,11 @@ from core.rows import (
 from core.schema import Transaction, open_database
 from core.text import safe_text
 
+# An image keeps its first result. ON CONFLICT on the key, not OR IGNORE: that would also drop,
+# silently, a row breaking NOT NULL, leaving its image unsettled for ever.
 INSERT_RESULT = (
-    "INSERT OR IGNORE INTO results (job_id, idx, width, height, error, processed_at, node)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO results (job_id, idx, width, height, error, processed_at, node)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO NOTHING"
 )
 
 # What one bad row can raise when it is bound; the disk's own failures are OperationalError.

@@ -346,3 +346,14 @@ def test_an_expired_lease_passes_to_the_next_holder(store: JobStore) -> None:
     time.sleep(0.1)
     assert store.hold_lease("b", 60)
     assert not store.hold_lease("a", 60)
+
+
+def test_a_result_without_its_time_fails_alone_rather_than_vanish(store: JobStore) -> None:
+    job_id, _ = store.create_job(submission(), None, {})
+    timeless = ImageOutcome(job_id, 1, None, width=5, height=5)  # type: ignore[arg-type]
+    unstorable = store.save_outcomes([done(job_id, 0), timeless, done(job_id, 2)], [job_id])
+    assert unstorable == [timeless]
+    detail = store.job_detail(job_id)
+    assert detail is not None and (detail.state, detail.done, detail.failed) == (
+        JobState.FAILED, 2, 1
+    )  # fmt: skip
