@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -238,6 +239,13 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("data_dir", "store_master", mode="before")
+    @classmethod
+    def _any_path(cls, value: Any) -> Any:
+        # A path is bytes to the OS: one that is not UTF-8 reaches us with lone surrogates,
+        # which pydantic's str check refuses; pathlib takes them.
+        return Path(value) if isinstance(value, str) else value
+
     @field_validator("data_dir", "store_master")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -270,13 +278,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         environ = _GIVEN_ENVIRON.get()
-        if environ is None:
-            return (init_settings, env_settings)
-        return (init_settings, MappingSource(settings_cls, environ))
+        return (
+            init_settings,
+            MappingSource(settings_cls, os.environ if environ is None else environ),
+        )
 
 
 class MappingSource(EnvSettingsSource):
-    """Settings read from a given mapping instead of the process environment."""
+    """Settings read from a mapping (the process environment, or one given), each value with
+    its surrounding blanks removed: a variable set to blanks is unset, as one set empty."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -284,9 +294,7 @@ class MappingSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {
-            name.lower(): value
-            for name, value in self._environ.items()
-            if not (self.env_ignore_empty and value.strip() == "")
+            name.lower(): value.strip() for name, value in self._environ.items() if value.strip()
         }
 
 

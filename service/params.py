@@ -28,9 +28,9 @@ def parse_offset(raw: str | None) -> int:
 
 
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
-    """A page's `limit`: `default` when absent; 1 to `maximum`."""
+    """A page's `limit`: `default` when absent (never past `maximum`); 1 to `maximum`."""
     if raw is None:
-        return default
+        return min(default, maximum)
     value = _count(raw, "limit")
     if not 1 <= value <= maximum:
         raise InvalidQueryParameter(f"limit must be between 1 and {maximum}")
