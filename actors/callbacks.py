@@ -22,6 +22,7 @@ class CallbackDelivery:
         self._sender = sender
         self._store = store
         self._db = db
+        self._sending: set[int] = set()  # job ids: a callback is never sent twice at once
 
     async def for_jobs(self, job_ids: list[int] | None) -> None:
         """Deliver the callbacks due of these jobs; of every finished job when None."""
@@ -29,7 +30,12 @@ class CallbackDelivery:
         await self.deliver_all(due)
 
     async def deliver_all(self, due: list[DueCallback]) -> None:
-        await asyncio.gather(*(self._deliver(callback) for callback in due))
+        fresh = [callback for callback in due if callback.job_id not in self._sending]
+        self._sending.update(callback.job_id for callback in fresh)
+        try:
+            await asyncio.gather(*(self._deliver(callback) for callback in fresh))
+        finally:
+            self._sending.difference_update(callback.job_id for callback in fresh)
 
     async def _deliver(self, callback: DueCallback) -> None:
         context = {"job_id": callback.job_id, "state": callback.view.status.value}

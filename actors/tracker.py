@@ -59,13 +59,7 @@ class JobTracker:
         self._store: JobStore = open_store(settings)
         self._db = DatabaseThread()
         self._store_master = StoreMasterCache(settings.store_master)
-        self._book = JobBook(
-            JobLimits(
-                max_open_jobs_per_client=settings.max_open_jobs_per_client,
-                max_queued_images=settings.max_queued_images,
-                max_image_attempts=settings.max_image_attempts,
-            )
-        )
+        self._book = self._new_book()
         self._submit_limiter = RateLimiter(settings.submit_rate, settings.submit_burst)
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -84,8 +78,15 @@ class JobTracker:
         )
         # The lease is held in the name of this cluster (its GCS address), so a tracker that Ray
         # restarts in the same cluster takes it back at once instead of waiting for it to expire.
-        self._holder = str(ray.get_runtime_context().gcs_address)
+        # The head node's id tells two clusters apart that share an address (two `make run`s on
+        # their own hosts, both 127.0.0.1:6379).
+        context = ray.get_runtime_context()
+        self._holder = f"{context.gcs_address} {context.get_node_id()}"
         self._leading = False
+        # Dispatching stops at this time (monotonic) unless the lease is renewed before: a
+        # tracker that cannot reach the store must not dispatch past its lease, when another
+        # cluster may hold it.
+        self._lease_until = 0.0
         self._recovered = asyncio.get_running_loop().create_task(self._recover())
         self._background = [
             supervise("dispatch", self._dispatch_step, RETRY_PAUSE_SECONDS),
@@ -94,6 +95,15 @@ class JobTracker:
             supervise("metrics", self._metrics_step, RETRY_PAUSE_SECONDS),
             supervise("lease", self._lease_step, RETRY_PAUSE_SECONDS),
         ]
+
+    def _new_book(self) -> JobBook:
+        return JobBook(
+            JobLimits(
+                max_open_jobs_per_client=self._settings.max_open_jobs_per_client,
+                max_queued_images=self._settings.max_queued_images,
+                max_image_attempts=self._settings.max_image_attempts,
+            )
+        )
 
     # ---- API called by the Serve deployment -------------------------------------------------
 
@@ -123,7 +133,11 @@ class JobTracker:
         if repeated is not None:
             log.info("submission repeated: answered with its job", extra={"job_id": repeated})
             return repeated
-        with self._book.admission(client_id, submission.image_count):
+        open_jobs, unsettled = 0, 0
+        if not self._leading:
+            # The jobs are the dispatching cluster's, on disk: the limits count them there.
+            open_jobs, unsettled = await self._db.run(self._store.admission_counts, client_id)
+        with self._book.admission(client_id, submission.image_count, open_jobs, unsettled):
             return await self._record_job(submission, idempotency_key, client_id, request_hash)
 
     async def _record_job(
@@ -146,8 +160,9 @@ class JobTracker:
             if self._leading:
                 self._activate(ActiveJob.submitted(job_id, submission, failed, client_id))
             # Otherwise the dispatching cluster's tracker picks it up from the store.
-        else:
+        elif self._leading:
             self._keep(asyncio.create_task(self._callbacks.for_jobs([job_id])))
+        # Otherwise the leader sends its callback with the others due.
         log.info(
             "job recorded",
             extra={"job_id": job_id, "images": submission.image_count, "state": "ongoing"},
@@ -189,9 +204,17 @@ class JobTracker:
         cancel is on disk. None for an unknown job; `JobAlreadyFinished` for an ended one."""
         await self._recovered
         if not self._leading:
+            ended = await self.job_detail(job_id, client_id)
+            if ended is None:
+                return None
+            if ended.state in (JobState.COMPLETED, JobState.FAILED):
+                raise JobAlreadyFinished(f"job {job_id} has already {ended.state.value}")
             raise NotDispatching(
                 "this service is standing by: the cluster that holds the dispatch lease cancels"
             )
+        if job_id not in self._book.jobs:
+            # Perhaps recorded by a cluster standing by, and not picked up yet.
+            await self._load_unfinished(only_unsettled=True)
         job = self._book.jobs.get(job_id)
         if job is not None and client_id is not None and job.client_id != client_id:
             return None
@@ -271,7 +294,7 @@ class JobTracker:
         answers reads and records submissions; the lease step takes over later if it can."""
         while True:
             try:
-                if await self._db.run(self._store.hold_lease, self._holder, self._lease_seconds):
+                if await self._renew_lease():
                     await self._lead()
                 else:
                     log.warning("another cluster holds the dispatch lease; standing by")
@@ -280,9 +303,19 @@ class JobTracker:
                 log.exception("recovering the unfinished jobs failed; trying again")
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
+    async def _renew_lease(self) -> bool:
+        """Take or extend the lease; True if this tracker holds it now."""
+        asked = time.monotonic()
+        seconds = self._settings.lease_seconds
+        held = await self._db.run(self._store.hold_lease, self._holder, seconds)
+        if held:
+            # A third of the lease is kept in hand for the store's answer and the clocks.
+            self._lease_until = asked + seconds * 2 / 3
+        return held
+
     @property
-    def _lease_seconds(self) -> float:
-        return self._settings.lease_seconds
+    def _dispatching(self) -> bool:
+        return self._leading and not self._stopping and time.monotonic() < self._lease_until
 
     async def _lead(self) -> None:
         """Become the dispatching tracker: load every unfinished job, one at a time (a restart
@@ -294,6 +327,14 @@ class JobTracker:
             log.info("resumed %d unfinished jobs", resumed)
         self._keep(asyncio.create_task(self._callbacks.deliver_all(due)))
         self._wake.set()
+
+    async def _step_down(self) -> None:
+        """Another cluster holds the lease now: what settled here is saved (each image keeps
+        its first result), and the jobs are left to it, read from the store from now on."""
+        self._leading = False
+        log.error("lost the dispatch lease to another cluster; dispatching stops")
+        await self._flush()
+        self._book = self._new_book()
 
     async def _load_unfinished(self, only_unsettled: bool) -> int:
         """Activate the unfinished jobs not held yet; returns how many. With `only_unsettled`,
@@ -323,17 +364,20 @@ class JobTracker:
         """Renew the lease, or take it when its holder has let it expire; while leading, pick
         up the jobs another cluster's tracker recorded."""
         await self._recovered
-        await asyncio.sleep(self._lease_seconds / 3)
+        await asyncio.sleep(self._settings.lease_seconds / 3)
         if self._stopping:
             return
-        held = await self._db.run(self._store.hold_lease, self._holder, self._lease_seconds)
+        held = await self._renew_lease()
         if held and not self._leading:
             log.warning("took over the dispatch lease")
             await self._lead()
         elif not held and self._leading:
-            self._leading = False
-            log.error("lost the dispatch lease to another cluster; dispatching stops")
+            await self._step_down()
         elif held:
+            self._wake.set()  # dispatching may have paused while the lease could not be renewed
+            # Callbacks another cluster's tracker left due (it stopped before sending them).
+            due = await self._db.run(self._store.callbacks_due, None)
+            self._keep(asyncio.create_task(self._callbacks.deliver_all(due)))
             picked = await self._load_unfinished(only_unsettled=True)
             if picked:
                 log.info("picked up %d jobs recorded by another cluster", picked)
@@ -342,7 +386,7 @@ class JobTracker:
         await self._recovered
         await self._wake.wait()
         self._wake.clear()
-        if self._stopping or not self._leading:
+        if not self._dispatching:
             return
         for worker in self._pool.freest_first():
             if not self._book.waiting:

@@ -121,18 +121,31 @@ class JobBook:
         return len(self.queue) + len(self._suspects)
 
     @contextlib.contextmanager
-    def admission(self, client_id: str | None, images: int) -> Iterator[None]:
+    def admission(
+        self,
+        client_id: str | None,
+        images: int,
+        open_elsewhere: int = 0,
+        unsettled_elsewhere: int = 0,
+    ) -> Iterator[None]:
         """Hold a place for a submission against the open-jobs and queued-images limits until
-        its job is active. Check and hold are one synchronous step, so concurrent submissions
-        cannot all pass one check before any of them is counted."""
+        its job is active, counting the jobs held here and those `elsewhere` (this client's
+        open jobs, every job's unsettled images). Check and hold are one synchronous step, so
+        concurrent submissions cannot all pass one check before any of them is counted."""
         if client_id is not None:
             limit = self._limits.max_open_jobs_per_client
-            open_jobs = self._admitted.get(client_id, 0) + sum(
-                1 for job in self.jobs.values() if job.client_id == client_id
+            open_jobs = (
+                open_elsewhere
+                + self._admitted.get(client_id, 0)
+                + sum(1 for job in self.jobs.values() if job.client_id == client_id)
             )
             if open_jobs >= limit:
                 raise TooManyOpenJobs(f"{open_jobs} jobs are still open; at most {limit} may be")
-        unsettled = self._admitted_images + sum(job.unsettled for job in self.jobs.values())
+        unsettled = (
+            unsettled_elsewhere
+            + self._admitted_images
+            + sum(job.unsettled for job in self.jobs.values())
+        )
         if unsettled + images > self._limits.max_queued_images:
             raise ServiceBusy(
                 f"the service holds {unsettled} unsettled images and takes at most"

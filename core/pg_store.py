@@ -231,6 +231,17 @@ class PostgresStore:
             ).fetchall()
         return (int(count[0]) if count else 0), [detail_from_row(row) for row in rows]
 
+    @database_errors("read the open jobs")
+    def admission_counts(self, client_id: str | None) -> tuple[int, int]:
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FILTER (WHERE client_id = %s),"
+                " COALESCE(SUM(image_count - settled_count), 0)"
+                " FROM jobs WHERE status = 'ongoing'",
+                (client_id,),
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     @database_errors("read the job counts")
     def job_counts(self) -> dict[JobState, int]:
         with self._pool.connection() as db:

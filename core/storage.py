@@ -298,6 +298,16 @@ class SqliteStore:
         ).fetchall()
         return int(total), [detail_from_row(row) for row in rows]
 
+    @database_errors("read the open jobs")
+    def admission_counts(self, client_id: str | None) -> tuple[int, int]:
+        (open_jobs, unsettled) = self._db.execute(
+            "SELECT COUNT(*) FILTER (WHERE client_id = ?),"
+            " COALESCE(SUM(image_count - settled_count), 0)"
+            " FROM jobs WHERE status = 'ongoing'",
+            (client_id,),
+        ).fetchone()
+        return int(open_jobs), int(unsettled)
+
     @database_errors("read the job counts")
     def job_counts(self) -> dict[JobState, int]:
         rows = self._db.execute(

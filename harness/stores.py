@@ -9,12 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from core.pg_store import PostgresStore
 from core.storage import SqliteStore
 from core.store import JobStore
 
 BACKENDS = ("sqlite", "postgres")
+# A module marked so runs every test on services of each backend in turn (tests/conftest.py's
+# `backend` fixture); PostgreSQL's carries the `postgres` mark, so `make unit` leaves it out.
+ON_BOTH_BACKENDS = pytest.mark.parametrize(
+    "backend",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+    scope="session",
+)
 
 
 @dataclass

@@ -71,20 +71,47 @@ def image_server() -> Iterator[ImageServer]:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    running = ServiceProcess(data_dir=tmp_path_factory.mktemp("service")).start()
+def backend(request: pytest.FixtureRequest) -> str:
+    """The job store of the services a test starts: SQLite, unless its module runs on both
+    (`harness.stores.ON_BOTH_BACKENDS`)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def store_env(backend: str, request: pytest.FixtureRequest) -> Callable[[str], dict[str, str]]:
+    """The settings that give a service its own empty database on the test's backend."""
+
+    def env(name: str) -> dict[str, str]:
+        if backend == "sqlite":
+            return {}
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return {"IMAGE_SERVICE_DATABASE_URL": server.empty_database(name)}
+
+    return env
+
+
+@pytest.fixture(scope="session")
+def service(
+    tmp_path_factory: pytest.TempPathFactory, store_env: Callable[[str], dict[str, str]]
+) -> Iterator[ServiceProcess]:
+    running = ServiceProcess(
+        data_dir=tmp_path_factory.mktemp("service"), env_overrides=store_env("service")
+    ).start()
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def service_with(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartService]:
+def service_with(
+    tmp_path_factory: pytest.TempPathFactory, store_env: Callable[[str], dict[str, str]]
+) -> Iterator[StartService]:
     """Starts services with environment overrides for one module; they stop at its end."""
     started: list[ServiceProcess] = []
 
     def start(name: str, env_overrides: Mapping[str, str]) -> ServiceProcess:
         data_dir = tmp_path_factory.mktemp(name)
-        running = ServiceProcess(data_dir, env_overrides=dict(env_overrides)).start()
+        overrides = {**store_env(data_dir.name), **env_overrides}
+        running = ServiceProcess(data_dir, env_overrides=overrides).start()
         started.append(running)
         return running
 

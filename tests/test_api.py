@@ -11,6 +11,10 @@ import requests
 
 from harness.client import Client, job
 from harness.imageserver import ImageServer, perimeter
+from harness.stores import ON_BOTH_BACKENDS
+
+# The whole API suite runs on services of each job store.
+pytestmark = ON_BOTH_BACKENDS
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

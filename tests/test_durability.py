@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ import pytest
 from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess, StartService
+from harness.stores import ON_BOTH_BACKENDS, StoreDatabase
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.cluster]  # restarts whole services
+# Restarts whole services, on SQLite and on PostgreSQL.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.cluster, ON_BOTH_BACKENDS]
 
 # Slow enough that a kill lands mid-job: 8 images at once, 50-100 ms each.
 SLOW = {"IMAGE_SERVICE_GPU_DELAY": "0.05-0.1", "IMAGE_SERVICE_CONCURRENCY": "8"}
@@ -147,17 +149,41 @@ def test_worker_killed_mid_job_its_images_are_redone(
     assert pids and worker_pid not in pids
 
 
+def database_of(service: ServiceProcess) -> StoreDatabase:
+    url = service.env_overrides.get("IMAGE_SERVICE_DATABASE_URL")
+    if url:
+        return StoreDatabase("postgres", url)
+    return StoreDatabase("sqlite", str(service.data_dir / "jobs.sqlite3"))
+
+
+# Stands in for a full disk: the insert of this store's visit fails mid-transaction.
+DISK_FULL = {
+    "sqlite": [
+        "CREATE TRIGGER disk_full BEFORE INSERT ON visits WHEN NEW.store_id = 'RP00666'"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    ],
+    "postgres": [
+        "CREATE FUNCTION disk_full() RETURNS trigger AS $$ BEGIN"
+        " RAISE EXCEPTION 'could not extend file: No space left on device'; END $$"
+        " LANGUAGE plpgsql",
+        "CREATE TRIGGER disk_full BEFORE INSERT ON visits FOR EACH ROW"
+        " WHEN (NEW.store_id = 'RP00666') EXECUTE FUNCTION disk_full()",
+    ],
+}
+DISK_BACK = {
+    "sqlite": ["DROP TRIGGER disk_full"],
+    "postgres": ["DROP TRIGGER disk_full ON visits", "DROP FUNCTION disk_full()"],
+}
+
+
 def test_submission_that_cannot_be_stored_is_503_and_leaves_nothing(
     slow_service: ServiceProcess, image_server: ImageServer
 ) -> None:
     client = Client(slow_service.url)
     before = client.submit_ok(job(("RP00001", [image_server.url("img/red.jpg?db=1")])))
-    with sqlite3.connect(slow_service.data_dir / "jobs.sqlite3") as db:
-        # Stands in for a full disk: the insert of this store's visit fails mid-transaction.
-        db.execute(
-            "CREATE TRIGGER disk_full BEFORE INSERT ON visits WHEN NEW.store_id = 'RP00666'"
-            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    database = database_of(slow_service)
+    for statement in DISK_FULL[database.backend]:
+        database.sql(statement)
     try:
         payload = job(
             ("RP00001", [image_server.url("img/red.jpg?db=2")]), ("RP00666", ["http://a.test/x"])
@@ -167,24 +193,26 @@ def test_submission_that_cannot_be_stored_is_503_and_leaves_nothing(
         assert list(response.json()) == ["error"]
         assert client.status(before + 1).status_code == 400
     finally:
-        with sqlite3.connect(slow_service.data_dir / "jobs.sqlite3") as db:
-            db.execute("DROP TRIGGER disk_full")
+        for statement in DISK_BACK[database.backend]:
+            database.sql(statement)
     after = client.submit_ok(job(("RP00001", [image_server.url("img/red.jpg?db=3")])))
     assert after == before + 1
 
 
-def database_rows(data_dir: Path, job_id: int) -> int:
-    with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
-        return int(
-            db.execute("SELECT COUNT(*) FROM results WHERE job_id = ?", (job_id,)).fetchone()[0]
-        )
+def database_rows(service: ServiceProcess, job_id: int) -> int:
+    [(count,)] = database_of(service).sql(f"SELECT COUNT(*) FROM results WHERE job_id = {job_id}")
+    return int(count)
 
 
 def test_whole_service_killed_then_restarted_resumes_everything(
-    tmp_path: Path, image_server: ImageServer, baseline: list[tuple[Any, ...]]
+    tmp_path: Path,
+    image_server: ImageServer,
+    baseline: list[tuple[Any, ...]],
+    store_env: Callable[[str], dict[str, str]],
 ) -> None:
     data_dir = tmp_path / "whole"
-    first = ServiceProcess(data_dir, env_overrides=SLOW).start()
+    settings = {**SLOW, **store_env("whole")}
+    first = ServiceProcess(data_dir, env_overrides=settings).start()
     try:
         client = Client(first.url)
         finished = client.submit_ok(
@@ -197,7 +225,7 @@ def test_whole_service_killed_then_restarted_resumes_everything(
     finally:
         first.kill()
 
-    second = ServiceProcess(data_dir, env_overrides=SLOW).start()
+    second = ServiceProcess(data_dir, env_overrides=settings).start()
     try:
         client = Client(second.url)
         assert client.status(finished).json() == finished_status
@@ -213,9 +241,9 @@ def test_whole_service_killed_then_restarted_resumes_everything(
         settled_seen = sum(r["state"] != "pending" for r in client.all_results(stopped))
     finally:
         second.stop()
-    assert database_rows(data_dir, stopped) >= settled_seen
+    assert database_rows(second, stopped) >= settled_seen
 
-    third = ServiceProcess(data_dir, env_overrides=SLOW).start()
+    third = ServiceProcess(data_dir, env_overrides=settings).start()
     try:
         client = Client(third.url)
         assert client.wait(stopped, timeout=180)["status"] == "failed"

@@ -16,6 +16,10 @@ from core.models import IMAGE_CANCELLED, JOB_CANCELLED
 from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess
+from harness.stores import ON_BOTH_BACKENDS
+
+# The whole API suite runs on services of each job store.
+pytestmark = ON_BOTH_BACKENDS
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

@@ -1,0 +1,377 @@
+"""The dispatch lease of actors/tracker.py, driven without Ray.
+
+The tracker's own class (what `@ray.remote` wraps) is built with `object.__new__` and given
+the parts it uses: a real `SqliteStore` (two of them on one file stand for two clusters
+sharing the database), a real `JobBook` and `DatabaseThread`, and stand-ins for the worker
+pool, metrics and callbacks. Only the tracker's own methods run: `submit`, `status`,
+`_lease_step`, `_dispatch_step`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.pool import WorkerSlot
+from actors.tracker import JobTracker
+from core.clients import RateLimiter
+from core.dbthread import DatabaseThread
+from core.errors import JobAlreadyFinished, ServiceBusy, StorageError, TooManyOpenJobs
+from core.jobs import JobBook, JobLimits
+from core.models import ImageOutcome, JobStatus, JobSubmission, Visit
+from core.settings import Settings
+from core.storage import SqliteStore
+
+pytestmark = pytest.mark.timeout(60)
+
+TrackerClass: Any = JobTracker.__ray_metadata__.modified_class  # type: ignore[attr-defined]
+
+LEASE = 0.3  # seconds: the lease step sleeps LEASE / 3 before each renewal
+
+
+def one_image_job(n: int = 1) -> JobSubmission:
+    """A job of one visit to a known store with `n` images."""
+    urls = tuple(f"http://a.test/{i}" for i in range(n))
+    return JobSubmission((Visit("S1", "2025-01-01", urls),))
+
+
+class StoreMaster:
+    def current(self) -> frozenset[str]:
+        return frozenset({"S1"})
+
+
+class Metrics:
+    def failed_at_once(self, *_args: Any) -> None:
+        pass
+
+
+class Callbacks:
+    async def for_jobs(self, _job_ids: Any) -> None:
+        pass
+
+    async def deliver_all(self, _due: Any) -> None:
+        pass
+
+
+class Handle:
+    """A worker's actor handle: records the batches sent to it."""
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+        outer = self
+
+        class Accept:
+            def remote(self, batch: Any) -> Any:
+                outer.batches.append(batch)
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_result(None)
+                return fut
+
+        self.accept = Accept()
+
+
+class Pool:
+    """One ready worker with room for 10 images."""
+
+    def __init__(self) -> None:
+        self.worker = WorkerSlot("w", "node", 0, Handle(), gpu_slots=10, capacity=10, ready=True)
+
+    def in_flight_of(self, job_id: int) -> set[int]:
+        return {index for held, index in self.worker.in_flight if held == job_id}
+
+    def freest_first(self) -> list[WorkerSlot]:
+        return [self.worker]
+
+    def by_key(self, key: str) -> WorkerSlot | None:
+        return self.worker if key == "w" else None
+
+
+class FlakyStore:
+    """The store, except that renewing the lease fails once `failing` is set (the database is
+    locked by another process past the busy timeout, or the disk answers EIO)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.failing = False
+
+    def hold_lease(self, holder: str, seconds: float) -> bool:
+        if self.failing:
+            raise StorageError("could not hold the dispatch lease: database is locked")
+        return self._store.hold_lease(holder, seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def settings_for(data_dir: Path, **values: str) -> Settings:
+    env = {"IMAGE_SERVICE_DATA_DIR": str(data_dir), "IMAGE_SERVICE_LEASE_SECONDS": str(LEASE)}
+    env.update({f"IMAGE_SERVICE_{k.upper()}": v for k, v in values.items()})
+    return Settings.from_env(env)
+
+
+def bare_tracker(settings: Settings, store: Any, holder: str, leading: bool) -> Any:
+    """The tracker's own class with its parts in place, as after `_recover`."""
+    tracker = object.__new__(TrackerClass)
+    tracker._settings = settings
+    tracker._store = store
+    tracker._db = DatabaseThread()
+    tracker._store_master = StoreMaster()
+    tracker._book = JobBook(
+        JobLimits(
+            max_open_jobs_per_client=settings.max_open_jobs_per_client,
+            max_queued_images=settings.max_queued_images,
+            max_image_attempts=settings.max_image_attempts,
+        )
+    )
+    tracker._submit_limiter = RateLimiter(1000.0, 1000)
+    tracker._flush_lock = asyncio.Lock()
+    tracker._wake = asyncio.Event()
+    tracker._pool = Pool()
+    tracker._helpers = set()
+    tracker._stopping = False
+    tracker._image_metrics = Metrics()
+    tracker._metrics = Metrics()
+    tracker._callbacks = Callbacks()
+    tracker._holder = holder
+    tracker._leading = leading
+    tracker._lease_until = time.monotonic() + LEASE * 2 / 3 if leading else 0.0  # just renewed
+    recovered = asyncio.get_running_loop().create_future()
+    recovered.set_result(None)
+    tracker._recovered = recovered
+    return tracker
+
+
+# ---- a standby tracker records jobs but counts none of them ---------------------------------
+
+
+def test_a_standby_tracker_still_holds_a_client_to_its_open_jobs_limit(tmp_path: Path) -> None:
+    """A client's open-jobs limit holds through the cluster standing by too: it counts the
+    client's unfinished jobs on disk, where the dispatching cluster's are."""
+    settings = settings_for(tmp_path, max_open_jobs_per_client="1")
+    leader_store = SqliteStore(settings.database_path)
+    assert leader_store.hold_lease("leader", 60)
+
+    async def scenario() -> None:
+        standby = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        await standby.submit(one_image_job(), "k1", "client", None, "client")
+        with pytest.raises(TooManyOpenJobs):
+            await standby.submit(one_image_job(), "k2", "client", None, "client")
+
+    asyncio.run(scenario())
+
+
+def test_a_standby_tracker_still_holds_the_unsettled_images_limit(tmp_path: Path) -> None:
+    """The unsettled-images limit holds through the standby too (503 + Retry-After)."""
+    settings = settings_for(tmp_path, max_queued_images="3")
+    leader_store = SqliteStore(settings.database_path)
+    assert leader_store.hold_lease("leader", 60)
+
+    async def scenario() -> None:
+        standby = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        await standby.submit(one_image_job(3), "k1", None, None, "a")
+        with pytest.raises(ServiceBusy):
+            await standby.submit(one_image_job(3), "k2", None, None, "a")
+
+    asyncio.run(scenario())
+
+
+# ---- a tracker that lost the lease keeps its jobs as they were -------------------------------
+
+
+def _lose_the_lease_then_let_the_other_cluster_finish(tmp_path: Path, **values: str) -> Any:
+    settings = settings_for(tmp_path, **values)
+    other = SqliteStore(settings.database_path)
+
+    async def scenario() -> tuple[Any, int]:
+        store = SqliteStore(settings.database_path)
+        assert store.hold_lease("A", LEASE)
+        tracker = bare_tracker(settings, store, "A", True)
+        job_id = await tracker.submit(one_image_job(), "k1", "client", None, "client")
+        assert job_id in tracker._book.jobs
+        await asyncio.sleep(LEASE + 0.05)  # A stalls past its lease (GC, a frozen loop)...
+        assert other.hold_lease("B", 60)  # ...and the other cluster takes over
+        await tracker._lease_step()
+        assert tracker._leading is False  # A noticed: "dispatching stops"
+        # B dispatches the job and finishes it.
+        other.save_outcomes([ImageOutcome(job_id, 0, time.time(), width=2, height=3)], [job_id])
+        assert other.job_view(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+        return tracker, job_id
+
+    return settings, scenario
+
+
+def test_status_after_losing_the_lease_follows_the_database(tmp_path: Path) -> None:
+    """A tracker that lost the lease forgets its jobs: its `status` follows the store, where
+    the other cluster completes them."""
+    _settings, lose = _lose_the_lease_then_let_the_other_cluster_finish(tmp_path)
+
+    async def scenario() -> None:
+        tracker, job_id = await lose()
+        view = await tracker.status(job_id, None)
+        assert view is not None and view.status is JobStatus.COMPLETED
+
+    asyncio.run(scenario())
+
+
+def test_after_losing_the_lease_a_finished_job_no_longer_counts_as_open(tmp_path: Path) -> None:
+    """A job the other cluster finished no longer counts against the client's limit on the
+    tracker that lost the lease."""
+    _settings, lose = _lose_the_lease_then_let_the_other_cluster_finish(
+        tmp_path, max_open_jobs_per_client="1"
+    )
+
+    async def scenario() -> None:
+        tracker, _job_id = await lose()
+        await tracker.submit(one_image_job(), "k2", "client", None, "client")
+
+    asyncio.run(scenario())
+
+
+# ---- a leader that cannot renew keeps dispatching past its lease -----------------------------
+
+
+def test_a_leader_that_cannot_renew_stops_dispatching_once_its_lease_has_expired(
+    tmp_path: Path,
+) -> None:
+    """While renewing fails (the supervised loop logs it and tries again), dispatching stops
+    before the lease expires: the other cluster may take it then, and never two dispatch."""
+    settings = settings_for(tmp_path)
+    other = SqliteStore(settings.database_path)
+
+    async def scenario() -> None:
+        store = FlakyStore(SqliteStore(settings.database_path))
+        assert store.hold_lease("A", LEASE)
+        tracker = bare_tracker(settings, store, "A", True)
+        await tracker.submit(one_image_job(3), "k1", None, None, "a")
+        store.failing = True
+        deadline = time.monotonic() + LEASE * 2
+        while time.monotonic() < deadline:
+            with pytest.raises(StorageError):
+                await tracker._lease_step()
+        assert other.hold_lease("B", 60)  # B leads now, as the database says
+        tracker._wake.set()
+        await tracker._dispatch_step()
+        assert tracker._pool.worker.in_flight == set(), "A dispatched without a lease"
+
+    asyncio.run(scenario())
+
+
+def test_a_tracker_that_leads_again_does_not_dispatch_images_settled_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """A lost the lease with a job in its book; B took over, finished the job and died. When A
+    takes the lease back it dispatches nothing of that job: settled images never go again."""
+    settings = settings_for(tmp_path)
+    other = SqliteStore(settings.database_path)
+
+    async def scenario() -> None:
+        store = SqliteStore(settings.database_path)
+        assert store.hold_lease("A", LEASE)
+        tracker = bare_tracker(settings, store, "A", True)
+        job_id = await tracker.submit(one_image_job(3), "k1", None, None, "a")
+        await asyncio.sleep(LEASE + 0.05)
+        assert other.hold_lease("B", LEASE)
+        await tracker._lease_step()
+        assert tracker._leading is False
+        now = time.time()
+        other.save_outcomes(
+            [ImageOutcome(job_id, i, now, width=1, height=1) for i in range(3)], [job_id]
+        )
+        await asyncio.sleep(LEASE + 0.05)  # B dies; its lease runs out
+        await tracker._lease_step()
+        assert tracker._leading is True
+        tracker._wake.set()
+        await tracker._dispatch_step()
+        assert tracker._pool.worker.in_flight == set(), "images already settled on disk"
+
+    asyncio.run(scenario())
+
+
+# ---- the leader and the jobs another cluster recorded -------------------------------------------
+
+
+def test_the_leader_cancels_a_job_the_standby_recorded_before_it_picked_it_up(
+    tmp_path: Path,
+) -> None:
+    """A cancel reaching the leader before it has picked up a job the standby recorded (it
+    looks every LEASE_SECONDS / 3) picks the job up and cancels it."""
+    settings = settings_for(tmp_path)
+    standby_store = SqliteStore(settings.database_path)
+
+    async def scenario() -> None:
+        store = SqliteStore(settings.database_path)
+        assert store.hold_lease("A", 60)
+        leader = bare_tracker(settings, store, "A", True)
+        job_id, created = standby_store.create_job(one_image_job(2), "k1", {})
+        assert created
+        detail = await leader.cancel(job_id, None)
+        assert detail is not None
+        assert detail.cancelled_at is not None, f"answered 202 {detail.state.value}, not cancelled"
+
+    asyncio.run(scenario())
+
+
+def test_a_standby_answers_the_cancel_of_an_ended_job_with_409_not_retry(
+    tmp_path: Path,
+) -> None:
+    """The standby answers the cancel of an ended job 409, as the leader does; only a job
+    still running is left to the leader (503 with Retry-After)."""
+    settings = settings_for(tmp_path)
+    leader_store = SqliteStore(settings.database_path)
+    assert leader_store.hold_lease("leader", 60)
+    job_id, _ = leader_store.create_job(one_image_job(1), "k1", {})
+    leader_store.save_outcomes([ImageOutcome(job_id, 0, time.time(), error="HTTP 404")], [job_id])
+
+    async def scenario() -> None:
+        standby = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        with pytest.raises(JobAlreadyFinished):
+            await standby.cancel(job_id, None)
+
+    asyncio.run(scenario())
+
+
+class RecordingCallbacks(Callbacks):
+    def __init__(self) -> None:
+        self.delivered: list[int] = []
+
+    async def for_jobs(self, job_ids: Any) -> None:
+        self.delivered.extend(job_ids or [])
+
+    async def deliver_all(self, due: Any) -> None:
+        self.delivered.extend(callback.job_id for callback in due)
+
+
+def test_a_callback_due_of_a_job_the_standby_finished_survives_its_restart(
+    tmp_path: Path,
+) -> None:
+    """A callback left due by another tracker (a standby that ended a job at its submit, then
+    stopped) is sent by the leader: its lease step sends every callback due."""
+    settings = settings_for(tmp_path)
+    leader_store = SqliteStore(settings.database_path)
+    assert leader_store.hold_lease("leader", 60)
+    unknown = JobSubmission(
+        (Visit("NOT-A-STORE", "2025-01-01", ("http://a.test/1",)),),
+        callback_url="http://hooks.test/done",
+    )
+    # The standby recorded it (ended at once) and died before `mark_callback_done`.
+    job_id, _ = SqliteStore(settings.database_path).create_job(
+        unknown, "k1", {0: "store_id not in store master"}
+    )
+    assert [due.job_id for due in leader_store.callbacks_due(None)] == [job_id]
+
+    async def scenario() -> None:
+        restarted = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        restarted._callbacks = RecordingCallbacks()
+        await restarted._recover()
+        leader = bare_tracker(settings, leader_store, "leader", True)
+        leader._callbacks = RecordingCallbacks()
+        await leader._lease_step()
+        await asyncio.sleep(0)
+        delivered = restarted._callbacks.delivered + leader._callbacks.delivered
+        assert job_id in delivered, "the callback stays due and is never sent"
+
+    asyncio.run(scenario())
