@@ -26,6 +26,10 @@ KUBERAY_SECRETS = ROOT / "deploy/kuberay-secret"
 RAYSERVICE_CRD = ROOT / "tests/data/kuberay/ray.io_rayservices.yaml"
 # The data key KubeRay's authOptions.secretName requires of the Secret.
 AUTH_TOKEN_KEY = "auth_token"
+TOKEN_SECRET = "image-job-service-ray-auth"
+# The job store's URL (it holds the password): every node reads it from this Secret's key.
+DATABASE_SECRET = "image-job-service-database"
+DATABASE_URL_KEY = "url"
 
 Document = dict[str, Any]
 
@@ -257,8 +261,8 @@ def test_every_object_the_rayservice_names_is_defined_by_the_manifest() -> None:
     rayservice = the_rayservice()
     defined = {(doc["kind"], doc["metadata"]["name"]) for doc in manifest_documents()}
     named = references(rayservice)
-    # The manifest names at least the token Secret and the head's claim.
-    assert {kind for kind, _ in named} >= {"Secret", "PersistentVolumeClaim"}
+    # The manifest names at least the token Secret and the job store's.
+    assert {name for kind, name in named if kind == "Secret"} >= {TOKEN_SECRET, DATABASE_SECRET}
     assert named <= defined, f"named but not defined: {sorted(named - defined)}"
 
 
@@ -274,35 +278,24 @@ def test_every_secret_key_the_rayservice_reads_is_in_its_secret() -> None:
 def test_the_token_secret_is_not_applied_with_the_directory() -> None:
     # `kubectl apply -f deploy/kuberay/` again must not replace the real token by a placeholder.
     assert [doc for doc in applied_documents() if doc["kind"] == "Secret"] == []
-    secrets = [doc for doc in manifest_documents() if doc["kind"] == "Secret"]
-    assert secrets, "no Secret template in deploy/kuberay-secret/"
-    for secret in secrets:
-        assert AUTH_TOKEN_KEY in secret_keys(secret)
+    secrets = {
+        doc["metadata"]["name"]: doc for doc in manifest_documents() if doc["kind"] == "Secret"
+    }
+    assert AUTH_TOKEN_KEY in secret_keys(secrets[TOKEN_SECRET])
+    assert DATABASE_URL_KEY in secret_keys(secrets[DATABASE_SECRET])
 
 
-def test_head_keeps_the_job_database_on_its_own_claim() -> None:
-    rayservice = the_rayservice()
-    claims = {
-        doc["metadata"]["name"]: doc
-        for doc in applied_documents()
-        if doc["kind"] == "PersistentVolumeClaim"
-    }
-    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
-    volumes = {
-        volume["name"]: volume["persistentVolumeClaim"]["claimName"]
-        for volume in head.get("volumes", [])
-        if "persistentVolumeClaim" in volume
-    }
-    [(volume_name, claim_name)] = volumes.items()
-    assert claims[claim_name]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    [container] = head["containers"]
-    data_dir = environment(container)[f"{ENV_PREFIX}DATA_DIR"]["value"]
-    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
-    assert mounts[volume_name] == data_dir
-    # Workers mount no job database: the tracker and its file live on the head alone.
-    for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
-        for volume in group["template"]["spec"].get("volumes", []):
-            assert "persistentVolumeClaim" not in volume, group["groupName"]
+def test_every_node_reads_the_job_store_from_its_secret_and_keeps_no_jobs_on_disk() -> None:
+    expected = {"secretKeyRef": {"name": DATABASE_SECRET, "key": DATABASE_URL_KEY}}
+    seen = []
+    for where, container in containers(the_rayservice()):
+        url = environment(container).get(f"{ENV_PREFIX}DATABASE_URL", {})
+        assert "value" not in url, f"{where}: the database password is written in the manifest"
+        assert url.get("valueFrom") == expected, where
+        assert not container.get("volumeMounts"), f"{where}: jobs belong in PostgreSQL"
+        seen.append(where)
+    assert "head/ray-head" in seen and len(seen) >= 2, seen
+    assert [doc for doc in applied_documents() if doc["kind"] == "PersistentVolumeClaim"] == []
 
 
 # ---- what every node gets ------------------------------------------------------------------
@@ -332,7 +325,7 @@ def test_every_node_runs_the_edge_middlewares() -> None:
 def test_every_node_has_the_same_valid_service_settings() -> None:
     per_container = {
         where: {
-            name: variable["value"]
+            name: variable.get("value", repr(variable.get("valueFrom")))
             for name, variable in environment(container).items()
             if name.startswith(ENV_PREFIX)
         }
@@ -342,5 +335,9 @@ def test_every_node_has_the_same_valid_service_settings() -> None:
     first, *others = per_container.values()
     assert set(first) <= known, f"not settings: {sorted(set(first) - known)}"
     assert all(settings == first for settings in others), per_container
-    # Values the service accepts (from_env raises SettingsError naming a bad one).
-    assert Settings.from_env(first).data_dir == Path(first[f"{ENV_PREFIX}DATA_DIR"])
+    # Values the service accepts (from_env raises SettingsError naming a bad one), with the
+    # database URL a Secret gives.
+    written = {name: value for name, value in first.items() if not value.startswith("{")}
+    url = "postgresql://jobs:secret@postgres:5432/jobs"
+    settings = Settings.from_env({**written, f"{ENV_PREFIX}DATABASE_URL": url})
+    assert settings.host == first[f"{ENV_PREFIX}HOST"] and settings.database_url == url
