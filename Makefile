@@ -40,7 +40,7 @@ test: lint postgres-server
 unit: install
 	$(BIN)/python -m pytest -m "not cluster and not postgres"
 
-bench: install
+bench: install postgres-server
 	$(BIN)/python -m bench.run
 
 # The job store's calls on SQLite and on a PostgreSQL server of its own (bench/stores.py).

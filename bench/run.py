@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from harness.postgres import PostgresServer
 from harness.procs import cpu_by_role, descendants, rss_bytes
 from harness.service import ROOT, ServiceProcess, WorkerNode, free_port
 
@@ -129,16 +130,51 @@ class PeakMemory:
         return self.peak
 
 
-def start_service(data_dir: Path, gpu_delay: str) -> ServiceProcess:
-    """The service as users run it, with 256 images in flight on its one node."""
+def start_service(data_dir: Path, gpu_delay: str, database_url: str = "") -> ServiceProcess:
+    """The service as users run it, with 256 images in flight on its one node; its jobs in
+    SQLite, or in PostgreSQL at `database_url`."""
+    store = {"IMAGE_SERVICE_DATABASE_URL": database_url} if database_url else {}
     return ServiceProcess(
         data_dir,
         env_overrides={
             **FAST,
+            **store,
             "IMAGE_SERVICE_GPU_DELAY": gpu_delay,
             "IMAGE_SERVICE_CONCURRENCY": str(IN_FLIGHT),
         },
     ).start()
+
+
+def on_postgres(work: Path, image_port: int) -> dict[str, Any]:
+    """The 10k-image job, submits and status polling again with the jobs in PostgreSQL: a
+    server of its own on loopback, durable as in production (fsync on)."""
+    server = PostgresServer(base_dir=work / "postgres", durable=True).start()
+    try:
+        service = start_service(
+            work / "pg-delay", gpu_delay="0.1-0.4", database_url=server.empty_database("bench")
+        )
+        try:
+            job_id, _ = submit(service, make_job(image_port, 10_000))
+            started = time.perf_counter()
+            finished = wait_done(service, job_id)
+            polled, _ = submit(service, make_job(image_port, 10_000, first_visit=1))
+            time.sleep(1.5)
+            status = load(f"{service.url}/api/status?jobid={polled}", 3)
+            wait_done(service, polled)
+            latencies = []
+            for n in range(5):
+                later, latency = submit(service, make_job(image_port, 10_000, first_visit=2 + n))
+                latencies.append(latency)
+                wait_done(service, later)
+        finally:
+            service.stop()
+    finally:
+        server.remove()
+    return {
+        "throughput_ips": 10_000 / (finished - started),
+        "status": status,
+        "submit_p50_ms": statistics.median(latencies) * 1000,
+    }
 
 
 def with_delay(work: Path, ports: tuple[int, int, int]) -> dict[str, Any]:
@@ -240,7 +276,7 @@ def scale_out(work: Path, image_port: int) -> dict[str, Any]:
 
 
 def table(
-    delay: dict[str, Any], nodelay: dict[str, Any], scale: dict[str, Any]
+    delay: dict[str, Any], nodelay: dict[str, Any], scale: dict[str, Any], pg: dict[str, Any]
 ) -> list[tuple[str, str, str, str]]:
     ideal = IN_FLIGHT / MEAN_DELAY
     fair = delay["fair_pair_seconds"]
@@ -277,6 +313,16 @@ def table(
         ("2k images, 32 slots/node: 1 node vs 2",
          f"{scale['one_node_seconds']:.1f} s / {scale['two_node_seconds']:.1f} s", "target 0.55",
          f"{scale['two_node_seconds'] / scale['one_node_seconds']:.2f} of one node's time"),
+        ("PostgreSQL: 1 job of 10k, delay 0.1-0.4", f"{pg['throughput_ips']:.0f} img/s",
+         f"SQLite {delay['throughput_ips']:.0f}",
+         f"{pg['throughput_ips'] / ideal:.2f} of ideal; "
+         f"{pg['throughput_ips'] / delay['throughput_ips']:.2f} of SQLite (target 0.9)"),
+        ("PostgreSQL: submit 10k images, p50 of 5", f"{pg['submit_p50_ms']:.0f} ms",
+         f"SQLite {nodelay['submit_p50_ms']:.0f}",
+         f"{pg['submit_p50_ms'] / nodelay['submit_p50_ms']:.2f}x SQLite"),
+        ("PostgreSQL: GET /api/status, 16 conns", f"{pg['status']['rps']:.0f} req/s",
+         f"SQLite {status['rps']:.0f}",
+         f"{pg['status']['rps'] / status['rps']:.2f} of SQLite (through the tracker)"),
     ]  # fmt: skip
 
 
@@ -295,12 +341,13 @@ def main() -> None:
         delay = with_delay(Path(tmp), (image_port, slow_port, floor_port))
         nodelay = without_delay(Path(tmp), image_port, origin.pid)
         scale = scale_out(Path(tmp), image_port)
-    rows = table(delay, nodelay, scale)
+        pg = on_postgres(Path(tmp), image_port)
+    rows = table(delay, nodelay, scale, pg)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
     (OUT / "results.json").write_text(
-        json.dumps({"delay": delay, "nodelay": nodelay, "scale": scale}, indent=2)
+        json.dumps({"delay": delay, "nodelay": nodelay, "scale": scale, "postgres": pg}, indent=2)
     )
     print(f"\nJSON: {OUT / 'results.json'}")
 
