@@ -98,9 +98,7 @@ class SqliteStore:
         client_id: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[int, bool]:
-        """Record a job with all its images in one transaction; `failed_images` (index to
-        reason) settle at once. Returns `(job_id, created)`; a known key returns its old job,
-        unless `request_hash` says the body differs: then `IdempotencyConflict`."""
+        """As `JobStore.create_job` (core/store.py) says."""
         now = time.time()
         with self._transaction(durable=True):
             known = self.job_for_key(idempotency_key, request_hash)
@@ -167,10 +165,7 @@ class SqliteStore:
         started: Iterable[tuple[int, float]] = (),
         cancelled: Sequence[CancelMark] = (),
     ) -> list[ImageOutcome]:
-        """In one transaction: mark jobs started (`(job_id, when)` pairs), store a batch of
-        settled images with each cancel at its place among them, then close the jobs now fully
-        settled. An image already settled keeps its first result. An outcome that cannot be
-        stored is stored as a failure instead; those are returned."""
+        """As `JobStore.save_outcomes` (core/store.py) says."""
         unstorable: list[ImageOutcome] = []
         for node_id in {outcome.node_id for outcome in outcomes}:
             self._node_number(node_id)
