@@ -70,6 +70,14 @@ def image_server() -> Iterator[ImageServer]:
     server.stop()
 
 
+@pytest.fixture
+def fresh_image_counts(image_server: ImageServer) -> None:
+    """The image server's request counts from zero: a module that runs twice (once per backend)
+    asks the same paths again, and its tests count the requests."""
+    with image_server.lock:
+        image_server.hits.clear()
+
+
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     """The job store of the services a test starts: SQLite, unless its module runs on both

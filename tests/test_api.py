@@ -14,7 +14,7 @@ from harness.imageserver import ImageServer, perimeter
 from harness.stores import ON_BOTH_BACKENDS
 
 # The whole API suite runs on services of each job store.
-pytestmark = ON_BOTH_BACKENDS
+pytestmark = [ON_BOTH_BACKENDS, pytest.mark.usefixtures("fresh_image_counts")]
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import pytest
 import requests
 
 from core.models import IMAGE_CANCELLED, JOB_CANCELLED
@@ -19,7 +20,7 @@ from harness.service import ServiceProcess
 from harness.stores import ON_BOTH_BACKENDS
 
 # The whole API suite runs on services of each job store.
-pytestmark = ON_BOTH_BACKENDS
+pytestmark = [ON_BOTH_BACKENDS, pytest.mark.usefixtures("fresh_image_counts")]
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"
