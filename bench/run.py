@@ -148,7 +148,8 @@ def start_service(data_dir: Path, gpu_delay: str, database_url: str = "") -> Ser
 def on_postgres(work: Path, image_port: int) -> dict[str, Any]:
     """The 10k-image job, submits and status polling again with the jobs in PostgreSQL: a
     server of its own on loopback, durable as in production (fsync on)."""
-    server = PostgresServer(base_dir=work / "postgres", durable=True).start()
+    # Its own directory under /tmp: the server runs as another user, who cannot enter `work`.
+    server = PostgresServer(durable=True).start()
     try:
         service = start_service(
             work / "pg-delay", gpu_delay="0.1-0.4", database_url=server.empty_database("bench")
