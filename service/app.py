@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from fastapi import FastAPI, Request
@@ -34,6 +34,7 @@ from core.errors import (
     SubmissionTooLarge,
 )
 from core.models import JobView
+from core.pg_store import PostgresStore
 from core.settings import Settings
 from core.storage import StatusReader
 from core.submission import SubmissionLimits, parse_submission, submission_fingerprint
@@ -56,6 +57,11 @@ from service.schemas import (
 from service.tracker_client import TrackerClient
 
 log = logging.getLogger(__name__)
+
+
+class StatusSource(Protocol):
+    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None: ...
+
 
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
 INLINE_PARSE_BYTES = 256 * 1024
@@ -114,12 +120,17 @@ class ImageServiceAPI:
             raise Unauthorized
         return client
 
-    def _local_status_reader(self, tracker: Any) -> StatusReader | None:
-        """Status straight from the database when this replica runs beside it: it spares every
-        poll a round trip through the tracker, which is what bounds status throughput. Not with
-        PostgreSQL: status then goes through the tracker (a SQLite file beside it is stale)."""
+    def _local_status_reader(self, tracker: Any) -> StatusSource | None:
+        """Status straight from the database when this replica can read it: it spares every
+        poll a round trip through the tracker, which is what bounds status throughput. SQLite
+        when this replica runs beside it; PostgreSQL from any node (a SQLite file left beside
+        the replica would be stale then)."""
         if self._settings.database_url:
-            return None
+            try:
+                return PostgresStore(self._settings.database_url)
+            except StorageError as exc:
+                log.warning("status will be asked of the tracker: %s", exc)
+                return None
         tracker_node = ray.get(
             tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
         )
@@ -182,6 +193,9 @@ class ImageServiceAPI:
         or when that read fails."""
         if self._statuses is not None:
             try:
+                if self._settings.database_url:
+                    # A round trip to the server: off the event loop.
+                    return await asyncio.to_thread(self._statuses.job_view, job_id, client)
                 return self._statuses.job_view(job_id, client)
             except StorageError as exc:
                 log.warning("status from the database failed, asking the tracker: %s", exc)
