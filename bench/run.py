@@ -323,7 +323,7 @@ def table(
          f"{pg['submit_p50_ms'] / nodelay['submit_p50_ms']:.2f}x SQLite"),
         ("PostgreSQL: GET /api/status, 16 conns", f"{pg['status']['rps']:.0f} req/s",
          f"SQLite {status['rps']:.0f}",
-         f"{pg['status']['rps'] / status['rps']:.2f} of SQLite (through the tracker)"),
+         f"{pg['status']['rps'] / status['rps']:.2f} of SQLite (read at the edge, in a thread)"),
     ]  # fmt: skip
 
 

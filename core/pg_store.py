@@ -190,14 +190,17 @@ class PostgresStore:
         self._node_numbers.update({str(node): int(number) for node, number in rows})
 
     @database_errors("read a job's status")
-    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None:
+    def job_view(
+        self, job_id: int, client_id: str | None = None, exact: bool = False
+    ) -> JobView | None:
         """The job's status; None if unknown, or if `client_id` is given and the job is
-        another's."""
+        another's. With `exact`, a `client_id` of None matches only a job submitted without
+        API keys."""
         with self._pool.connection() as db:
             row = db.execute(
                 "SELECT status, errors, client_id FROM jobs WHERE id = %s", (job_id,)
             ).fetchone()
-        if row is None or (client_id is not None and row[2] != client_id):
+        if row is None or ((client_id is not None or exact) and row[2] != client_id):
             return None
         return JobView(job_id=job_id, status=JobStatus(row[0]), errors=store_errors(row[1]))
 

@@ -14,6 +14,7 @@ Dockerfile and the README's cluster commands set for every Ray process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import parse_qsl
 
@@ -30,7 +31,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.clients import ApiKeys
 from core.errors import StorageError
-from core.models import status_payload
+from core.models import JobView, status_payload
+from core.pg_store import PostgresStore
 from core.settings import Settings
 from core.storage import StatusReader
 from service.params import parse_job_id
@@ -106,9 +108,10 @@ class FastStatus:
         self._settings = settings or Settings.from_env()
         self._keys = ApiKeys(self._settings.api_keys)
         self._reader: StatusReader | None = None
+        self._postgres: PostgresStore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = self._answer(scope) if scope["type"] == "http" else None
+        answer = await self._answer(scope) if scope["type"] == "http" else None
         if answer is None:
             await self._app(scope, receive, send)
             return
@@ -119,15 +122,14 @@ class FastStatus:
         # Through Serve's own middleware, so X-Request-ID is echoed or made as for any answer.
         await RequestIdMiddleware(respond)(scope, receive, send)
 
-    def _answer(self, scope: Scope) -> dict[str, object] | None:
+    async def _answer(self, scope: Scope) -> dict[str, object] | None:
         """The status body of a known job this caller may see; None to leave it to the API."""
         if scope["method"] != "GET" or scope["path"] != "/api/status":
             return None
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         jobids = [value for name, value in query if name == "jobid"]
         job_id = parse_job_id(jobids[0]) if len(jobids) == 1 else None
-        reader = self._status_reader()
-        if job_id is None or reader is None:
+        if job_id is None:
             return None
         client = None
         if self._keys.required:
@@ -136,16 +138,26 @@ class FastStatus:
             if client is None:
                 return None
         try:
-            view = reader.job_view(job_id, client, exact=True)
+            if self._settings.database_url:
+                # A round trip to the server: in a thread, off the proxy's event loop.
+                view = await asyncio.to_thread(self._postgres_view, job_id, client)
+            else:
+                reader = self._status_reader()
+                if reader is None:
+                    return None
+                view = reader.job_view(job_id, client, exact=True)
         except StorageError:
             return None
         return None if view is None else status_payload(view)
 
+    def _postgres_view(self, job_id: int, client: str | None) -> JobView | None:
+        """The job's status in the PostgreSQL job store, opened on first use."""
+        if self._postgres is None:
+            self._postgres = PostgresStore(self._settings.database_url)
+        return self._postgres.job_view(job_id, client, exact=True)
+
     def _status_reader(self) -> StatusReader | None:
-        """The SQLite job database, read only, once it exists on this node (the tracker's).
-        None with PostgreSQL: status then goes to the API (a SQLite file here is stale)."""
-        if self._settings.database_url:
-            return None
+        """The SQLite job database, read only, once it exists on this node (the tracker's)."""
         if self._reader is None and self._settings.database_path.exists():
             try:
                 self._reader = StatusReader(self._settings.database_path)
