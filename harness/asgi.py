@@ -134,3 +134,32 @@ def api_with(tracker: Any, settings: Settings | None = None, statuses: Any = Non
     }
     api.dependency_overrides[servable] = lambda: instance
     return api
+
+
+class ScriptedTracker:
+    """A tracker's handle for in-process API tests: answers each method with what `answers`
+    holds for it (an exception is raised), records the arguments it was called with, and
+    fails the test on any other method."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.answers:
+            raise AssertionError(f"the tracker was asked {name}")
+        tracker = self
+
+        class Method:
+            def remote(self, *args: Any) -> Any:
+                tracker.calls.append((name, args))
+
+                async def answer() -> Any:
+                    value = tracker.answers[name]
+                    if isinstance(value, BaseException):
+                        raise value
+                    return value
+
+                return answer()
+
+        return Method()

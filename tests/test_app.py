@@ -23,40 +23,12 @@ from core.models import (
 )
 from core.settings import Settings
 from core.storage import StorageError
-from harness.asgi import api_with, request
+from harness.asgi import ScriptedTracker, api_with, request
 from service.app import api
 
 pytestmark = pytest.mark.timeout(30)
 
 JSON = [(b"content-type", b"application/json")]
-
-
-class Tracker:
-    """Answers each method with what `answers` holds for it (an exception is raised), and
-    records the arguments it was called with."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in self.answers:
-            raise AssertionError(f"the tracker was asked {name}")
-        tracker = self
-
-        class Method:
-            def remote(self, *args: Any) -> Any:
-                tracker.calls.append((name, args))
-
-                async def answer() -> Any:
-                    value = tracker.answers[name]
-                    if isinstance(value, BaseException):
-                        raise value
-                    return value
-
-                return answer()
-
-        return Method()
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +45,7 @@ def json_answer(
     return status, [*(before or []), (b"content-length", str(len(body)).encode()), *JSON], body
 
 
-def get(tracker: Tracker, target: str, settings: Settings | None = None) -> Any:
+def get(tracker: ScriptedTracker, target: str, settings: Settings | None = None) -> Any:
     return request(api_with(tracker, settings), "GET", target)
 
 
@@ -94,14 +66,14 @@ FAILED_VIEW = JobView(
     ],
 )  # fmt: skip
 def test_status_bytes(view: JobView, body: bytes) -> None:
-    tracker = Tracker(status=view)
+    tracker = ScriptedTracker(status=view)
     assert get(tracker, "/api/status?jobid=7") == json_answer(200, body)
     assert tracker.calls == [("status", (7, None))]
 
 
 @pytest.mark.parametrize("query", ["jobid=8", "", "jobid=x", "jobid=-1", "jobid=1.5"])
 def test_status_of_an_unknown_or_unnamed_job_is_400_empty(query: str) -> None:
-    assert get(Tracker(status=None), f"/api/status?{query}") == json_answer(400, b"{}")
+    assert get(ScriptedTracker(status=None), f"/api/status?{query}") == json_answer(400, b"{}")
 
 
 class FailingReader:
@@ -112,7 +84,7 @@ class FailingReader:
 
 
 def test_status_is_asked_of_the_tracker_when_the_database_beside_fails() -> None:
-    tracker = Tracker(status=JobView(7, JobStatus.ONGOING))
+    tracker = ScriptedTracker(status=JobView(7, JobStatus.ONGOING))
     app = api_with(tracker, statuses=FailingReader())
     assert request(app, "GET", "/api/status?jobid=7") == json_answer(
         200, b'{"status":"ongoing","job_id":7}'
@@ -149,7 +121,7 @@ ROWS_BYTES = (
 
 def test_results_bytes_every_kind_of_row() -> None:
     page = ResultsPage(FAILED_VIEW, 12, 5, (PENDING, DONE, DONE_NO_NODE, FAILED, FAILED_NO_NODE))
-    tracker = Tracker(results=page)
+    tracker = ScriptedTracker(results=page)
     assert get(tracker, "/api/results?jobid=7&offset=5&limit=5") == json_answer(
         200,
         b'{"job_id":7,"status":"failed","total":12,"offset":5,"limit":5,"next_offset":10,'
@@ -160,14 +132,14 @@ def test_results_bytes_every_kind_of_row() -> None:
 
 def test_results_bytes_last_and_empty_pages() -> None:
     last = ResultsPage(JobView(7, JobStatus.ONGOING), 1, 0, (PENDING,))
-    assert get(Tracker(results=last), "/api/results?jobid=7") == json_answer(
+    assert get(ScriptedTracker(results=last), "/api/results?jobid=7") == json_answer(
         200,
         b'{"job_id":7,"status":"ongoing","total":1,"offset":0,"limit":100,"next_offset":null,'
         b'"results":[{"store_id":"S1","image_url":"http://a.test/0.jpg",'
         b'"visit_time":"2025-03-11","state":"pending"}]}',
     )
     beyond = ResultsPage(JobView(7, JobStatus.COMPLETED), 1, 9, ())
-    assert get(Tracker(results=beyond), "/api/results?jobid=7&offset=9") == json_answer(
+    assert get(ScriptedTracker(results=beyond), "/api/results?jobid=7&offset=9") == json_answer(
         200,
         b'{"job_id":7,"status":"completed","total":1,"offset":9,"limit":100,"next_offset":null,'
         b'"results":[]}',
@@ -176,7 +148,7 @@ def test_results_bytes_last_and_empty_pages() -> None:
 
 @pytest.mark.parametrize("query", ["jobid=8", "", "jobid=abc"])
 def test_results_of_an_unknown_or_unnamed_job_is_400_empty(query: str) -> None:
-    assert get(Tracker(results=None), f"/api/results?{query}") == json_answer(400, b"{}")
+    assert get(ScriptedTracker(results=None), f"/api/results?{query}") == json_answer(400, b"{}")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +163,7 @@ def test_results_of_an_unknown_or_unnamed_job_is_400_empty(query: str) -> None:
 )
 def test_bad_paging_is_400_naming_the_parameter(query: str, message: bytes) -> None:
     for path in ("/api/results?jobid=7&", "/api/jobs?"):
-        tracker = Tracker()  # never asked
+        tracker = ScriptedTracker()  # never asked
         assert get(tracker, path + query) == json_answer(400, b'{"error":"' + message + b'"}')
 
 
@@ -213,20 +185,20 @@ ENDED_BYTES = (
 
 
 def test_job_detail_bytes() -> None:
-    tracker = Tracker(job_detail=RUNNING)
+    tracker = ScriptedTracker(job_detail=RUNNING)
     assert get(tracker, "/api/jobs/7") == json_answer(200, RUNNING_BYTES)
-    assert get(Tracker(job_detail=ENDED), "/api/jobs/6") == json_answer(200, ENDED_BYTES)
+    assert get(ScriptedTracker(job_detail=ENDED), "/api/jobs/6") == json_answer(200, ENDED_BYTES)
     assert tracker.calls == [("job_detail", (7, None))]
 
 
 @pytest.mark.parametrize("job_id", ["8", "abc", "1.5"])
 def test_job_detail_of_an_unknown_job_is_404_naming_it(job_id: str) -> None:
     body = b'{"error":"no job ' + job_id.encode() + b'"}'
-    assert get(Tracker(job_detail=None), f"/api/jobs/{job_id}") == json_answer(404, body)
+    assert get(ScriptedTracker(job_detail=None), f"/api/jobs/{job_id}") == json_answer(404, body)
 
 
 def test_job_list_bytes() -> None:
-    tracker = Tracker(jobs=(5, [RUNNING, ENDED]))
+    tracker = ScriptedTracker(jobs=(5, [RUNNING, ENDED]))
     assert get(tracker, "/api/jobs?offset=0&limit=2") == json_answer(
         200,
         b'{"total":5,"offset":0,"limit":2,"next_offset":2,"jobs":['
@@ -236,26 +208,26 @@ def test_job_list_bytes() -> None:
         + b"]}",
     )
     assert tracker.calls == [("jobs", (None, 0, 2))]
-    assert get(Tracker(jobs=(2, [ENDED])), "/api/jobs?offset=1") == json_answer(
+    assert get(ScriptedTracker(jobs=(2, [ENDED])), "/api/jobs?offset=1") == json_answer(
         200,
         b'{"total":2,"offset":1,"limit":20,"next_offset":null,"jobs":[' + ENDED_BYTES + b"]}",
     )
-    assert get(Tracker(jobs=(0, [])), "/api/jobs") == json_answer(
+    assert get(ScriptedTracker(jobs=(0, [])), "/api/jobs") == json_answer(
         200, b'{"total":0,"offset":0,"limit":20,"next_offset":null,"jobs":[]}'
     )
 
 
 def test_cancel_bytes() -> None:
-    tracker = Tracker(cancel=RUNNING)
+    tracker = ScriptedTracker(cancel=RUNNING)
     assert request(api_with(tracker), "POST", "/api/jobs/7/cancel") == json_answer(
         202, RUNNING_BYTES
     )
     assert tracker.calls == [("cancel", (7, None))]
     for job_id in ("8", "x"):
-        assert request(api_with(Tracker(cancel=None)), "POST", f"/api/jobs/{job_id}/cancel") == (
-            json_answer(404, b'{"error":"no job ' + job_id.encode() + b'"}')
-        )
-    ended = Tracker(cancel=JobAlreadyFinished("job 6 has already failed"))
+        assert request(
+            api_with(ScriptedTracker(cancel=None)), "POST", f"/api/jobs/{job_id}/cancel"
+        ) == (json_answer(404, b'{"error":"no job ' + job_id.encode() + b'"}'))
+    ended = ScriptedTracker(cancel=JobAlreadyFinished("job 6 has already failed"))
     assert request(api_with(ended), "POST", "/api/jobs/6/cancel") == json_answer(
         409, b'{"error":"job 6 has already failed"}'
     )
@@ -269,7 +241,7 @@ SUBMISSION = (
 
 @pytest.mark.parametrize("path", ["/api/submit/", "/api/submit"])
 def test_submit_bytes(path: str) -> None:
-    tracker = Tracker(submit=12)
+    tracker = ScriptedTracker(submit=12)
     answer = request(api_with(tracker), "POST", path, SUBMISSION)
     assert answer == json_answer(201, b'{"job_id":12}')
     [(name, (_submission, _key, client, fingerprint, caller))] = tracker.calls
@@ -277,7 +249,7 @@ def test_submit_bytes(path: str) -> None:
 
 
 def test_an_idempotency_key_header_is_scoped_by_client_and_sent_with_the_body_s_hash() -> None:
-    tracker = Tracker(submit=12)
+    tracker = ScriptedTracker(submit=12)
     keys = Settings(data_dir=Path("/nonexistent"), api_keys=("key-a",))
     headers = [(b"idempotency-key", b"k-1"), (b"authorization", b"Bearer key-a")]
     answer = request(api_with(tracker, keys), "POST", "/api/submit/", SUBMISSION, headers)
@@ -289,20 +261,20 @@ def test_an_idempotency_key_header_is_scoped_by_client_and_sent_with_the_body_s_
 
 def test_submit_errors_bytes() -> None:
     small = Settings(data_dir=Path("/nonexistent"), max_body_bytes=10)
-    assert request(api_with(Tracker(), small), "POST", "/api/submit/", SUBMISSION) == (
+    assert request(api_with(ScriptedTracker(), small), "POST", "/api/submit/", SUBMISSION) == (
         json_answer(413, b'{"error":"body is larger than 10 bytes"}')
     )
     bad_key = [(b"idempotency-key", b"has space")]
-    assert request(api_with(Tracker()), "POST", "/api/submit/", SUBMISSION, bad_key) == (
+    assert request(api_with(ScriptedTracker()), "POST", "/api/submit/", SUBMISSION, bad_key) == (
         json_answer(400, b'{"error":"Idempotency-Key must be 1 to 255 visible ASCII characters"}')
     )
-    assert request(api_with(Tracker()), "POST", "/api/submit/", b"{") == json_answer(
+    assert request(api_with(ScriptedTracker()), "POST", "/api/submit/", b"{") == json_answer(
         400, b'{"error":"body must be a JSON object"}'
     )
 
 
 def test_healthz_bytes() -> None:
-    assert get(Tracker(ping="node"), "/healthz") == json_answer(200, b'{"status":"ok"}')
-    assert get(Tracker(ping=GetTimeoutError("slow")), "/healthz") == json_answer(
+    assert get(ScriptedTracker(ping="node"), "/healthz") == json_answer(200, b'{"status":"ok"}')
+    assert get(ScriptedTracker(ping=GetTimeoutError("slow")), "/healthz") == json_answer(
         503, b'{"status":"unavailable"}', before=[(b"retry-after", b"5")]
     )

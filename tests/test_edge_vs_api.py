@@ -16,7 +16,7 @@ from core.clients import client_id_for_key
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
 from core.storage import SqliteStore, StatusReader
-from harness.asgi import App, api_with, call, request, store_with_jobs
+from harness.asgi import App, ScriptedTracker, api_with, call, request, store_with_jobs
 from service.app import api
 from service.edge import FastStatus, middlewares
 
@@ -31,16 +31,9 @@ def _status_route() -> Any:
     raise AssertionError("no /api/status route")
 
 
-class Tracker:
-    """Never asked: the replica under test reads the database beside it."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the tracker was asked {name}")
-
-
 def api_for(settings: Settings) -> Any:
     """The real API app, its Serve replica an ImageServiceAPI beside the database."""
-    return api_with(Tracker(), settings, StatusReader(settings.database_path))
+    return api_with(ScriptedTracker(), settings, StatusReader(settings.database_path))
 
 
 @pytest.fixture(autouse=True)

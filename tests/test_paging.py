@@ -10,30 +10,10 @@ import pytest
 
 from core.models import JobStatus, JobView, ResultsPage
 from core.settings import Settings, SettingsError
-from harness.asgi import api_with, request
+from harness.asgi import ScriptedTracker, api_with, request
 from service.app import api
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Tracker:
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        tracker = self
-
-        class Method:
-            def remote(self, *args: Any) -> Any:
-                tracker.calls.append((name, args))
-
-                async def answer() -> Any:
-                    return tracker.answers[name]
-
-                return answer()
-
-        return Method()
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +46,9 @@ def test_a_page_asked_without_limit_is_no_larger_than_the_largest_page(
         chosen = settings(**values)
     except SettingsError:
         return  # refused at start: fine
-    tracker = Tracker(results=ResultsPage(JobView(7, JobStatus.ONGOING), 0, 0, ()), jobs=(0, []))
+    tracker = ScriptedTracker(
+        results=ResultsPage(JobView(7, JobStatus.ONGOING), 0, 0, ()), jobs=(0, [])
+    )
     status, _headers, _body = request(api_with(tracker, chosen), "GET", target)
     assert status == 200
     [(name, args)] = tracker.calls

@@ -124,21 +124,6 @@ def test_an_outcome_naming_no_storable_image_is_reported_and_the_rest_kept(
     assert settled == bytearray([1, 0, 0])
 
 
-def test_a_row_refused_only_on_insert_fails_alone(store: PostgresStore) -> None:
-    # No check before the insert catches a missing time: NOT NULL does, and the batch goes row
-    # by row under savepoints. (SQLite's INSERT OR IGNORE drops such a row without a word.)
-    job_id, _ = store.create_job(submission(), None, {})
-    untimed = ImageOutcome(job_id, 1, None, width=1, height=1)  # type: ignore[arg-type]
-    unstorable = store.save_outcomes([done(job_id, 0), untimed, done(job_id, 2)], [job_id])
-    assert unstorable == [untimed]
-    _total, rows = store.results_page(job_id, 0, 10)
-    assert [(r.width, r.error) for r in rows] == [(10, None), (None, UNSTORABLE_RESULT), (10, None)]
-    detail = store.job_detail(job_id)
-    assert detail is not None and (detail.state, detail.done, detail.failed) == (
-        JobState.FAILED, 2, 1
-    )  # fmt: skip
-
-
 def test_a_one_megabyte_error_is_stored_cut_even_with_nul_past_the_cut(
     store: PostgresStore,
 ) -> None:

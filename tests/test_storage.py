@@ -353,6 +353,8 @@ def test_a_result_without_its_time_fails_alone_rather_than_vanish(store: JobStor
     timeless = ImageOutcome(job_id, 1, None, width=5, height=5)  # type: ignore[arg-type]
     unstorable = store.save_outcomes([done(job_id, 0), timeless, done(job_id, 2)], [job_id])
     assert unstorable == [timeless]
+    _total, rows = store.results_page(job_id, 0, 10)
+    assert [(r.width, r.error) for r in rows] == [(10, None), (None, UNSTORABLE_RESULT), (10, None)]
     detail = store.job_detail(job_id)
     assert detail is not None and (detail.state, detail.done, detail.failed) == (
         JobState.FAILED, 2, 1
