@@ -321,11 +321,10 @@ class JobTracker:
         """Become the dispatching tracker: load every unfinished job, one at a time (a restart
         holds no more than the jobs themselves), and deliver the callbacks due."""
         resumed = await self._load_unfinished(only_unsettled=False)
-        due = await self._db.run(self._store.callbacks_due, None)
         self._leading = True
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
-        self._keep(asyncio.create_task(self._callbacks.deliver_all(due)))
+        self._keep(asyncio.create_task(self._callbacks.for_jobs(None)))
         self._wake.set()
 
     async def _step_down(self) -> None:
@@ -376,8 +375,7 @@ class JobTracker:
         elif held:
             self._wake.set()  # dispatching may have paused while the lease could not be renewed
             # Callbacks another cluster's tracker left due (it stopped before sending them).
-            due = await self._db.run(self._store.callbacks_due, None)
-            self._keep(asyncio.create_task(self._callbacks.deliver_all(due)))
+            self._keep(asyncio.create_task(self._callbacks.for_jobs(None)))
             picked = await self._load_unfinished(only_unsettled=True)
             if picked:
                 log.info("picked up %d jobs recorded by another cluster", picked)
@@ -462,9 +460,16 @@ class JobTracker:
             self._metrics.jobs.set(counts.get(state, 0), tags={"state": state.value})
 
     def _keep(self, task: asyncio.Task[None]) -> None:
-        """Hold a reference until the task ends: the loop itself keeps only weak ones."""
+        """Hold a reference until the task ends (the loop itself keeps only weak ones), and log
+        its failure: nothing else awaits it. Callbacks a failed task left due are sent by the
+        lease step's next sweep."""
         self._helpers.add(task)
-        task.add_done_callback(self._helpers.discard)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._helpers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background task failed", exc_info=task.exception())
 
     async def _warm_up(self, worker: WorkerSlot) -> None:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from actors.callbacks import CallbackDelivery
 from actors.pool import WorkerSlot
 from actors.tracker import JobTracker
 from core.clients import RateLimiter
@@ -334,15 +335,22 @@ def test_a_standby_answers_the_cancel_of_an_ended_job_with_409_not_retry(
     asyncio.run(scenario())
 
 
-class RecordingCallbacks(Callbacks):
+class RecordingSender:
+    """The callback sender, without the network: records the job of every POST it would make."""
+
     def __init__(self) -> None:
         self.delivered: list[int] = []
 
-    async def for_jobs(self, job_ids: Any) -> None:
-        self.delivered.extend(job_ids or [])
+    async def deliver(self, _url: str, body: dict[str, Any]) -> tuple[int, str | None]:
+        self.delivered.append(int(body["job_id"]))
+        return 1, None
 
-    async def deliver_all(self, due: Any) -> None:
-        self.delivered.extend(callback.job_id for callback in due)
+
+def recording_callbacks(tracker: Any) -> RecordingSender:
+    """Give the tracker its real callback delivery, over a recording sender."""
+    sender = RecordingSender()
+    tracker._callbacks = CallbackDelivery(sender, tracker._store, tracker._db)  # type: ignore[arg-type]
+    return sender
 
 
 def test_a_callback_due_of_a_job_the_standby_finished_survives_its_restart(
@@ -365,13 +373,34 @@ def test_a_callback_due_of_a_job_the_standby_finished_survives_its_restart(
 
     async def scenario() -> None:
         restarted = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
-        restarted._callbacks = RecordingCallbacks()
+        from_standby = recording_callbacks(restarted)
         await restarted._recover()
         leader = bare_tracker(settings, leader_store, "leader", True)
-        leader._callbacks = RecordingCallbacks()
+        from_leader = recording_callbacks(leader)
         await leader._lease_step()
-        await asyncio.sleep(0)
-        delivered = restarted._callbacks.delivered + leader._callbacks.delivered
-        assert job_id in delivered, "the callback stays due and is never sent"
+        await asyncio.gather(*restarted._helpers, *leader._helpers)
+        delivered = from_standby.delivered + from_leader.delivered
+        assert delivered == [job_id], "the callback is sent once, by the leader"
+        assert leader_store.callbacks_due(None) == []
 
     asyncio.run(scenario())
+
+
+def test_a_failing_background_task_is_logged_not_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(tmp_path)
+
+    async def scenario() -> None:
+        tracker = bare_tracker(settings, SqliteStore(settings.database_path), "a", True)
+
+        async def fails() -> None:
+            raise StorageError("could not read the callbacks due: disk I/O error")
+
+        tracker._keep(asyncio.create_task(fails()))
+        await asyncio.sleep(0.01)
+        assert tracker._helpers == set()
+
+    asyncio.run(scenario())
+    assert "a background task failed" in caplog.text
+    assert "disk I/O error" in caplog.text
