@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 import ray
 from fastapi import FastAPI, Request
@@ -34,9 +34,7 @@ from core.errors import (
     SubmissionTooLarge,
 )
 from core.models import JobView
-from core.pg_store import PostgresStore
 from core.settings import Settings
-from core.storage import StatusReader
 from core.submission import SubmissionLimits, parse_submission, submission_fingerprint
 from service import errors
 from service.errors import JobNotFound, TrackerUnhealthy, Unauthorized, UnknownJob
@@ -54,13 +52,10 @@ from service.schemas import (
     results_body,
     status_body,
 )
+from service.status_source import StatusSource
 from service.tracker_client import TrackerClient
 
 log = logging.getLogger(__name__)
-
-
-class StatusSource(Protocol):
-    def job_view(self, job_id: int, client_id: str | None = None) -> JobView | None: ...
 
 
 # Parsing a body this large takes long enough to stall other requests: do it off the loop.
@@ -125,18 +120,13 @@ class ImageServiceAPI:
         poll a round trip through the tracker, which is what bounds status throughput. SQLite
         when this replica runs beside it; PostgreSQL from any node (a SQLite file left beside
         the replica would be stale then)."""
-        if self._settings.database_url:
-            try:
-                return PostgresStore(self._settings.database_url)
-            except StorageError as exc:
-                log.warning("status will be asked of the tracker: %s", exc)
+        if not self._settings.database_url:
+            tracker_node = ray.get(
+                tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
+            )
+            if tracker_node != ray.get_runtime_context().get_node_id():
                 return None
-        tracker_node = ray.get(
-            tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
-        )
-        if tracker_node != ray.get_runtime_context().get_node_id():
-            return None
-        return StatusReader(self._settings.database_path)
+        return StatusSource(self._settings)
 
     @api.post(
         "/api/submit/",
@@ -193,10 +183,7 @@ class ImageServiceAPI:
         or when that read fails."""
         if self._statuses is not None:
             try:
-                if self._settings.database_url:
-                    # A round trip to the server: off the event loop.
-                    return await asyncio.to_thread(self._statuses.job_view, job_id, client)
-                return self._statuses.job_view(job_id, client)
+                return await self._statuses.job_view(job_id, client)
             except StorageError as exc:
                 log.warning("status from the database failed, asking the tracker: %s", exc)
         view: JobView | None = await self._tracker.status(job_id, client)

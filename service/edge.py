@@ -14,7 +14,6 @@ Dockerfile and the README's cluster commands set for every Ray process.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from urllib.parse import parse_qsl
 
@@ -31,11 +30,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.clients import ApiKeys
 from core.errors import StorageError
-from core.models import JobView, status_payload
-from core.pg_store import PostgresStore
+from core.models import status_payload
 from core.settings import Settings
-from core.storage import StatusReader
 from service.params import parse_job_id
+from service.status_source import StatusSource
 
 CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "service.edge:middlewares"
@@ -107,8 +105,7 @@ class FastStatus:
         self._app = app
         self._settings = settings or Settings.from_env()
         self._keys = ApiKeys(self._settings.api_keys)
-        self._reader: StatusReader | None = None
-        self._postgres: PostgresStore | None = None
+        self._statuses = StatusSource(self._settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer = await self._answer(scope) if scope["type"] == "http" else None
@@ -138,32 +135,10 @@ class FastStatus:
             if client is None:
                 return None
         try:
-            if self._settings.database_url:
-                # A round trip to the server: in a thread, off the proxy's event loop.
-                view = await asyncio.to_thread(self._postgres_view, job_id, client)
-            else:
-                reader = self._status_reader()
-                if reader is None:
-                    return None
-                view = reader.job_view(job_id, client, exact=True)
-        except StorageError:
+            view = await self._statuses.job_view(job_id, client, exact=True)
+        except StorageError:  # no job store on this node, or it does not answer
             return None
         return None if view is None else status_payload(view)
-
-    def _postgres_view(self, job_id: int, client: str | None) -> JobView | None:
-        """The job's status in the PostgreSQL job store, opened on first use."""
-        if self._postgres is None:
-            self._postgres = PostgresStore(self._settings.database_url)
-        return self._postgres.job_view(job_id, client, exact=True)
-
-    def _status_reader(self) -> StatusReader | None:
-        """The SQLite job database, read only, once it exists on this node (the tracker's)."""
-        if self._reader is None and self._settings.database_path.exists():
-            try:
-                self._reader = StatusReader(self._settings.database_path)
-            except StorageError:
-                return None
-        return self._reader
 
 
 def middlewares() -> list[Middleware]:

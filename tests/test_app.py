@@ -79,7 +79,7 @@ def test_status_of_an_unknown_or_unnamed_job_is_400_empty(query: str) -> None:
 class FailingReader:
     """A database beside the replica whose reads fail (disk trouble, a lock)."""
 
-    def job_view(self, job_id: int, client: str | None) -> JobView | None:
+    async def job_view(self, job_id: int, client: str | None) -> JobView | None:
         raise StorageError("disk I/O error")
 
 

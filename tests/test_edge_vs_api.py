@@ -15,10 +15,11 @@ from ray.serve._private.http_util import _apply_middlewares
 from core.clients import client_id_for_key
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import SqliteStore, StatusReader
+from core.storage import SqliteStore
 from harness.asgi import App, ScriptedTracker, api_with, call, request, store_with_jobs
 from service.app import api
 from service.edge import FastStatus, middlewares
+from service.status_source import StatusSource
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,7 +34,7 @@ def _status_route() -> Any:
 
 def api_for(settings: Settings) -> Any:
     """The real API app, its Serve replica an ImageServiceAPI beside the database."""
-    return api_with(ScriptedTracker(), settings, StatusReader(settings.database_path))
+    return api_with(ScriptedTracker(), settings, StatusSource(settings))
 
 
 @pytest.fixture(autouse=True)
