@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from core.text import safe_text
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORE_MASTER = PACKAGE_ROOT / "data" / "store_master.csv"
 
@@ -308,8 +310,7 @@ def describe(error: ValidationError) -> str:
 
 
 def quoted(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= QUOTED_CHARS else text[: QUOTED_CHARS - 3] + "..."
+    return safe_text(repr(value), QUOTED_CHARS)
 
 
 def parse_delay_range(text: str) -> tuple[float, float]:
