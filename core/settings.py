@@ -52,7 +52,6 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        env_ignore_empty=True,
         frozen=True,
         allow_inf_nan=False,
         str_strip_whitespace=True,
