@@ -1,5 +1,11 @@
 """Completion callbacks as the tracker sends them: for jobs just finished, and after a restart
-for every finished job whose callback was neither delivered nor given up on."""
+for every finished job whose callback was neither delivered nor given up on.
+
+Only the holder of the dispatch lease sends, and only a callback it has claimed in the store
+while holding it: a tracker that lost the lease (stepping down, shut down, cut off) never sends
+one the new holder sends too. It stops between attempts once it stops dispatching; an attempt
+under way then still ends, so a callback goes twice only when its sender dies or loses the
+lease in the middle of an attempt."""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ import asyncio
 import logging
 import time
 
-from core.callback import CallbackSender
+from core.callback import CallbackSender, CallbackStopped
 from core.dbthread import DatabaseThread
 from core.errors import StorageError
+from core.lease import DispatchLease
 from core.models import status_payload
 from core.records import DueCallback
 from core.store import JobStore
@@ -18,14 +25,19 @@ log = logging.getLogger(__name__)
 
 
 class CallbackDelivery:
-    def __init__(self, sender: CallbackSender, store: JobStore, db: DatabaseThread) -> None:
+    def __init__(
+        self, sender: CallbackSender, store: JobStore, db: DatabaseThread, lease: DispatchLease
+    ) -> None:
         self._sender = sender
         self._store = store
         self._db = db
+        self._lease = lease
         self._sending: set[int] = set()  # job ids: a callback is never sent twice at once
 
     async def for_jobs(self, job_ids: list[int] | None) -> None:
         """Deliver the callbacks due of these jobs; of every finished job when None."""
+        if not self._lease.dispatching:
+            return
         due = await self._db.run(self._store.callbacks_due, job_ids)
         await self.deliver_all(due)
 
@@ -39,7 +51,18 @@ class CallbackDelivery:
 
     async def _deliver(self, callback: DueCallback) -> None:
         context = {"job_id": callback.job_id, "state": callback.view.status.value}
-        attempts, failure = await self._sender.deliver(callback.url, status_payload(callback.view))
+        if not self._lease.dispatching or not await self._db.run(
+            self._store.claim_callback, callback.job_id, self._lease.holder
+        ):
+            log.info("callback left to the holder of the dispatch lease", extra=context)
+            return
+        try:
+            attempts, failure = await self._sender.deliver(
+                callback.url, status_payload(callback.view), lambda: self._lease.dispatching
+            )
+        except CallbackStopped:
+            log.warning("callback left to the next holder of the dispatch lease", extra=context)
+            return
         if failure is None:
             log.info("callback delivered", extra={**context, "attempts": attempts})
         else:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import ray
@@ -23,8 +24,9 @@ from actors.pool import WorkerPool, WorkerSlot
 from core.callback import CallbackLimits, CallbackSender
 from core.clients import RateLimiter
 from core.dbthread import DatabaseThread
-from core.errors import JobAlreadyFinished, NotDispatching, RateLimited
+from core.errors import JobAlreadyFinished, NotDispatching, RateLimited, StorageError
 from core.jobs import ActiveJob, JobBook, JobLimits, unknown_store_failures
+from core.lease import DispatchLease, LeaseChange
 from core.logs import use_json_logs
 from core.models import (
     FailureReason,
@@ -58,6 +60,13 @@ class JobTracker:
         self._settings = settings
         self._store: JobStore = open_store(settings)
         self._db = DatabaseThread()
+        # The lease is renewed on a connection and a thread of its own, under a deadline
+        # shorter than a lease third: no client read, job load or stalled call queued on the
+        # store's thread can hold a renewal back past the point where dispatching must stop.
+        self._lease_store: JobStore = open_store(
+            settings, timeout=lease_call_timeout(settings), max_connections=1
+        )
+        self._lease_lane = DatabaseThread("lease")
         self._store_master = StoreMasterCache(settings.store_master)
         self._book = self._new_book()
         self._submit_limiter = RateLimiter(settings.submit_rate, settings.submit_burst)
@@ -68,6 +77,20 @@ class JobTracker:
         self._stopping = False
         self._image_metrics = ImageMetrics()
         self._metrics = TrackerMetrics()
+        # The lease is held in the name of this cluster (its GCS address), so a tracker that Ray
+        # restarts in the same cluster takes it back at once instead of waiting for it to expire.
+        # The head node's id tells two clusters apart that share an address (two `make run`s on
+        # their own hosts, both 127.0.0.1:6379).
+        context = ray.get_runtime_context()
+        self._lease = DispatchLease(
+            f"{context.gcs_address} {context.get_node_id()}",
+            settings.lease_seconds,
+            hold=self._hold_lease,
+            release=self._release_lease,
+        )
+        # True once the unfinished jobs are loaded under the lease held now.
+        self._loaded = False
+        self._lease_work: asyncio.Task[None] | None = None
         self._callbacks = CallbackDelivery(
             CallbackSender(
                 CallbackLimits.from_settings(settings),
@@ -75,18 +98,8 @@ class JobTracker:
             ),
             self._store,
             self._db,
+            self._lease,
         )
-        # The lease is held in the name of this cluster (its GCS address), so a tracker that Ray
-        # restarts in the same cluster takes it back at once instead of waiting for it to expire.
-        # The head node's id tells two clusters apart that share an address (two `make run`s on
-        # their own hosts, both 127.0.0.1:6379).
-        context = ray.get_runtime_context()
-        self._holder = f"{context.gcs_address} {context.get_node_id()}"
-        self._leading = False
-        # Dispatching stops at this time (monotonic) unless the lease is renewed before: a
-        # tracker that cannot reach the store must not dispatch past its lease, when another
-        # cluster may hold it.
-        self._lease_until = 0.0
         self._recovered = asyncio.get_running_loop().create_task(self._recover())
         self._background = [
             supervise("dispatch", self._dispatch_step, RETRY_PAUSE_SECONDS),
@@ -134,7 +147,7 @@ class JobTracker:
             log.info("submission repeated: answered with its job", extra={"job_id": repeated})
             return repeated
         open_jobs, unsettled = 0, 0
-        if not self._leading:
+        if not self._loaded:
             # The jobs are the dispatching cluster's, on disk: the limits count them there.
             open_jobs, unsettled = await self._db.run(self._store.admission_counts, client_id)
         with self._book.admission(client_id, submission.image_count, open_jobs, unsettled):
@@ -157,10 +170,10 @@ class JobTracker:
             return job_id
         self._image_metrics.failed_at_once(FailureReason.UNKNOWN_STORE, len(failed))
         if len(failed) < submission.image_count:
-            if self._leading:
+            if self._loaded:
                 self._activate(ActiveJob.submitted(job_id, submission, failed, client_id))
             # Otherwise the dispatching cluster's tracker picks it up from the store.
-        elif self._leading:
+        elif self._loaded:
             self._keep(asyncio.create_task(self._callbacks.for_jobs([job_id])))
         # Otherwise the leader sends its callback with the others due.
         log.info(
@@ -203,17 +216,19 @@ class JobTracker:
         ones in flight settle as they finish, then the job ends as failed. Answers once the
         cancel is on disk. None for an unknown job; `JobAlreadyFinished` for an ended one."""
         await self._recovered
-        if not self._leading:
+        if job_id not in self._book.jobs or not self._dispatching:
+            # One read by key: an unknown id, or a job that has ended, is answered from it.
             ended = await self.job_detail(job_id, client_id)
             if ended is None:
                 return None
             if ended.state in (JobState.COMPLETED, JobState.FAILED):
                 raise JobAlreadyFinished(f"job {job_id} has already {ended.state.value}")
-            raise NotDispatching(
-                "this service is standing by: the cluster that holds the dispatch lease cancels"
-            )
-        if job_id not in self._book.jobs:
-            # Perhaps recorded by a cluster standing by, and not picked up yet.
+            if not self._dispatching:
+                raise NotDispatching(
+                    "this service does not hold the dispatch lease now: the cluster that holds "
+                    "it cancels"
+                )
+            # Recorded by a cluster standing by, and not picked up yet.
             await self._load_unfinished(only_unsettled=True)
         job = self._book.jobs.get(job_id)
         if job is not None and client_id is not None and job.client_id != client_id:
@@ -249,10 +264,8 @@ class JobTracker:
         """Stop dispatching and put everything settled so far on disk; returns images saved."""
         self._stopping = True
         saved = await self._flush()
-        if self._leading:
-            self._leading = False
-            # Another cluster sharing the store may take over now, not when the lease expires.
-            await self._db.run(self._store.release_lease, self._holder)
+        self._loaded = False
+        await self._lease.release()
         return saved
 
     # ---- diagnostics, for operators and the fault tests ---------------------------------------
@@ -267,7 +280,8 @@ class JobTracker:
             "nodes": len(self._pool.workers()),
             "pid": os.getpid(),
             "rate_limit_buckets": len(self._submit_limiter),
-            "leading": self._leading,
+            "leading": self._lease.held,
+            "dispatching": self._dispatching,
         }
 
     async def diagnostic_worker_pids(self) -> dict[str, list[int]]:
@@ -294,46 +308,88 @@ class JobTracker:
         answers reads and records submissions; the lease step takes over later if it can."""
         while True:
             try:
-                if await self._renew_lease():
+                change = await self._lease.renew()
+                if self._lease.held:
                     await self._lead()
-                else:
+                elif change is LeaseChange.STANDING_BY:
                     log.warning("another cluster holds the dispatch lease; standing by")
                 return
             except Exception:
                 log.exception("recovering the unfinished jobs failed; trying again")
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
-    async def _renew_lease(self) -> bool:
-        """Take or extend the lease; True if this tracker holds it now."""
-        asked = time.monotonic()
-        seconds = self._settings.lease_seconds
-        held = await self._db.run(self._store.hold_lease, self._holder, seconds)
-        if held:
-            # A third of the lease is kept in hand for the store's answer and the clocks.
-            self._lease_until = asked + seconds * 2 / 3
-        return held
+    async def _hold_lease(self, holder: str, seconds: float) -> bool:
+        return await self._lease_lane.run(self._lease_store.hold_lease, holder, seconds)
+
+    async def _release_lease(self, holder: str) -> None:
+        await self._lease_lane.run(self._lease_store.release_lease, holder)
 
     @property
     def _dispatching(self) -> bool:
-        return self._leading and not self._stopping and time.monotonic() < self._lease_until
+        return self._loaded and not self._stopping and self._lease.dispatching
 
     async def _lead(self) -> None:
         """Become the dispatching tracker: load every unfinished job, one at a time (a restart
-        holds no more than the jobs themselves), and deliver the callbacks due."""
-        resumed = await self._load_unfinished(only_unsettled=False)
-        self._leading = True
+        holds no more than the jobs themselves), and deliver the callbacks due. A load that
+        fails leaves nothing half loaded: the next lease step tries again."""
+        self._book = self._new_book()
+        try:
+            resumed = await self._load_unfinished(only_unsettled=False)
+        except BaseException:
+            self._book = self._new_book()
+            raise
+        self._loaded = True
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
         self._keep(asyncio.create_task(self._callbacks.for_jobs(None)))
         self._wake.set()
 
-    async def _step_down(self) -> None:
-        """Another cluster holds the lease now: what settled here is saved (each image keeps
-        its first result), and the jobs are left to it, read from the store from now on."""
-        self._leading = False
-        log.error("lost the dispatch lease to another cluster; dispatching stops")
-        await self._flush()
-        self._book = self._new_book()
+    async def _step_down(self, reason: str) -> None:
+        """The jobs held here may be another cluster's now: what settled is saved if it can be
+        (each image keeps its first result), and the jobs are forgotten whatever happens, to
+        be read from the store from now on."""
+        self._loaded = False
+        log.error("%s; dispatching stops", reason)
+        try:
+            await self._flush()
+        except StorageError as exc:
+            log.error("saving what settled before stepping down failed: %s", exc)
+        finally:
+            self._book = self._new_book()
+
+    async def _lease_step(self) -> None:
+        """Renew the lease, or take it when its holder has let it expire. The work a change
+        calls for runs beside the renewals, never in their way."""
+        await self._recovered
+        await asyncio.sleep(self._lease.renewal_interval)
+        if self._stopping:
+            return
+        change = await self._lease.renew()
+        if change is LeaseChange.LOST:
+            await self._step_down("lost the dispatch lease to another cluster")
+        elif change is LeaseChange.TAKEN:
+            if self._loaded:
+                # Held again after a gap: another cluster may have changed these jobs meanwhile.
+                await self._step_down("the dispatch lease lapsed before it was renewed")
+            log.warning("took the dispatch lease")
+            self._start(self._lead)
+        elif change is LeaseChange.KEPT:
+            self._wake.set()  # dispatching may have paused while the lease could not be renewed
+            self._start(self._lead if not self._loaded else self._pick_up)
+
+    def _start(self, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a step of the lease's work in the background, one at a time."""
+        if self._lease_work is None or self._lease_work.done():
+            self._lease_work = asyncio.create_task(step())
+            self._keep(self._lease_work)
+
+    async def _pick_up(self) -> None:
+        """Callbacks and jobs another cluster's tracker left: callbacks due (it stopped before
+        sending them), jobs it recorded while standing by."""
+        await self._callbacks.for_jobs(None)
+        picked = await self._load_unfinished(only_unsettled=True)
+        if picked:
+            log.info("picked up %d jobs recorded by another cluster", picked)
 
     async def _load_unfinished(self, only_unsettled: bool) -> int:
         """Activate the unfinished jobs not held yet; returns how many. With `only_unsettled`,
@@ -358,27 +414,6 @@ class JobTracker:
             )
             loaded += 1
         return loaded
-
-    async def _lease_step(self) -> None:
-        """Renew the lease, or take it when its holder has let it expire; while leading, pick
-        up the jobs another cluster's tracker recorded."""
-        await self._recovered
-        await asyncio.sleep(self._settings.lease_seconds / 3)
-        if self._stopping:
-            return
-        held = await self._renew_lease()
-        if held and not self._leading:
-            log.warning("took over the dispatch lease")
-            await self._lead()
-        elif not held and self._leading:
-            await self._step_down()
-        elif held:
-            self._wake.set()  # dispatching may have paused while the lease could not be renewed
-            # Callbacks another cluster's tracker left due (it stopped before sending them).
-            self._keep(asyncio.create_task(self._callbacks.for_jobs(None)))
-            picked = await self._load_unfinished(only_unsettled=True)
-            if picked:
-                log.info("picked up %d jobs recorded by another cluster", picked)
 
     async def _dispatch_step(self) -> None:
         await self._recovered
@@ -483,6 +518,12 @@ class JobTracker:
             "image worker ready on node %s; capacity now %d", worker.node_id, self._pool.capacity
         )
         self._wake.set()
+
+
+def lease_call_timeout(settings: Settings) -> float:
+    """The deadline of a lease renewal: half a lease third, so that a renewal that overruns
+    leaves the next its chance before dispatching must stop."""
+    return min(settings.database_timeout, settings.lease_seconds / 6)
 
 
 def tracker_handle(settings: Settings) -> ray.actor.ActorHandle:

@@ -5,6 +5,7 @@ be delivered never changes the job."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,10 @@ from core.settings import Settings
 from core.urlguard import AddressPolicy, BlockedAddressError
 
 RETRYABLE_CODES = frozenset({408, 425, 429})
+
+
+class CallbackStopped(Exception):
+    """The sender may no longer send this callback (it lost the right to, between attempts)."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +49,19 @@ class CallbackSender:
     async def close(self) -> None:
         await self._sessions.close()
 
-    async def deliver(self, url: str, body: dict[str, Any]) -> tuple[int, str | None]:
+    async def deliver(
+        self, url: str, body: dict[str, Any], may_send: Callable[[], bool] = lambda: True
+    ) -> tuple[int, str | None]:
         """POST `body` as JSON until a 2xx answer. Returns the attempts made and None when
-        delivered, else the last failure."""
+        delivered, else the last failure. `CallbackStopped` if `may_send()` turns false
+        before an attempt."""
         failure: str | None = None
         attempt = 0
         while attempt < self._limits.attempts:
             if attempt:
                 await asyncio.sleep(backoff_delay(attempt - 1, self._limits.backoff))
+            if not may_send():
+                raise CallbackStopped(url)
             attempt += 1
             try:
                 session = self._sessions.for_url(url)

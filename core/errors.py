@@ -31,6 +31,16 @@ class StorageError(RuntimeError):
     """The database could not record or read something: disk full, I/O error, locked (503)."""
 
 
+class DatabaseUnavailable(StorageError):
+    """The database did not answer within a call's deadline, or has not answered since: the
+    call was cut off, or not tried (503 with Retry-After)."""
+
+
+class SubmissionOutcomeUnknown(StorageError):
+    """The database stopped answering while a job's commit was under way, and could not be
+    asked afterwards whether it was kept (503: a retry with the same Idempotency-Key is safe)."""
+
+
 class TooManyOpenJobs(RuntimeError):
     """The client already has as many unfinished jobs as it may (429)."""
 

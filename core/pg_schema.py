@@ -6,6 +6,7 @@ runs once, in order, recorded in `schema_version`; a later release appends to `M
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, LiteralString
 
 import psycopg
@@ -88,8 +89,16 @@ CREATE TABLE leases (
 );
 """
 
+# A callback is claimed by the lease holder before it is sent (core/pg_store.py); the lease
+# step's sweep for the callbacks due reads an index, not every job.
+CALLBACK_CLAIMS: LiteralString = """
+ALTER TABLE jobs ADD COLUMN callback_claimed_by text;
+CREATE INDEX jobs_callbacks_due ON jobs (id)
+    WHERE callback_url IS NOT NULL AND callback_done_at IS NULL;
+"""
+
 # Migration n (from 1) brings a database at version n - 1 to version n. Append; never edit.
-MIGRATIONS: tuple[LiteralString, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[LiteralString, ...] = (SCHEMA_V1, CALLBACK_CLAIMS)
 
 # Held while migrating, so that two processes opening a new database at once take turns (two
 # CREATE TABLE IF NOT EXISTS racing can both pass the check and one fail on the catalog).
@@ -97,43 +106,59 @@ MIGRATION_LOCK = 0x696D_6A6F_6273  # "imjobs"
 
 # Without a timeout, libpq waits for a server that does not answer as long as TCP does.
 CONNECT_TIMEOUT_SECONDS = 5
-# How long a call waits for a pooled connection (a new one, when the server went away) before
-# it fails: the API answers 503 rather than hang. The tracker's thread needs one at a time,
-# the API's readers a few more.
-POOL_TIMEOUT_SECONDS = 5.0
-STATEMENT_TIMEOUT_MS = 30_000
+# A peer that vanished (its host down, the link cut) is found by the kernel: an idle connection
+# by keepalives after 5 + 3 * 2 s, one with data unacknowledged after 10 s. A server that is
+# there but frozen keeps both alive: the call deadlines (core/deadline.py) cut those off.
+TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
 
+Pool = ConnectionPool[psycopg.Connection[tuple[Any, ...]]]
 
-def open_pool(url: str) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
-    """A pool of connections to `url`, opened, with the schema migrated to the current one.
-    A server that cannot be reached raises psycopg.OperationalError within the timeouts."""
+
+def connection_options(url: str, timeout: float) -> dict[str, Any]:
+    """What every connection to `url` is opened with, beside what the URL says itself."""
     # Autocommit: the store opens a transaction where it needs one (see core/pg_store.py).
     options: dict[str, Any] = {"autocommit": True}
     given = conninfo_to_dict(url)
-    if "connect_timeout" not in given:  # the URL may set its own
-        options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
-    if "options" not in given:
-        # A statement stuck behind another session's lock fails, instead of holding the
-        # tracker's one store thread (and with it every write) for ever.
-        options["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-    pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+    options["connect_timeout"] = given.get("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    options.update({name: given.get(name, value) for name, value in TCP_OPTIONS.items()})
+    # The server gives up a statement at the call's deadline too (one stuck behind another
+    # session's lock, say), so that it does not run on after the caller has given up. The URL's
+    # own `options` are kept: a statement_timeout there wins.
+    own = str(given.get("options", ""))
+    if "statement_timeout" not in own:
+        timeout_ms = max(1, round(timeout * 1000))
+        options["options"] = f"{own} -c statement_timeout={timeout_ms}".strip()
+    return options
+
+
+def open_pool(
+    url: str,
+    timeout: float,
+    check: Callable[[psycopg.Connection[Any]], None],
+    max_size: int = POOL_MAX_SIZE,
+) -> Pool:
+    """A pool of connections to `url`, opened. A server that cannot be reached raises
+    psycopg.OperationalError within `timeout`; `check` vets a pooled connection before use."""
+    pool: Pool = ConnectionPool(
         url,
-        min_size=POOL_MIN_SIZE,
-        max_size=POOL_MAX_SIZE,
-        timeout=POOL_TIMEOUT_SECONDS,
-        kwargs=options,
-        # A pooled connection the server dropped (a restart, a failover) is replaced before use,
-        # not handed out to fail the call: one round trip per call (0.1 ms on loopback).
-        check=ConnectionPool.check_connection,
+        min_size=min(POOL_MIN_SIZE, max_size),
+        max_size=max_size,
+        timeout=timeout,
+        kwargs=connection_options(url, timeout),
+        check=check,
         open=False,
         name="jobstore",
     )
     try:
-        pool.open(wait=True, timeout=POOL_TIMEOUT_SECONDS)
-        with pool.connection() as db:
-            migrate(db)
+        pool.open(wait=True, timeout=timeout)
     except BaseException:
         pool.close()
         raise

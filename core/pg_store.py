@@ -13,14 +13,24 @@ on, and a batch it lost would leave a job the tracker thinks finished `ongoing` 
 from __future__ import annotations
 
 import functools
+import os
+import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from core.errors import IdempotencyConflict, StorageError
+from core.deadline import StoreDeadlines
+from core.errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    StorageError,
+    SubmissionOutcomeUnknown,
+)
 from core.models import (
     ImageOutcome,
     ImageResult,
@@ -30,7 +40,7 @@ from core.models import (
     JobSubmission,
     JobView,
 )
-from core.pg_schema import open_pool
+from core.pg_schema import POOL_MAX_SIZE, migrate, open_pool
 from core.pg_writes import Connection, cancel_job, finish_job, insert_results, insert_rows, storable
 from core.records import CancelMark, DueCallback, UnfinishedJob
 from core.rows import (
@@ -43,6 +53,12 @@ from core.rows import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# A call's deadline (IMAGE_SERVICE_DATABASE_TIMEOUT sets the tracker's and the API's).
+DEFAULT_TIMEOUT_SECONDS = 5.0
+# Recording a job takes longer the more images it has: 275 ms for 10,000 measured (make bench),
+# so its deadline grows by 7 times that per image.
+CREATE_SECONDS_PER_IMAGE = 0.0002
 
 
 def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -69,20 +85,67 @@ class PostgresStore:
     explicit transaction, rolled back on any error; a read needs none, each statement seeing
     the latest commits as SQLite's reads do, without the round trips of BEGIN and COMMIT."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_connections: int = POOL_MAX_SIZE,
+    ) -> None:
         try:
             conninfo_to_dict(url)
         except psycopg.Error:
             # Its message may quote the URL, password and all.
             raise StorageError("could not open the job database: its URL is malformed") from None
+        self._deadlines = StoreDeadlines(timeout)
         try:
-            self._pool = open_pool(url)
+            self._pool = open_pool(url, timeout, self._check, max_connections)
         except psycopg.Error as exc:
             raise StorageError(f"could not open the job database: {exc}") from exc
+        try:
+            with self._connection() as db:
+                migrate(db)
+        except BaseException as exc:
+            self._pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise StorageError(f"could not open the job database: {exc}") from exc
+            raise
         self._node_numbers: dict[str, int] = {}
 
     def close(self) -> None:
         self._pool.close()
+
+    @contextmanager
+    def _connection(
+        self, timeout: float | None = None, probe: bool = False
+    ) -> Iterator[Connection]:
+        """A pooled connection for one call, cut off at the call's deadline (the wait for the
+        connection included). With `probe`, tried even while the database is not answering."""
+        if not probe:
+            self._deadlines.admit()
+        seconds = self._deadlines.timeout if timeout is None else timeout
+        started = time.monotonic()
+        try:
+            with self._pool.connection(timeout=seconds) as db:
+                left = max(0.0, seconds - (time.monotonic() - started))
+                with self._deadlines.call(lambda: abort_connection(db), left):
+                    yield db
+        except PoolTimeout as exc:
+            self._deadlines.down()
+            raise DatabaseUnavailable(
+                f"the job database did not answer within {seconds:g} s; please retry"
+            ) from exc
+        except psycopg.OperationalError as exc:
+            if _connection_lost(exc):
+                self._deadlines.down()
+                raise DatabaseUnavailable(f"the job database is not answering: {exc}") from exc
+            raise
+        self._deadlines.up()
+
+    def _check(self, db: Connection) -> None:
+        """Vet a pooled connection before use, under the deadline: the server may have dropped
+        it (a restart, a failover), or be frozen."""
+        with self._deadlines.call(lambda: abort_connection(db)):
+            ConnectionPool.check_connection(db)
 
     @database_errors("record the job")
     def create_job(
@@ -94,47 +157,93 @@ class PostgresStore:
         request_hash: str | None = None,
     ) -> tuple[int, bool]:
         """As `JobStore.create_job` (core/store.py) says."""
+        timeout = self._deadlines.timeout + submission.image_count * CREATE_SECONDS_PER_IMAGE
+        committing = False
+        try:
+            with self._connection(timeout) as db:
+                with db.transaction():
+                    db.execute(
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        (str(round(timeout * 1000)),),
+                    )
+                    created = self._insert_job(
+                        db, submission, idempotency_key, failed_images, client_id, request_hash
+                    )
+                    # An error from here on comes from COMMIT: its outcome is unknown.
+                    committing = created[1]
+                return created
+        except DatabaseUnavailable:
+            if not committing:
+                raise  # rolled back: nothing was kept
+            return self._after_unknown_commit(idempotency_key, request_hash)
+
+    def _after_unknown_commit(
+        self, idempotency_key: str | None, request_hash: str | None
+    ) -> tuple[int, bool]:
+        """The connection was lost during COMMIT: the job was kept or not, and only the
+        database can say which. Asked once more (a probe, even while it is taken as down)."""
+        try:
+            with self._connection(probe=True) as db:
+                known = _job_for_key(db, idempotency_key, request_hash)
+        except (psycopg.Error, StorageError) as exc:
+            raise SubmissionOutcomeUnknown(
+                "the database stopped answering while the job was being committed, and it may "
+                "have been kept: a retry with the same Idempotency-Key header is safe; without "
+                "one, look for the job in GET /api/jobs before submitting again"
+            ) from exc
+        if known is None:
+            raise DatabaseUnavailable("the job database stopped answering; nothing was kept")
+        return known, True
+
+    def _insert_job(
+        self,
+        db: Connection,
+        submission: JobSubmission,
+        idempotency_key: str | None,
+        failed_images: dict[int, str],
+        client_id: str | None,
+        request_hash: str | None,
+    ) -> tuple[int, bool]:
         now = time.time()
-        with self._pool.connection() as db, db.transaction():
-            known = _job_for_key(db, idempotency_key, request_hash)
-            if known is not None:
-                return known, False
-            row = db.execute(
-                "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
-                " created_at, client_id, callback_url) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (submission_key) DO NOTHING RETURNING id",
-                (
-                    idempotency_key,
-                    request_hash,
-                    JobStatus.ONGOING.value,
-                    submission.image_count,
-                    now,
-                    client_id,
-                    submission.callback_url,
-                ),
-            ).fetchone()
-            if row is None:
-                # The same key was committed by another call meanwhile (the insert waited for
-                # it): answer its job, as a repeat after it would be answered.
-                raced = _job_for_key(db, idempotency_key, request_hash)
-                if raced is None:
-                    raise StorageError("could not record the job: its key vanished")
-                return raced, False
-            job_id = int(row[0])
-            with db.cursor().copy(
-                "COPY visits (job_id, visit, store_id, visit_time) FROM STDIN"
-            ) as copy:
-                for position, visit in enumerate(submission.visits):
-                    copy.write_row((job_id, position, visit.store_id, visit.visit_time))
-            with db.cursor().copy("COPY images (job_id, idx, visit, url) FROM STDIN") as copy:
-                for index, (position, url) in enumerate(images_in_order(submission)):
-                    copy.write_row((job_id, index, position, url))
-            insert_rows(
-                db,
-                [(job_id, i, None, None, reason, now, None) for i, reason in failed_images.items()],
-            )
-            if len(failed_images) == submission.image_count:
-                finish_job(db, job_id)
+        known = _job_for_key(db, idempotency_key, request_hash)
+        if known is not None:
+            return known, False
+        row = db.execute(
+            "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
+            " created_at, client_id, callback_url) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (submission_key) DO NOTHING RETURNING id",
+            (
+                idempotency_key,
+                request_hash,
+                JobStatus.ONGOING.value,
+                submission.image_count,
+                now,
+                client_id,
+                submission.callback_url,
+            ),
+        ).fetchone()
+        if row is None:
+            # The same key was committed by another call meanwhile (the insert waited for
+            # it): answer its job, as a repeat after it would be answered.
+            raced = _job_for_key(db, idempotency_key, request_hash)
+            if raced is None:
+                raise StorageError("could not record the job: its key vanished")
+            return raced, False
+        job_id = int(row[0])
+        with db.cursor().copy(
+            "COPY visits (job_id, visit, store_id, visit_time) FROM STDIN"
+        ) as copy:
+            for position, visit in enumerate(submission.visits):
+                copy.write_row((job_id, position, visit.store_id, visit.visit_time))
+        with db.cursor().copy("COPY images (job_id, idx, visit, url) FROM STDIN") as copy:
+            for index, (position, url) in enumerate(images_in_order(submission)):
+                copy.write_row((job_id, index, position, url))
+        insert_rows(
+            db,
+            [(job_id, i, None, None, reason, now, None) for i, reason in failed_images.items()],
+        )
+        if len(failed_images) == submission.image_count:
+            finish_job(db, job_id)
         return job_id, True
 
     @database_errors("read the job of an idempotency key")
@@ -143,7 +252,7 @@ class PostgresStore:
         is given and differs from the one recorded with it."""
         if idempotency_key is None:
             return None
-        with self._pool.connection() as db:
+        with self._connection() as db:
             return _job_for_key(db, idempotency_key, request_hash)
 
     @database_errors("save results")
@@ -157,7 +266,7 @@ class PostgresStore:
         """As `JobStore.save_outcomes` (core/store.py) says."""
         self._number_nodes({o.node_id for o in outcomes if o.node_id is not None})
         unstorable: list[ImageOutcome] = []
-        with self._pool.connection() as db, db.transaction():
+        with self._connection() as db, db.transaction():
             db.cursor().executemany(
                 "UPDATE jobs SET started_at = %s WHERE id = %s AND started_at IS NULL",
                 [(when, job_id) for job_id, when in started],
@@ -178,7 +287,7 @@ class PostgresStore:
         new = [node for node in node_ids if node not in self._node_numbers and storable(node)]
         if not new:
             return
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute(
                 "INSERT INTO nodes (node_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                 (new,),
@@ -196,7 +305,7 @@ class PostgresStore:
         """The job's status; None if unknown, or if `client_id` is given and the job is
         another's. With `exact`, a `client_id` of None matches only a job submitted without
         API keys."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT status, errors, client_id FROM jobs WHERE id = %s", (job_id,)
             ).fetchone()
@@ -206,7 +315,7 @@ class PostgresStore:
 
     @database_errors("read a job")
     def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 f"SELECT {JOB_DETAIL_COLUMNS}, client_id FROM jobs WHERE id = %s", (job_id,)
             ).fetchone()
@@ -220,7 +329,7 @@ class PostgresStore:
     ) -> tuple[int, list[JobDetail]]:
         """Newest first, with the number of jobs in all (this client's only, when given)."""
         where, args = ("WHERE client_id = %s", (client_id,)) if client_id is not None else ("", ())
-        with self._pool.connection() as db:
+        with self._connection() as db:
             count = db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()
             rows = db.execute(
                 f"SELECT {JOB_DETAIL_COLUMNS} FROM jobs {where} ORDER BY id DESC"
@@ -231,7 +340,7 @@ class PostgresStore:
 
     @database_errors("read the open jobs")
     def admission_counts(self, client_id: str | None) -> tuple[int, int]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT COUNT(*) FILTER (WHERE client_id = %s),"
                 " COALESCE(SUM(image_count - settled_count), 0)"
@@ -242,7 +351,7 @@ class PostgresStore:
 
     @database_errors("read the job counts")
     def job_counts(self) -> dict[JobState, int]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 "SELECT status, cancelled_at IS NOT NULL, COUNT(*) FROM jobs GROUP BY 1, 2"
             ).fetchall()
@@ -264,22 +373,35 @@ class PostgresStore:
         if job_ids is not None:
             query += " AND id = ANY(%s::bigint[])"
             args += (list(job_ids),)
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(query + " ORDER BY id", args).fetchall()
         return [
             DueCallback(job_id, url, JobView(job_id, JobStatus(status), store_errors(errors)))
             for job_id, url, status, errors in rows
         ]
 
+    @database_errors("claim a job's callback")
+    def claim_callback(self, job_id: int, holder: str) -> bool:
+        """As `JobStore.claim_callback` says; the lease by the database's clock."""
+        with self._connection() as db:
+            row = db.execute(
+                "UPDATE jobs SET callback_claimed_by = %s WHERE id = %s"
+                " AND callback_done_at IS NULL AND EXISTS (SELECT 1 FROM leases"
+                " WHERE name = 'dispatch' AND holder = %s AND expires_at > clock_timestamp())"
+                " RETURNING id",
+                (holder, job_id, holder),
+            ).fetchone()
+        return row is not None
+
     @database_errors("record a job's callback")
     def mark_callback_done(self, job_id: int, when: float) -> None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute("UPDATE jobs SET callback_done_at = %s WHERE id = %s", (when, job_id))
 
     @database_errors("read the unfinished jobs")
     def unfinished_jobs(self) -> list[UnfinishedJob]:
         """The ongoing jobs, without their images: a restart reads those one job at a time."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 "SELECT id, client_id, started_at, cancelled_at FROM jobs WHERE status = %s"
                 " ORDER BY id",
@@ -293,7 +415,7 @@ class PostgresStore:
     @database_errors("read a job's images")
     def job_images(self, job_id: int) -> tuple[list[str], bytearray]:
         """A job's image URLs in order, and a flag per image: 1 where it has a result."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             urls = [
                 str(url)
                 for (url,) in db.execute(
@@ -308,7 +430,7 @@ class PostgresStore:
     @database_errors("read a page of results")
     def results_page(self, job_id: int, offset: int, limit: int) -> tuple[int, list[ImageResult]]:
         """Rows in image order (visit order, then URL order within a visit), and the total."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             total_row = db.execute(
                 "SELECT image_count FROM jobs WHERE id = %s", (job_id,)
             ).fetchone()
@@ -333,7 +455,7 @@ class PostgresStore:
     def hold_lease(self, holder: str, seconds: float) -> bool:
         """By the database's clock, not this host's: trackers on hosts whose clocks disagree
         still agree on when a lease expires."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "INSERT INTO leases (name, holder, expires_at)"
                 " VALUES ('dispatch', %s, clock_timestamp() + make_interval(secs => %s))"
@@ -347,7 +469,7 @@ class PostgresStore:
 
     @database_errors("release the dispatch lease")
     def release_lease(self, holder: str) -> None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute("DELETE FROM leases WHERE name = 'dispatch' AND holder = %s", (holder,))
 
 
@@ -366,3 +488,17 @@ def _job_for_key(
             f"this Idempotency-Key was used for job {row[0]} with a different body"
         )
     return int(row[0])
+
+
+def abort_connection(db: Connection) -> None:
+    """Cut a connection off where it waits: its socket shut down, the blocked call returns
+    with the connection closed. (A cancel request would go to the same frozen server.)"""
+    fd = db.pgconn.socket
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """A connection failure (the server gone, a socket cut off), not an answer the server
+    gave (a full disk, a statement cancelled by its own timeout)."""
+    return exc.sqlstate is None or exc.sqlstate.startswith("08")

@@ -67,6 +67,7 @@ LATER_JOB_COLUMNS = {
     "request_hash": "TEXT",  # fingerprint of an Idempotency-Key submission
     "callback_url": "TEXT",
     "callback_done_at": "REAL",  # delivered, or given up on
+    "callback_claimed_by": "TEXT",  # the lease holder that claimed it, to send it
     "settled_count": "INTEGER NOT NULL DEFAULT 0",
     "failed_count": "INTEGER NOT NULL DEFAULT 0",
 }
@@ -80,6 +81,12 @@ CREATE TRIGGER IF NOT EXISTS results_count AFTER INSERT ON results BEGIN
     WHERE id = NEW.job_id;
 END;
 """
+
+# The lease step sweeps for callbacks due: without it, a scan of every job there is.
+CALLBACKS_DUE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS jobs_callbacks_due ON jobs (id)"
+    " WHERE callback_url IS NOT NULL AND callback_done_at IS NULL"
+)
 
 # Before visits had a table of their own, every image row carried its visit's fields.
 SPLIT_VISITS = f"""
@@ -133,6 +140,7 @@ def migrate(db: sqlite3.Connection) -> None:
                 "                 WHERE r.job_id = jobs.id AND r.error IS NOT NULL)"
             )
         db.execute(COUNT_TRIGGER)
+        db.execute(CALLBACKS_DUE_INDEX)
 
 
 class Transaction:

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         "clusters); empty: SQLite in `DATA_DIR`",
     )
     store_master: Path = Field(DEFAULT_STORE_MASTER, description="the Store Master CSV")
+    database_timeout: float = Field(
+        5.0,
+        ge=0.5,
+        le=300,
+        description="seconds a job store call may take before it is cut off and answered `503` "
+        "(recording a job gets 0.2 ms more per image); after one is, calls fail at once until a "
+        "probe a second succeeds",
+    )
     lease_seconds: PositiveSeconds = Field(
         15.0,
         description="how long the dispatch lease lasts unrenewed: when two clusters share one "

@@ -13,8 +13,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from core.deadline import StoreDeadlines
 from core.errors import IdempotencyConflict, StorageError
 from core.models import (
     JOB_CANCELLED,
@@ -61,18 +62,36 @@ ROW_ERRORS = (
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# A call's deadline (IMAGE_SERVICE_DATABASE_TIMEOUT sets the tracker's and the API's).
+DEFAULT_TIMEOUT_SECONDS = 5.0
 
-def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """A store call whose database error becomes a StorageError saying what could not be done;
-    every read and write goes through it."""
 
-    def wrap(method: Callable[P, R]) -> Callable[P, R]:
+class _Guarded(Protocol):
+    _db: sqlite3.Connection
+    _deadlines: StoreDeadlines
+
+
+G = TypeVar("G", bound=_Guarded)
+
+
+def database_errors(
+    action: str,
+) -> Callable[[Callable[Concatenate[G, P], R]], Callable[Concatenate[G, P], R]]:
+    """A store call under its deadline (past it, the statement is interrupted), whose database
+    error becomes a StorageError saying what could not be done; every read and write goes
+    through it."""
+
+    def wrap(method: Callable[Concatenate[G, P], R]) -> Callable[Concatenate[G, P], R]:
         @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        def call(store: G, *args: P.args, **kwargs: P.kwargs) -> R:
+            store._deadlines.admit()
             try:
-                return method(*args, **kwargs)
+                with store._deadlines.call(store._db.interrupt):
+                    answer = method(store, *args, **kwargs)
             except sqlite3.Error as exc:
                 raise StorageError(f"could not {action}: {exc}") from exc
+            store._deadlines.up()
+            return answer
 
         return call
 
@@ -82,8 +101,9 @@ def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 class SqliteStore:
     """The job store in one SQLite file (WAL) on the head's disk: `make run`'s default."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._db = open_database(path)
+        self._deadlines = StoreDeadlines(timeout)
         self._node_numbers: dict[str, int] = {}
 
     def close(self) -> None:
@@ -332,6 +352,18 @@ class SqliteStore:
             for job_id, url, status, errors in self._db.execute(query, args)
         ]
 
+    @database_errors("claim a job's callback")
+    def claim_callback(self, job_id: int, holder: str) -> bool:
+        """As `JobStore.claim_callback` says."""
+        with self._transaction():
+            claimed = self._db.execute(
+                "UPDATE jobs SET callback_claimed_by = ? WHERE id = ?"
+                " AND callback_done_at IS NULL AND EXISTS (SELECT 1 FROM leases"
+                " WHERE name = 'dispatch' AND holder = ? AND expires_at > ?)",
+                (holder, job_id, holder, time.time()),
+            ).rowcount
+        return claimed == 1
+
     @database_errors("record a job's callback")
     def mark_callback_done(self, job_id: int, when: float) -> None:
         with self._transaction():
@@ -383,14 +415,18 @@ class SqliteStore:
 
     @database_errors("hold the dispatch lease")
     def hold_lease(self, holder: str, seconds: float) -> bool:
+        """By this host's wall clock (every holder of a SQLite file runs on its host). A lease
+        that ends further off than a whole lease from now was set before the clock stepped
+        back: it is over, or the only tracker would stand by for the size of the step."""
         now = time.time()
         with self._transaction():
             self._db.execute(
                 "INSERT INTO leases (name, holder, expires_at) VALUES ('dispatch', ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
                 " expires_at = excluded.expires_at"
-                " WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
-                (holder, now + seconds, now),
+                " WHERE leases.holder = excluded.holder OR leases.expires_at < ?"
+                " OR leases.expires_at > ?",
+                (holder, now + seconds, now, now + seconds),
             )
             (current,) = self._db.execute(
                 "SELECT holder FROM leases WHERE name = 'dispatch'"
@@ -444,11 +480,12 @@ class StatusReader:
     WAL readers do not wait for the writer, and the lookup is by primary key: microseconds.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         try:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StorageError(f"could not open {path}: {exc}") from exc
+        self._deadlines = StoreDeadlines(timeout)
 
     @database_errors("read a job's status")
     def job_view(

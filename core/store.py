@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from core.models import ImageOutcome, ImageResult, JobDetail, JobState, JobSubmission, JobView
+from core.pg_schema import POOL_MAX_SIZE
 from core.pg_store import PostgresStore
 from core.records import CancelMark, DueCallback, UnfinishedJob
 from core.settings import Settings
@@ -68,6 +69,12 @@ class JobStore(Protocol):
 
     def callbacks_due(self, job_ids: Iterable[int] | None = None) -> list[DueCallback]: ...
 
+    def claim_callback(self, job_id: int, holder: str) -> bool:
+        """Claim the job's callback for sending, for `holder`: True only while `holder` holds
+        the dispatch lease (by the store's clock) and the callback is still due. So a tracker
+        that lost the lease never sends one the new holder sends too."""
+        ...
+
     def mark_callback_done(self, job_id: int, when: float) -> None: ...
 
     def unfinished_jobs(self) -> list[UnfinishedJob]: ...
@@ -88,8 +95,13 @@ class JobStore(Protocol):
         ...
 
 
-def open_store(settings: Settings) -> JobStore:
-    """The store the settings name: PostgreSQL when `database_url` is set, else SQLite."""
+def open_store(
+    settings: Settings, timeout: float | None = None, max_connections: int = POOL_MAX_SIZE
+) -> JobStore:
+    """The store the settings name: PostgreSQL when `database_url` is set, else SQLite. Its
+    calls are cut off past `timeout` seconds (`database_timeout` unless given); a PostgreSQL
+    store opens at most `max_connections`."""
+    seconds = settings.database_timeout if timeout is None else timeout
     if settings.database_url:
-        return PostgresStore(settings.database_url)
-    return SqliteStore(settings.database_path)
+        return PostgresStore(settings.database_url, seconds, max_connections)
+    return SqliteStore(settings.database_path, seconds)

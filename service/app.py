@@ -25,6 +25,7 @@ import ray
 from fastapi import FastAPI, Request
 from ray import serve
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.serve.config import BackpressureConfig
 
 from actors.tracker import tracker_handle
 from core.clients import ApiKeys
@@ -91,6 +92,10 @@ async def read_body(request: Request, cap: int) -> bytes:
 @serve.deployment(
     ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=256,
+    # Past these a request waits nowhere: 503 with Retry-After at once. A database that stalls
+    # holds requests up to its deadline (IMAGE_SERVICE_DATABASE_TIMEOUT); none queue behind.
+    max_queued_requests=512,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
     # A log line per request costs a large share of a status call's time.
     logging_config={"enable_access_log": False},
 )

@@ -9,7 +9,8 @@ Dockerfile and the README's cluster commands set for every Ray process.
 - `FastStatus`: `GET /api/status` of a known job, answered where HTTP ends from the job
   database beside it, without the hop into Serve's request handling: the poll clients make
   most, at a fraction of the CPU. Anything else (an unknown job, a bad key, no database on
-  this node) goes on to the API as before.
+  this node) goes on to the API as before. A database that does not answer is answered here,
+  `503` with Retry-After within the store's deadline: the API would ask it again.
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.clients import ApiKeys
-from core.errors import StorageError
+from core.errors import DatabaseUnavailable, StorageError
 from core.models import status_payload
 from core.settings import Settings
+from service.errors import UNAVAILABLE_RETRY_AFTER_SECONDS
 from service.params import parse_job_id
 from service.status_source import StatusSource
 
 CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "service.edge:middlewares"
+# As the API's answer when the job store does not answer (service/errors.py).
+RETRY_AFTER = str(UNAVAILABLE_RETRY_AFTER_SECONDS).encode()
 
 
 def _normal(name: str) -> str:
@@ -80,7 +84,9 @@ class ServeHeaderGuard:
         await send_json(send, 400, {"error": f"header {name} must be UTF-8 text"})
 
 
-async def send_json(send: Send, status: int, answer: object) -> None:
+async def send_json(
+    send: Send, status: int, answer: object, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     # Byte for byte what the API sends, its headers in the same order (tests/test_edge_vs_api.py).
     body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     await send(
@@ -90,6 +96,7 @@ async def send_json(send: Send, status: int, answer: object) -> None:
             "headers": [
                 (b"content-length", str(len(body)).encode()),
                 (b"content-type", b"application/json"),
+                *(extra or []),
             ],
         }
     )
@@ -108,13 +115,19 @@ class FastStatus:
         self._statuses = StatusSource(self._settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = await self._answer(scope) if scope["type"] == "http" else None
+        status, answer = 200, None
+        if scope["type"] == "http":
+            try:
+                answer = await self._answer(scope)
+            except DatabaseUnavailable:
+                status, answer = 503, {"error": "the job store is not answering; please retry"}
         if answer is None:
             await self._app(scope, receive, send)
             return
 
         async def respond(_scope: Scope, _receive: Receive, send: Send) -> None:
-            await send_json(send, 200, answer)
+            headers = [(b"retry-after", RETRY_AFTER)] if status == 503 else []
+            await send_json(send, status, answer, headers)
 
         # Through Serve's own middleware, so X-Request-ID is echoed or made as for any answer.
         await RequestIdMiddleware(respond)(scope, receive, send)
@@ -136,7 +149,9 @@ class FastStatus:
                 return None
         try:
             view = await self._statuses.job_view(job_id, client, exact=True)
-        except StorageError:  # no job store on this node, or it does not answer
+        except DatabaseUnavailable:
+            raise
+        except StorageError:  # no job store on this node
             return None
         return None if view is None else status_payload(view)
 

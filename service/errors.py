@@ -23,6 +23,7 @@ from core.errors import (
     ServiceBusy,
     StorageError,
     StoreMasterError,
+    SubmissionOutcomeUnknown,
     SubmissionTooLarge,
     TooManyOpenJobs,
 )
@@ -153,6 +154,12 @@ async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
 @handles(NotDispatching, ServiceBusy)
 async def service_busy(_request: Request, exc: Exception) -> JSONResponse:
     return unavailable(tracker_reason(exc), retry_after=BUSY_RETRY_AFTER_SECONDS)
+
+
+@handles(SubmissionOutcomeUnknown)
+async def submission_outcome_unknown(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: %s", request.method, request.url.path, tracker_reason(exc))
+    return unavailable(tracker_reason(exc))
 
 
 @handles(StorageError)

@@ -5,6 +5,7 @@ throughput."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from core.models import JobView
 from core.pg_store import PostgresStore
@@ -21,19 +22,30 @@ class StatusSource:
         self._settings = settings
         self._sqlite: StatusReader | None = None
         self._postgres: PostgresStore | None = None
+        # Concurrent first reads each run in a thread of their own: one opens the pool.
+        self._opening = threading.Lock()
 
     async def job_view(
         self, job_id: int, client_id: str | None = None, exact: bool = False
     ) -> JobView | None:
         """As `StatusReader.job_view`; StorageError when the store cannot be read (SQLite: not
-        on this node, or not created yet)."""
+        on this node, or not created yet), DatabaseUnavailable when it does not answer within
+        `database_timeout`."""
         if self._settings.database_url:
             return await asyncio.to_thread(self._postgres_view, job_id, client_id, exact)
         if self._sqlite is None:
-            self._sqlite = StatusReader(self._settings.database_path)
+            self._sqlite = StatusReader(
+                self._settings.database_path, self._settings.database_timeout
+            )
         return self._sqlite.job_view(job_id, client_id, exact)
 
     def _postgres_view(self, job_id: int, client_id: str | None, exact: bool) -> JobView | None:
-        if self._postgres is None:
-            self._postgres = PostgresStore(self._settings.database_url)
-        return self._postgres.job_view(job_id, client_id, exact)
+        return self._postgres_store().job_view(job_id, client_id, exact)
+
+    def _postgres_store(self) -> PostgresStore:
+        with self._opening:
+            if self._postgres is None:
+                self._postgres = PostgresStore(
+                    self._settings.database_url, self._settings.database_timeout
+                )
+            return self._postgres
