@@ -103,6 +103,8 @@ class SqliteStore:
 
     def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._db = open_database(path)
+        # interrupt() does not end SQLite's wait for another writer's lock: this does.
+        self._db.execute(f"PRAGMA busy_timeout={round(timeout * 1000)}")
         self._deadlines = StoreDeadlines(timeout)
         self._node_numbers: dict[str, int] = {}
 

@@ -18,6 +18,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
+from harness.procs import descendants
 from harness.service import free_port
 
 # Debian's layout: one directory per major version, side by side.
@@ -128,6 +129,21 @@ class PostgresServer:
             db.execute("DROP SCHEMA IF EXISTS public CASCADE")
             db.execute("CREATE SCHEMA public")
         return self.url(name)
+
+    def freeze(self) -> None:
+        """Stop every server process where it is (SIGSTOP): its sockets stay open, the kernel
+        still acknowledges what arrives, and nothing answers. `thaw` lets it go on. Each
+        backend is a session of its own (PostgreSQL calls setsid): each gets the signal."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: int) -> None:
+        assert self.process is not None
+        for pid in descendants([self.process.pid]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def stop(self) -> None:
         """`pg_ctl stop -m fast`: clients are disconnected, the server exits at once."""

@@ -11,8 +11,11 @@ import pytest
 from fastapi.responses import JSONResponse
 
 from core.clients import client_id_for_key
+from core.errors import DatabaseUnavailable
+from core.pg_store import PostgresStore
 from core.settings import Settings
 from harness.asgi import App, call, store_with_jobs
+from service import status_source
 from service.edge import FastStatus, ServeHeaderGuard
 
 
@@ -96,3 +99,50 @@ def test_with_postgresql_a_sqlite_file_left_here_is_never_read(tmp_path: Path) -
     settings = Settings(data_dir=tmp_path, database_url="postgresql://u@127.0.0.1:1/jobs")
     assert get(FastStatus(serve, settings), f"/api/status?jobid={ongoing}")[0] == 299
     assert len(serve.reached) == 1
+
+
+class Unanswered:
+    """A status source whose database does not answer (frozen, cut off)."""
+
+    async def job_view(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise DatabaseUnavailable("the job database did not answer within 5 s; please retry")
+
+
+def test_status_while_the_database_does_not_answer_is_a_503_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    """Answered at the edge, not passed on to the API to ask the same database again (each
+    hop waited its own deadline before)."""
+    serve = App()
+    edge = FastStatus(serve, Settings(data_dir=tmp_path))
+    edge._statuses = Unanswered()  # type: ignore[assignment]
+    status, headers, body = get(edge, "/api/status?jobid=7")
+    assert (status, headers["retry-after"], body) == (
+        503, "5", {"error": "the job store is not answering; please retry"}
+    )  # fmt: skip
+    assert serve.reached == []
+
+
+@pytest.mark.postgres
+def test_concurrent_first_status_reads_open_one_pool(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each concurrent first read runs in a thread of its own: one opens the store, and the
+    others wait for it, instead of each opening a pool of its own and leaking it."""
+    opened: list[PostgresStore] = []
+
+    class Counted(PostgresStore):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            opened.append(self)
+
+    monkeypatch.setattr(status_source, "PostgresStore", Counted)
+    source = status_source.StatusSource(Settings(database_url=postgres_url))
+
+    async def first_reads() -> list[Any]:
+        return await asyncio.gather(*(source.job_view(n) for n in range(1, 33)))
+
+    assert asyncio.run(first_reads()) == [None] * 32
+    assert len(opened) == 1
+    for store in opened:
+        store.close()

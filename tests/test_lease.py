@@ -21,7 +21,13 @@ from actors.pool import WorkerSlot
 from actors.tracker import JobTracker
 from core.clients import RateLimiter
 from core.dbthread import DatabaseThread
-from core.errors import JobAlreadyFinished, ServiceBusy, StorageError, TooManyOpenJobs
+from core.errors import (
+    JobAlreadyFinished,
+    NotDispatching,
+    ServiceBusy,
+    StorageError,
+    TooManyOpenJobs,
+)
 from core.jobs import JobBook, JobLimits
 from core.lease import DispatchLease
 from core.models import ImageOutcome, JobStatus, JobSubmission, Visit
@@ -115,8 +121,11 @@ def settings_for(data_dir: Path, **values: str) -> Settings:
     return Settings.from_env(env)
 
 
-def bare_tracker(settings: Settings, store: Any, holder: str, leading: bool) -> Any:
-    """The tracker's own class with its parts in place, as after `_recover`."""
+def bare_tracker(
+    settings: Settings, store: Any, holder: str, leading: bool, lease_store: Any = None
+) -> Any:
+    """The tracker's own class with its parts in place, as after `_recover`; the lease on a
+    store connection of its own unless `lease_store` is given."""
     tracker = object.__new__(TrackerClass)
     tracker._settings = settings
     tracker._store = store
@@ -138,7 +147,7 @@ def bare_tracker(settings: Settings, store: Any, holder: str, leading: bool) -> 
     tracker._image_metrics = Metrics()
     tracker._metrics = Metrics()
     tracker._callbacks = Callbacks()
-    tracker._lease_store = store
+    tracker._lease_store = lease_store or SqliteStore(settings.database_path)
     tracker._lease_lane = DatabaseThread("lease")
     tracker._lease = DispatchLease(holder, LEASE, tracker._hold_lease, tracker._release_lease)
     tracker._loaded = leading
@@ -252,7 +261,7 @@ def test_a_leader_that_cannot_renew_stops_dispatching_once_its_lease_has_expired
     async def scenario() -> None:
         store = FlakyStore(SqliteStore(settings.database_path))
         assert store.hold_lease("A", LEASE)
-        tracker = bare_tracker(settings, store, "A", True)
+        tracker = bare_tracker(settings, store, "A", True, lease_store=store)
         await tracker.submit(one_image_job(3), "k1", None, None, "a")
         store.failing = True
         deadline = time.monotonic() + LEASE * 2
@@ -415,3 +424,178 @@ def test_a_failing_background_task_is_logged_not_lost(
     asyncio.run(scenario())
     assert "a background task failed" in caplog.text
     assert "disk I/O error" in caplog.text
+
+
+# ---- the lease is never held back by client work ------------------------------------------------
+
+
+class SlowReads:
+    """The store, except that reading a job takes 0.5 s (a client's heavy reads, a slow disk)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def job_detail(self, *args: Any) -> Any:
+        time.sleep(0.5)
+        return self._store.job_detail(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_backlog_of_client_reads_never_pauses_dispatching(tmp_path: Path) -> None:
+    """Four seconds of reads queued on the store's thread (ten leases) while the lease step
+    renews: dispatching never pauses, since renewals have a connection and a thread of their
+    own. With renewals behind the reads, it stopped within 0.2 s."""
+    settings = settings_for(tmp_path)
+
+    async def scenario() -> None:
+        store = SlowReads(SqliteStore(settings.database_path))
+        tracker = bare_tracker(settings, store, "A", True)
+        assert SqliteStore(settings.database_path).hold_lease("A", LEASE)
+        reads = asyncio.gather(*(tracker.job_detail(1, None) for _ in range(8)))
+        renewals = asyncio.create_task(_lease_steps(tracker, seconds=1.5))
+        paused = 0
+        while not renewals.done():
+            paused += not tracker._dispatching
+            await asyncio.sleep(0.01)
+        await renewals
+        assert paused == 0, f"dispatching paused for {paused * 10} ms"
+        assert not reads.done(), "the backlog was gone before the renewals ended"
+        await reads
+
+    asyncio.run(scenario())
+
+
+async def _lease_steps(tracker: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await tracker._lease_step()
+
+
+def test_a_cancel_after_the_lease_lapsed_is_left_to_the_holder(tmp_path: Path) -> None:
+    """A leader whose lease ran out unrenewed no longer takes cancels (another cluster may
+    hold the lease and the job): 503 with Retry-After, as on a standby."""
+    settings = settings_for(tmp_path)
+
+    async def scenario() -> None:
+        store = SqliteStore(settings.database_path)
+        tracker = bare_tracker(settings, store, "A", True)
+        job_id = await tracker.submit(one_image_job(2), "k1", None, None, "a")
+        await asyncio.sleep(LEASE * 2 / 3 + 0.02)  # no renewal: the dispatch window closes
+        with pytest.raises(NotDispatching):
+            await tracker.cancel(job_id, None)
+        assert store.job_detail(job_id).cancelled_at is None  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+
+
+class FailingJobLoads:
+    """The store, except that a job's images cannot be read after the first (the database
+    went away in the middle of a takeover)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.loads = 0
+
+    def job_images(self, job_id: int) -> Any:
+        self.loads += 1
+        if self.loads > 1:
+            raise StorageError("could not read a job's images: the job database did not answer")
+        return self._store.job_images(job_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_takeover_that_fails_half_way_holds_no_job(tmp_path: Path) -> None:
+    """A load of the unfinished jobs that fails after the first leaves nothing half loaded:
+    no job answers `ongoing` from memory, none counts twice against the limits."""
+    settings = settings_for(tmp_path)
+    recorder = SqliteStore(settings.database_path)
+    job_ids = [recorder.create_job(one_image_job(), f"k{n}", {})[0] for n in range(2)]
+
+    async def scenario() -> None:
+        store = FailingJobLoads(SqliteStore(settings.database_path))
+        tracker = bare_tracker(settings, store, "A", False)
+        with pytest.raises(StorageError):
+            await tracker._lead()
+        assert tracker._book.jobs == {}
+        assert tracker._loaded is False
+        recorder.save_outcomes(
+            [ImageOutcome(job_ids[0], 0, time.time(), width=1, height=1)], [job_ids[0]]
+        )
+        view = await tracker.status(job_ids[0], None)
+        assert view is not None and view.status is JobStatus.COMPLETED
+
+    asyncio.run(scenario())
+
+
+class FailingSaves:
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def save_outcomes(self, *_args: Any) -> Any:
+        raise StorageError("could not save results: the job database did not answer")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_step_down_whose_save_fails_still_forgets_the_jobs(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+
+    async def scenario() -> None:
+        tracker = bare_tracker(
+            settings, FailingSaves(SqliteStore(settings.database_path)), "A", True
+        )
+        job_id = await tracker.submit(one_image_job(), "k1", None, None, "a")
+        await tracker.report("w", [ImageOutcome(job_id, 0, time.time(), width=1, height=1)])
+        await tracker._step_down("lost the dispatch lease to another cluster")
+        assert tracker._book.jobs == {}
+        assert tracker._loaded is False
+
+    asyncio.run(scenario())
+
+
+def test_a_tracker_that_lost_the_lease_sends_no_callback_of_a_job_it_finishes(
+    tmp_path: Path,
+) -> None:
+    """A finished its last images, then lost the lease before its flush: the save goes on
+    (each image keeps its first result), but the callback is the new holder's to send."""
+    settings = settings_for(tmp_path)
+    hooked = JobSubmission(
+        (Visit("S1", "2025-01-01", ("http://a.test/1",)),), callback_url="http://hooks.test/"
+    )
+
+    async def scenario() -> None:
+        store = SqliteStore(settings.database_path)
+        tracker = bare_tracker(settings, store, "A", True)
+        assert tracker._lease_store.hold_lease("A", LEASE)
+        sent = recording_callbacks(tracker)
+        job_id = await tracker.submit(hooked, "k1", None, None, "a")
+        await tracker.report("w", [ImageOutcome(job_id, 0, time.time(), width=1, height=1)])
+        await asyncio.sleep(LEASE + 0.02)
+        assert SqliteStore(settings.database_path).hold_lease("B", 60)
+        await tracker._flush()
+        await asyncio.gather(*tracker._helpers)
+        assert sent.delivered == []
+        assert [due.job_id for due in store.callbacks_due(None)] == [job_id]
+
+    asyncio.run(scenario())
+
+
+def test_only_the_lease_holder_claims_a_callback(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    store = SqliteStore(settings.database_path)
+    hooked = JobSubmission(
+        (Visit("NOT-A-STORE", "2025-01-01", ("http://a.test/1",)),),
+        callback_url="http://hooks.test/",
+    )
+    job_id, _ = store.create_job(hooked, "k1", {0: "store_id not in store master"})
+    assert not store.claim_callback(job_id, "A"), "claimed without holding the lease"
+    assert store.hold_lease("A", 60)
+    assert not store.claim_callback(job_id, "B"), "claimed while another holds the lease"
+    assert store.claim_callback(job_id, "A")
+    store.mark_callback_done(job_id, time.time())
+    assert not store.claim_callback(job_id, "A"), "claimed a callback already delivered"

@@ -14,9 +14,16 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from core.errors import IdempotencyConflict, StorageError
+from core import pg_store
+from core.errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    StorageError,
+    SubmissionOutcomeUnknown,
+)
 from core.models import ImageOutcome, JobState, JobSubmission, Visit
-from core.pg_store import PostgresStore
+from core.pg_schema import connection_options
+from core.pg_store import PostgresStore, abort_connection
 from core.rows import UNSTORABLE_RESULT
 from harness.postgres import PostgresServer
 
@@ -300,7 +307,7 @@ def test_a_server_gone_gives_storage_errors_in_seconds_and_a_restart_heals(
             lambda: PostgresStore(url),
         ):
             began = time.monotonic()
-            with pytest.raises(StorageError, match="could not|job database") as failed:
+            with pytest.raises(StorageError, match=r"could not|job database") as failed:
                 call()
             assert time.monotonic() - began < 10
             assert "s3cret" not in str(failed.value)
@@ -321,3 +328,77 @@ def eventually(call: Callable[[], T], within: float = 30) -> T:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_a_frozen_server_costs_one_deadline_then_nothing_and_recovers(
+    own_server: PostgresServer,
+) -> None:
+    """Every server process stopped (SIGSTOP: the connection stays open, nothing answers):
+    the first call fails at its deadline, the next ones at once, every one with a 503's
+    DatabaseUnavailable; after SIGCONT the store answers again, nothing lost. Without the
+    deadlines the first call hung until TCP gave up (~15 minutes)."""
+    url = own_server.empty_database()
+    store = PostgresStore(url, timeout=1.0)
+    job_id, _ = store.create_job(submission(), None, {})
+    own_server.freeze()
+    try:
+        began = time.monotonic()
+        with pytest.raises(DatabaseUnavailable):
+            store.job_view(job_id)
+        first = time.monotonic() - began
+        assert 0.9 < first < 3, f"the first call took {first:.1f} s"
+        began = time.monotonic()
+        with pytest.raises(DatabaseUnavailable):
+            store.save_outcomes([done(job_id, 0)], [])
+        assert time.monotonic() - began < 0.5, "a later call waited for the frozen server"
+    finally:
+        own_server.thaw()
+    assert eventually(lambda: store.save_outcomes([done(job_id, 0)], []), within=10) == []
+    assert store.job_images(job_id)[1] == bytearray([1, 0, 0])
+    store.close()
+
+
+def test_a_submit_whose_commit_is_cut_off_says_nothing_was_kept_only_when_true(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies at COMMIT: the store asks the database afterwards whether the job
+    was kept. Here it was not (the server never got the COMMIT): "nothing was kept" is true.
+    If it cannot be asked either, it says the job may have been kept."""
+    store = PostgresStore(postgres_url, timeout=2.0)
+    real_insert, real_lookup = PostgresStore._insert_job, pg_store._job_for_key
+    asking_fails = False
+    committed = False
+
+    def insert_then_lose_the_connection(self: PostgresStore, db: Any, *args: Any) -> Any:
+        nonlocal committed
+        created = real_insert(self, db, *args)
+        abort_connection(db)  # the COMMIT that follows goes nowhere
+        committed = True
+        return created
+
+    def lookup(*args: Any) -> Any:
+        if committed and asking_fails:
+            raise psycopg.OperationalError("the server is gone")
+        return real_lookup(*args)
+
+    monkeypatch.setattr(PostgresStore, "_insert_job", insert_then_lose_the_connection)
+    monkeypatch.setattr(pg_store, "_job_for_key", lookup)
+    with pytest.raises(DatabaseUnavailable, match="nothing was kept"):
+        store.create_job(submission(), "key-1", {})
+    committed, asking_fails = False, True
+    time.sleep(1.1)  # past the probe interval: the store tries the database again
+    with pytest.raises(SubmissionOutcomeUnknown, match="may have been kept"):
+        store.create_job(submission(), "key-2", {})
+    monkeypatch.undo()
+    time.sleep(1.1)
+    assert store.job_for_key("key-1", None) is None
+    assert store.job_for_key("key-2", None) is None
+    store.close()
+
+
+def test_statement_timeout_is_kept_beside_options_of_the_url_own() -> None:
+    options = connection_options("postgresql://u@h/db?options=-c%20search_path%3Djobs", 2.5)
+    assert options["options"] == "-c search_path=jobs -c statement_timeout=2500"
+    own = connection_options("postgresql://u@h/db?options=-c%20statement_timeout%3D100", 2.5)
+    assert "options" not in own  # the URL's own statement_timeout wins
+    assert options["tcp_user_timeout"] == 10_000 and options["keepalives"] == 1

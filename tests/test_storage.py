@@ -359,3 +359,14 @@ def test_a_result_without_its_time_fails_alone_rather_than_vanish(store: JobStor
     assert detail is not None and (detail.state, detail.done, detail.failed) == (
         JobState.FAILED, 2, 1
     )  # fmt: skip
+
+
+def test_a_sqlite_lease_set_before_the_clock_stepped_back_is_over(tmp_path: Path) -> None:
+    """The clock stepped back an hour after an unclean stop: the lease left by the old holder
+    now seems to run an hour more. One ending more than a lease from now is taken as over, so
+    the only tracker does not stand by for an hour."""
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    assert store.hold_lease("old cluster", 15)
+    store._db.execute("UPDATE leases SET expires_at = expires_at + 3600")  # the step back
+    assert store.hold_lease("new cluster", 15)
+    assert not store.hold_lease("old cluster", 15)  # and a lease of its length still holds
