@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     jobs_page_default: int = Field(
         20, ge=1, description="`limit` of `/api/jobs` when the caller gives none"
     )
+    jobs_offset_max: int = Field(
+        10_000,
+        ge=0,
+        description="largest `offset` of `/api/jobs`: a deeper page is a scan of that many jobs",
+    )
     results_page_max: int = Field(
         1000, ge=1, description="largest `limit` of `/api/results` and `/api/jobs`"
     )

@@ -248,7 +248,7 @@ class ImageServiceAPI:
     ) -> JobListBody:
         """Recent jobs, newest first, with their progress (this client's only, with API keys)."""
         client = self._client(request)
-        start = parse_offset(offset)
+        start = parse_offset(offset, self._settings.jobs_offset_max)
         size = parse_limit(limit, self._settings.jobs_page_default, self._settings.results_page_max)
         total, jobs = await self._tracker.jobs(client, start, size)
         return job_list_body(total, start, size, jobs)

@@ -22,9 +22,13 @@ def _count(raw: str, name: str) -> int:
     return int(raw)
 
 
-def parse_offset(raw: str | None) -> int:
-    """A page's `offset`: 0 (the first row) when absent; any non-negative integer."""
-    return 0 if raw is None else _count(raw, "offset")
+def parse_offset(raw: str | None, maximum: int | None = None) -> int:
+    """A page's `offset`: 0 (the first row) when absent; a non-negative integer, at most
+    `maximum` when given."""
+    value = 0 if raw is None else _count(raw, "offset")
+    if maximum is not None and value > maximum:
+        raise InvalidQueryParameter(f"offset must be at most {maximum}")
+    return value
 
 
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidQueryParameter
+from core.errors import DatabaseUnavailable, InvalidQueryParameter, SubmissionOutcomeUnknown
 from core.submission import InvalidSubmission
 from harness.asgi import answer_to
 from service.params import parse_job_id, parse_limit, parse_offset
@@ -63,3 +63,24 @@ def test_a_job_id_is_up_to_18_digits(raw: str, value: int) -> None:
 @pytest.mark.parametrize("raw", [None, *BAD_NUMBERS])
 def test_anything_else_names_no_job(raw: str | None) -> None:
     assert parse_job_id(raw) is None
+
+
+def test_an_offset_past_its_maximum_names_it() -> None:
+    """`/api/jobs` pages by OFFSET: a deeper page is a database scan of that many jobs, on the
+    thread every job store call of the tracker shares."""
+    assert parse_offset("10000", maximum=10_000) == 10_000
+    with pytest.raises(InvalidQueryParameter, match=r"^offset must be at most 10000$"):
+        parse_offset("10001", maximum=10_000)
+
+
+def test_every_way_a_job_store_fails_is_a_503_with_retry_after() -> None:
+    for failure in (
+        DatabaseUnavailable("the job database did not answer within 5 s; please retry"),
+        SubmissionOutcomeUnknown("it may have been kept: a retry with the same key is safe"),
+    ):
+        status, retry_after, body = answer_to(failure)
+        assert (status, retry_after is not None) == (503, True), failure
+        assert body["error"], failure
+    assert answer_to(SubmissionOutcomeUnknown("it may have been kept"))[2] == {
+        "error": "it may have been kept"
+    }
