@@ -7,6 +7,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from core.errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 # The event loop keeps only weak references to tasks: these keep the loops alive.
@@ -20,6 +22,10 @@ async def run_forever(name: str, step: Callable[[], Awaitable[None]], pause: flo
             await step()
         except asyncio.CancelledError:
             raise
+        except DatabaseUnavailable as exc:
+            # Expected while the database is down, and said once by the store: no traceback.
+            log.warning("%s: %s", name, exc)
+            await asyncio.sleep(pause)
         except Exception:
             log.exception("%s: an iteration failed; the loop goes on", name)
             await asyncio.sleep(pause)

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from core.errors import DatabaseUnavailable
 from core.supervise import supervise
 
 
@@ -56,3 +57,29 @@ def test_a_loop_that_ends_is_logged_and_started_again(caplog: pytest.LogCaptureF
         asyncio.run(main())
     assert len(calls) >= 3
     assert "ending loop: the loop ended" in caplog.text
+
+
+def test_a_database_that_does_not_answer_is_one_line_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the database is down every store call fails at once: each iteration says so in
+    one line, without a traceback, and the loop goes on after its pause."""
+    calls: list[int] = []
+
+    async def step() -> None:
+        calls.append(len(calls))
+        if len(calls) < 3:
+            raise DatabaseUnavailable("the job database has not answered for 3 s; please retry")
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        task = supervise("flush", step, pause=0.01)
+        while len(calls) < 5:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    assert len(calls) >= 5
+    assert [r.exc_info for r in caplog.records] == [None, None]
+    assert all("flush: the job database has not answered" in r.getMessage() for r in caplog.records)
