@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -153,10 +153,15 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="largest image in pixels (decompression bombs fail)"
     )
+    # Per node, whatever its CPUs: 1.6 GB at 4 bytes a pixel by default, what a 2-CPU node held
+    # when the budget was per process (2 x 200 million), and enough for each of 16 workers to
+    # decode a 12-megapixel photo beside the others (see `core.processing.DecodeBudget`).
     decode_pixel_budget: int = Field(
-        200_000_000,
+        400_000_000,
         ge=1,
-        description="pixels being decoded at once in one image worker process (bounds its memory)",
+        description="pixels being decoded at once on one node, over all its image worker "
+        "processes (bounds decode memory); at least `MAX_IMAGE_PIXELS`, which are kept for the "
+        "one image at a time larger than a worker's share of the rest",
     )
     max_image_attempts: int = Field(
         3, ge=1, description="times an image may be in flight on a worker that dies before it fails"
@@ -280,6 +285,17 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         # Ray's processes do not share the launcher's working directory.
         return value.resolve()
+
+    @model_validator(mode="after")
+    def _budget_fits_the_largest_image(self) -> Settings:
+        # Refused rather than mended: a node could never decode an image the limits accept.
+        if self.decode_pixel_budget < self.max_image_pixels:
+            raise ValueError(
+                f"{ENV_PREFIX}DECODE_PIXEL_BUDGET ({self.decode_pixel_budget}) must be at least "
+                f"{ENV_PREFIX}MAX_IMAGE_PIXELS ({self.max_image_pixels}): a node decodes one "
+                "image of that size at a time within it"
+            )
+        return self
 
     @property
     def database_path(self) -> Path:

@@ -32,6 +32,7 @@ def test_the_new_limits_are_read() -> None:
             "IMAGE_SERVICE_MAX_QUEUED_IMAGES": "10",
             "IMAGE_SERVICE_TRACKER_TIMEOUT": "2.5",
             "IMAGE_SERVICE_DECODE_PIXEL_BUDGET": "1000",
+            "IMAGE_SERVICE_MAX_IMAGE_PIXELS": "1000",
         }
     )
     assert (settings.max_store_id_length, settings.max_queued_images) == (32, 10)
@@ -178,3 +179,17 @@ def test_the_readme_table_shows_each_timing_setting_s_range() -> None:
     assert "| 0.1 to 86400 |" in rows["IMAGE_SERVICE_CONNECT_TIMEOUT"]
     assert "| 0.3 to 86400 |" in rows["IMAGE_SERVICE_LEASE_SECONDS"]
     assert "| at least 0.001 |" in rows["IMAGE_SERVICE_SUBMIT_RATE"]
+
+
+def test_a_node_s_decode_budget_must_hold_the_largest_image_allowed() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"IMAGE_SERVICE_DECODE_PIXEL_BUDGET": "99999999"})
+    assert str(refused.value) == (
+        "IMAGE_SERVICE_DECODE_PIXEL_BUDGET (99999999) must be at least "
+        "IMAGE_SERVICE_MAX_IMAGE_PIXELS (100000000): a node decodes one image of that size "
+        "at a time within it"
+    )
+    assert (
+        Settings.from_env({"IMAGE_SERVICE_DECODE_PIXEL_BUDGET": "100000000"}).decode_pixel_budget
+        == 10**8
+    )
