@@ -19,7 +19,7 @@ from typing import Any
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.worker import ImageWorker
+from actors.worker import ImageWorker, WorkerShare
 from core.jobs import ImageKey
 from core.settings import IMAGE_SLOTS, Settings
 
@@ -103,9 +103,9 @@ class WorkerPool:
         for node_id, node in alive.items():
             running = self._workers.setdefault(node_id, [])
             taken = {worker.index for worker in running}
-            for index, (slots, fetches) in enumerate(self.worker_shares(node)):
+            for index, share in enumerate(self.worker_shares(node)):
                 if index not in taken:
-                    worker = self._start_worker(node_id, index, slots, fetches)
+                    worker = self._start_worker(node_id, index, share)
                     running.append(worker)
                     self._by_key[worker.key] = worker
                     started.append(worker)
@@ -115,13 +115,21 @@ class WorkerPool:
         advertised = node.get("Resources", {}).get(IMAGE_SLOTS)
         return int(advertised) if advertised is not None else self._settings.concurrency
 
-    def worker_shares(self, node: dict[str, Any]) -> list[tuple[int, int]]:
-        """The GPU slots and the downloads at once of each of the node's workers: the node's
-        capacity and FETCH_CONCURRENCY split evenly, so both bounds hold for the node."""
+    def worker_shares(self, node: dict[str, Any]) -> list[WorkerShare]:
+        """The GPU slots, the downloads at once and the pixels decoded at once of each of the
+        node's workers: the node's capacity, FETCH_CONCURRENCY and DECODE_PIXEL_BUDGET split
+        evenly, so each bound holds for the node. Of the budget, MAX_IMAGE_PIXELS are kept
+        for the one image at a time that is larger than a worker's share."""
         slots, fetches = self.node_capacity(node), self._settings.fetch_concurrency
+        pixels = self._settings.decode_pixel_budget - self._settings.max_image_pixels
         wanted = self._settings.workers_per_node or int(node.get("Resources", {}).get("CPU", 1))
         count = max(1, min(wanted, slots, fetches))
-        return list(zip(split(slots, count), split(fetches, count), strict=True))
+        return [
+            WorkerShare(*share)
+            for share in zip(
+                split(slots, count), split(fetches, count), split(pixels, count), strict=True
+            )
+        ]
 
     def freest_first(self) -> list[WorkerSlot]:
         """The workers with free capacity, the largest share free first, so load follows
@@ -141,16 +149,17 @@ class WorkerPool:
         orphans, worker.in_flight = worker.in_flight, set()
         return orphans
 
-    def _start_worker(self, node_id: str, index: int, gpu_slots: int, fetches: int) -> WorkerSlot:
+    def _start_worker(self, node_id: str, index: int, share: WorkerShare) -> WorkerSlot:
         key = uuid.uuid4().hex
-        capacity = gpu_slots + math.ceil(gpu_slots * self._settings.fetch_ahead)
+        capacity = share.gpu_slots + math.ceil(share.gpu_slots * self._settings.fetch_ahead)
         handle = ImageWorker.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             # Headroom above the image batches so control calls (`pid`, `lifeline`) always run.
             max_concurrency=capacity + 16,
-        ).remote(self._settings, gpu_slots, fetches, key, self._tracker)
+        ).remote(self._settings, share, key, self._tracker)
         log.info(
-            "started image worker %d on node %s: %d GPU slots, %d images held at most",
-            index, node_id, gpu_slots, capacity,
+            "started image worker %d on node %s: %d GPU slots, %d images held at most, "
+            "%d pixels decoded at once besides the node's one larger image",
+            index, node_id, share.gpu_slots, capacity, share.decode_pixels,
         )  # fmt: skip
-        return WorkerSlot(key, node_id, index, handle, gpu_slots, capacity)
+        return WorkerSlot(key, node_id, index, handle, share.gpu_slots, capacity)

@@ -15,15 +15,17 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import ray
 from ray.actor import ActorHandle
 
 from actors.metrics import ImageMetrics, TimedFetcher
 from core.fetch import Downloader, FetchLimits
+from core.hostlock import HostLock, node_lock_path
 from core.logs import use_json_logs
 from core.models import FailureReason, ImageOutcome, ImageTask
-from core.processing import Budget, Stages, failed_outcome, process_image
+from core.processing import Budget, DecodeBudget, Stages, failed_outcome, process_image
 from core.settings import Settings
 from core.supervise import supervise
 from core.urlguard import AddressPolicy
@@ -35,10 +37,19 @@ REPORT_RETRY_SECONDS = 0.5
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WorkerShare:
+    """A worker's part of its node's bounds (`actors.pool.WorkerPool.worker_shares`)."""
+
+    gpu_slots: int  # simulated GPU work at once: its part of the node's `image_slots`
+    fetches: int  # downloads and measurements at once: its part of FETCH_CONCURRENCY
+    decode_pixels: int  # pixels decoded at once, besides the node's one larger image
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class ImageWorker:
     def __init__(
-        self, settings: Settings, gpu_slots: int, fetches: int, key: str, tracker: ActorHandle
+        self, settings: Settings, share: WorkerShare, key: str, tracker: ActorHandle
     ) -> None:
         use_json_logs()
         self._settings = settings
@@ -48,13 +59,15 @@ class ImageWorker:
         policy = AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts)
         self._metrics = ImageMetrics()
         self._downloader = TimedFetcher(
-            Downloader(FetchLimits.from_settings(settings), policy, pool_size=fetches),
+            Downloader(FetchLimits.from_settings(settings), policy, pool_size=share.fetches),
             self._metrics.download_seconds,
         )
         self._stages = Stages(
-            fetching=asyncio.Semaphore(fetches),
-            gpu=asyncio.Semaphore(gpu_slots),
-            pixels=Budget(settings.decode_pixel_budget),
+            fetching=asyncio.Semaphore(share.fetches),
+            gpu=asyncio.Semaphore(share.gpu_slots),
+            pixels=DecodeBudget(
+                Budget(share.decode_pixels), HostLock(node_lock_path("decode", self._node_id))
+            ),
         )
         self._outbox: list[ImageOutcome] = []
         self._outbox_full = asyncio.Event()

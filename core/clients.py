@@ -45,8 +45,11 @@ class RateLimiter:
     idle that long has refilled, which is the same as having none, so it is forgotten."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        if not rate > 0 or burst < 1:
-            raise ValueError(f"a rate limit needs rate > 0 and burst >= 1, got {rate}, {burst}")
+        # A rate so small that 1 / rate is infinite (1e-320) has no wait in whole seconds.
+        if not (rate > 0 and math.isfinite(1 / rate)) or burst < 1:
+            raise ValueError(
+                f"a rate limit needs rate > 0 (1 / rate finite) and burst >= 1, got {rate}, {burst}"
+            )
         self.rate = rate
         self.burst = burst
         # Least recently used first: (tokens, when they were counted).

@@ -11,7 +11,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -36,8 +37,18 @@ QUOTED_CHARS = 80
 # What libpq takes as a URL (anything else in DATABASE_URL is a mistake, not a SQLite path).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-Seconds = Annotated[float, Field(ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+# The longest wait any timing setting takes: past a day each is a mistake (results reported or
+# saved a day late, a timeout that never fires), and what is built on them stays finite
+# (PostgreSQL refuses a lease interval past ~9e12 s: no tracker would ever hold the lease).
+MAX_SECONDS = 86_400.0
+# A timeout below this fails calls that work (an actor call, a small download on the same
+# network take a few ms); 0 is "no timeout" to aiohttp, and fails every image as a download's.
+Timeout = Annotated[float, Field(ge=0.1, le=MAX_SECONDS)]
+# A loop that sleeps less than this between rounds spins: 100 rounds a second at the floor.
+Interval = Annotated[float, Field(ge=0.01, le=MAX_SECONDS)]
+# A retry sooner than this cannot expect its cause to have passed; at 0, a thousand fast
+# failures in a row overflow the doubling (2.0 ** 1024) in `core.fetch.backoff_delay`.
+Backoff = Annotated[float, Field(ge=0.01, le=MAX_SECONDS)]
 Words = Annotated[tuple[str, ...], NoDecode]
 
 
@@ -74,13 +85,17 @@ class Settings(BaseSettings):
     database_timeout: float = Field(
         5.0,
         ge=0.5,
-        le=300,
+        le=MAX_SECONDS,
         description="seconds a job store call may take before it is cut off and answered `503` "
         "(recording a job gets 0.2 ms more per image); after one is, calls fail at once until a "
         "probe a second succeeds",
     )
-    lease_seconds: PositiveSeconds = Field(
+    # Renewed every third of it: at the floor a write every 0.1 s, with 0.1 s left for each
+    # renewal's answer before dispatching pauses (a slow commit takes ~10 ms).
+    lease_seconds: float = Field(
         15.0,
+        ge=0.3,
+        le=MAX_SECONDS,
         description="how long the dispatch lease lasts unrenewed: when two clusters share one "
         "database, the other tracker takes over this long after the holder dies",
     )
@@ -107,7 +122,7 @@ class Settings(BaseSettings):
         description="downloads and measurements at once per node; the bytes they hold are at most "
         "this x `MAX_IMAGE_BYTES`",
     )
-    report_interval: Seconds = Field(
+    report_interval: Interval = Field(
         0.02, description="longest a settled image waits in its worker before it is reported"
     )
 
@@ -146,20 +161,27 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="largest image in pixels (decompression bombs fail)"
     )
+    # Per node, whatever its CPUs: 1.6 GB at 4 bytes a pixel by default, what a 2-CPU node held
+    # when the budget was per process (2 x 200 million), and enough for each of 16 workers to
+    # decode a 12-megapixel photo beside the others (see `core.processing.DecodeBudget`).
     decode_pixel_budget: int = Field(
-        200_000_000,
+        400_000_000,
         ge=1,
-        description="pixels being decoded at once in one image worker process (bounds its memory)",
+        description="pixels being decoded at once on one node, over all its image worker "
+        "processes (bounds decode memory); at least `MAX_IMAGE_PIXELS`, which are kept for the "
+        "one image at a time larger than a worker's share of the rest",
     )
     max_image_attempts: int = Field(
         3, ge=1, description="times an image may be in flight on a worker that dies before it fails"
     )
     max_redirects: int = Field(5, ge=0, description="redirects followed per image")
-    connect_timeout: Seconds = Field(5.0, description="seconds to connect, per download attempt")
-    read_timeout: Seconds = Field(10.0, description="seconds between bytes, per download attempt")
-    download_timeout: Seconds = Field(30.0, description="seconds per download attempt in all")
+    connect_timeout: Timeout = Field(5.0, description="seconds to connect, per download attempt")
+    read_timeout: Timeout = Field(10.0, description="seconds between bytes, per download attempt")
+    download_timeout: Timeout = Field(
+        30.0, description="seconds per image download in all, retries included"
+    )
     download_retries: int = Field(3, ge=0, description="retries of a failed download")
-    retry_backoff: Seconds = Field(
+    retry_backoff: Backoff = Field(
         0.25, description="seconds before the first retry; doubles after each"
     )
 
@@ -169,14 +191,16 @@ class Settings(BaseSettings):
         description="comma-separated API keys; when set, every API call needs "
         "`Authorization: Bearer <key>`",
     )
-    submit_rate: PositiveSeconds = Field(
-        10.0, description="submissions per second per client, sustained"
+    # At the floor a refused client is told to come back in 1,000 s at most; below ~1e-308,
+    # 1 / rate is infinite and the refusal itself fails (a 500).
+    submit_rate: float = Field(
+        10.0, ge=1e-3, description="submissions per second per client, sustained"
     )
     submit_burst: int = Field(50, ge=1, description="submissions per client allowed in a burst")
     max_open_jobs_per_client: int = Field(
         100, ge=1, description="unfinished jobs one client may have (with API keys on)"
     )
-    tracker_timeout: PositiveSeconds = Field(
+    tracker_timeout: Timeout = Field(
         30.0, description="seconds an API call waits for the job tracker before it answers `503`"
     )
     results_page_default: int = Field(
@@ -195,20 +219,29 @@ class Settings(BaseSettings):
     )
 
     # ---- the tracker ------------------------------------------------------------------------
-    flush_interval: Seconds = Field(
+    flush_interval: Interval = Field(
         0.2, description="seconds between the tracker's writes of settled results"
     )
-    node_refresh_interval: PositiveSeconds = Field(
-        2.0, description="seconds between the tracker's looks for nodes that joined or left"
+    # Each look asks Ray's GCS for every node.
+    node_refresh_interval: float = Field(
+        2.0,
+        ge=0.1,
+        le=MAX_SECONDS,
+        description="seconds between the tracker's looks for nodes that joined or left",
     )
-    metrics_interval: PositiveSeconds = Field(
-        2.0, description="seconds between the tracker's updates of its gauges (jobs, queue)"
+    # Each update counts the jobs in the store (SQLite here: 35 ms for 100k jobs, 0.8 s for 1M);
+    # Ray exports the gauges every 10 s anyway.
+    metrics_interval: float = Field(
+        2.0,
+        ge=1.0,
+        le=MAX_SECONDS,
+        description="seconds between the tracker's updates of its gauges (jobs, queue)",
     )
     callback_attempts: int = Field(5, ge=1, description="completion callback: attempts")
-    callback_backoff: Seconds = Field(
+    callback_backoff: Backoff = Field(
         1.0, description="completion callback: seconds before the second attempt; doubles after"
     )
-    callback_timeout: Seconds = Field(10.0, description="completion callback: seconds per attempt")
+    callback_timeout: Timeout = Field(10.0, description="completion callback: seconds per attempt")
 
     # ---- Ray --------------------------------------------------------------------------------
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head (GCS) port")
@@ -265,6 +298,17 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         # Ray's processes do not share the launcher's working directory.
         return value.resolve()
+
+    @model_validator(mode="after")
+    def _budget_fits_the_largest_image(self) -> Settings:
+        # Refused rather than mended: a node could never decode an image the limits accept.
+        if self.decode_pixel_budget < self.max_image_pixels:
+            raise ValueError(
+                f"{ENV_PREFIX}DECODE_PIXEL_BUDGET ({self.decode_pixel_budget}) must be at least "
+                f"{ENV_PREFIX}MAX_IMAGE_PIXELS ({self.max_image_pixels}): a node decodes one "
+                "image of that size at a time within it"
+            )
+        return self
 
     @property
     def database_path(self) -> Path:
@@ -339,8 +383,11 @@ def parse_delay_range(text: str) -> tuple[float, float]:
         raise ValueError(
             f"{ENV_PREFIX}GPU_DELAY must look like 0.1-0.4 (seconds), got {quoted(text)}"
         ) from None
-    if not 0 <= low <= high < float("inf"):
-        raise ValueError(f"{ENV_PREFIX}GPU_DELAY must satisfy 0 <= low <= high, got {quoted(text)}")
+    if not 0 <= low <= high <= MAX_SECONDS:
+        raise ValueError(
+            f"{ENV_PREFIX}GPU_DELAY must satisfy 0 <= low <= high <= {MAX_SECONDS:g}, "
+            f"got {quoted(text)}"
+        )
     return low, high
 
 
@@ -364,12 +411,32 @@ def shown(value: Any) -> str:
     return f"`{value}`"
 
 
+def allowed(declared: FieldInfo) -> str:
+    """The range a numeric setting's declaration allows (`ge` and `le`, the only bounds
+    declared here), as the README shows it."""
+    # Each bound is an annotated_types object (Ge, Le, ...) with the one attribute it names.
+    low = next((b.ge for b in declared.metadata if getattr(b, "ge", None) is not None), None)
+    high = next((b.le for b in declared.metadata if getattr(b, "le", None) is not None), None)
+    if low is not None and high is not None:
+        return f"{number(low)} to {number(high)}"
+    if low is not None:
+        return f"at least {number(low)}"
+    return f"at most {number(high)}" if high is not None else ""
+
+
+def number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def markdown_table() -> str:
     """The README's configuration table, one row per setting, in declaration order."""
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    rows = ["| variable | default | range | meaning |", "| --- | --- | --- | --- |"]
     for name, declared in Settings.model_fields.items():
         default = shown(declared.default)
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {declared.description} |")
+        rows.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {default} | {allowed(declared)} "
+            f"| {declared.description} |"
+        )
     return "\n".join(rows)
 
 

@@ -73,6 +73,18 @@ def png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def gif_with_comments(width: int, height: int, size: int) -> bytes:
+    """A valid GIF of about `size` bytes, nearly all of them comment blocks before the image:
+    Pillow reads every block to find its size, so its header is slow to parse."""
+    plain = bytearray(encode_mode("P", "GIF", width, height))
+    flags = plain[10]  # the logical screen descriptor: is a global colour table there?
+    table = 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
+    head, rest = plain[: 13 + table], plain[13 + table :]
+    # One comment extension of 16 sub-blocks of 255 bytes each, then its terminator.
+    comment = b"\x21\xfe" + (b"\xff" + b"c" * 255) * 16 + b"\x00"
+    return bytes(head + comment * max(0, (size - len(plain)) // len(comment)) + rest)
+
+
 def peer_pid(client_port: int, server_port: int) -> int | None:
     """The process on this machine that holds the client end of the connection
     127.0.0.1:client_port -> :server_port, read from /proc."""

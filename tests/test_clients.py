@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from core.clients import ApiKeys, RateLimiter, client_id_for_key
+from core.settings import Settings
 
 
 def test_bearer_key_names_its_client() -> None:
@@ -42,6 +43,18 @@ def test_rate_limiter_forgets_buckets_that_have_refilled() -> None:
 
 
 def test_rate_limiter_refuses_a_rate_of_zero() -> None:
-    for rate, burst in ((0, 5), (-1, 5), (float("nan"), 5), (1, 0)):
+    # 1e-320: 1 / rate is infinite, and the wait for the next token cannot be an integer.
+    for rate, burst in ((0, 5), (-1, 5), (float("nan"), 5), (1e-320, 5), (1, 0)):
         with pytest.raises(ValueError, match="rate > 0"):
             RateLimiter(rate=rate, burst=burst)
+
+
+def test_the_slowest_rate_allowed_answers_a_finite_retry_after() -> None:
+    settings = Settings.from_env(
+        {"IMAGE_SERVICE_SUBMIT_RATE": "0.001", "IMAGE_SERVICE_SUBMIT_BURST": "1"}
+    )
+    limiter = RateLimiter(settings.submit_rate, settings.submit_burst)
+    assert limiter.retry_after("a", 0.0) is None
+    assert limiter.retry_after("a", 0.0) == 1000  # a token every 1,000 s
+    assert limiter.retry_after("a", 999.5) == 1
+    assert limiter.retry_after("a", 1000.0) is None

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+from typing import Any
 
 import pytest
 from PIL import Image
 
+import core.processing
 from core.measure import BrokenImageError, NotAnImageError, measure_image, open_image
 from core.models import ImageTask
 from core.processing import Budget, Stages, process_image
-from harness.imageserver import encode
+from harness.imageserver import encode, gif_with_comments
 
 LIMIT = 10_000_000
 
@@ -98,3 +101,45 @@ def test_a_small_file_declaring_a_large_image_is_measured_off_the_loop() -> None
 
     asyncio.run(main())
     assert 9_000_000 in seen  # it held its pixels while a thread decoded it
+
+
+def threads_opening(monkeypatch: pytest.MonkeyPatch, data: bytes) -> list[str]:
+    """Measure `data` as the worker does; returns the thread each header parse ran in."""
+    threads: list[str] = []
+
+    def recording_open(data: bytes, max_pixels: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return open_image(data, max_pixels)
+
+    monkeypatch.setattr(core.processing, "open_image", recording_open)
+
+    class Fetcher:
+        async def fetch(self, url: str) -> bytes:
+            return data
+
+    async def main() -> None:
+        outcome = await process_image(
+            ImageTask(1, 0, "http://a.test/x"), Fetcher(), max_pixels=10**8, gpu_delay=(0, 0)
+        )
+        assert (outcome.width, outcome.height, outcome.error) == (8, 6, None)
+
+    asyncio.run(main())
+    return threads
+
+
+def test_a_large_file_s_header_is_parsed_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow walks all 20 MB of comment blocks to find the image: 72 ms measured here, which
+    # would stop every other image of the worker (and its reports) for as long.
+    data = gif_with_comments(8, 6, 20 * 1024 * 1024)
+    assert len(data) > 20_000_000
+    (thread,) = threads_opening(monkeypatch, data)
+    assert thread != threading.main_thread().name
+
+
+def test_a_small_file_s_header_is_parsed_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A thread hop costs more than the parse of a small file.
+    assert threads_opening(monkeypatch, encode("GIF", 8, 6)) == [threading.main_thread().name]

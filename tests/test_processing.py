@@ -4,11 +4,14 @@ alone, and downloads run ahead while every slot is busy."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from actors.pool import WorkerPool
+from actors.worker import WorkerShare
+from core.hostlock import HostLock
 from core.models import ImageTask
-from core.processing import Budget, Stages, process_image
+from core.processing import Budget, DecodeBudget, Stages, process_image
 from core.settings import Settings
 from harness.imageserver import encode
 
@@ -67,16 +70,71 @@ def settings(**values: Any) -> Settings:
     return Settings(**values)
 
 
+def slots_and_fetches(shares: list[WorkerShare]) -> list[tuple[int, int]]:
+    return [(share.gpu_slots, share.fetches) for share in shares]
+
+
 def test_a_node_s_slots_and_downloads_are_split_over_one_worker_per_cpu() -> None:
     pool = WorkerPool(settings(concurrency=64, fetch_concurrency=100), tracker=None)  # type: ignore[arg-type]
     node = {"Resources": {"CPU": 3.0, "image_slots": 32.0}}
-    assert pool.worker_shares(node) == [(11, 34), (11, 33), (10, 33)]
-    assert pool.worker_shares({"Resources": {"CPU": 8.0, "image_slots": 2.0}}) == [
-        (1, 50), (1, 50)
-    ]  # fmt: skip
-    assert pool.worker_shares({"Resources": {}}) == [(64, 100)]  # the default slots, one CPU
+    assert slots_and_fetches(pool.worker_shares(node)) == [(11, 34), (11, 33), (10, 33)]
+    few_slots = {"Resources": {"CPU": 8.0, "image_slots": 2.0}}
+    assert slots_and_fetches(pool.worker_shares(few_slots)) == [(1, 50), (1, 50)]
+    # The default slots, one CPU.
+    assert slots_and_fetches(pool.worker_shares({"Resources": {}})) == [(64, 100)]
     fixed = WorkerPool(settings(workers_per_node=2), tracker=None)  # type: ignore[arg-type]
-    assert fixed.worker_shares(node) == [(16, 128), (16, 128)]
+    assert slots_and_fetches(fixed.worker_shares(node)) == [(16, 128), (16, 128)]
+
+
+def test_a_node_s_decode_budget_is_split_over_its_workers_beside_one_largest_image() -> None:
+    pool = WorkerPool(
+        settings(decode_pixel_budget=1_000_000, max_image_pixels=400_000),
+        tracker=None,  # type: ignore[arg-type]
+    )
+    shares = pool.worker_shares({"Resources": {"CPU": 4.0}})
+    assert [share.decode_pixels for share in shares] == [150_000] * 4
+    # The defaults on a 16-CPU node: 1.6 GB at 4 bytes a pixel, where each of 16 workers held
+    # up to 200 million pixels before (13 GB).
+    default = WorkerPool(settings(), tracker=None)  # type: ignore[arg-type]
+    shares = default.worker_shares({"Resources": {"CPU": 16.0}})
+    assert [share.decode_pixels for share in shares] == [18_750_000] * 16
+    assert sum(share.decode_pixels for share in shares) + 10**8 == 400_000_000
+
+
+def test_a_node_s_decode_budget_holds_over_all_its_workers(tmp_path: Path) -> None:
+    """Four workers (each its own shares and its own open of the node's lock file, as four
+    processes have) decode images of every size at once: the pixels decoding on the node never
+    pass its budget, and the largest image allowed, over any worker's share, decodes too."""
+    budget, largest = 1000, 400
+    pool = WorkerPool(
+        settings(decode_pixel_budget=budget, max_image_pixels=largest),
+        tracker=None,  # type: ignore[arg-type]
+    )
+    workers = [
+        DecodeBudget(Budget(share.decode_pixels), HostLock(tmp_path / "decode.lock"))
+        for share in pool.worker_shares({"Resources": {"CPU": 4.0}})
+    ]
+    sizes = [largest, 150, 1, 151, 90, 399, 60, 149] * 6
+    decoding = peak = 0
+    decoded: list[int] = []
+
+    async def decode(worker: DecodeBudget, pixels: int) -> None:
+        nonlocal decoding, peak
+        async with worker.hold(pixels):
+            decoding += pixels
+            peak = max(peak, decoding)
+            await asyncio.sleep(0.002)
+            decoding -= pixels
+        decoded.append(pixels)
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(decode(workers[n % len(workers)], pixels) for n, pixels in enumerate(sizes))
+        )
+
+    asyncio.run(main())
+    assert sorted(decoded) == sorted(sizes)
+    assert largest < peak <= budget  # side by side, within the node's budget
 
 
 SMALL_HOLDERS = 20
