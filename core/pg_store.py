@@ -329,8 +329,9 @@ class PostgresStore:
     ) -> tuple[int, list[JobDetail]]:
         """Newest first, with the number of jobs in all (this client's only, when given)."""
         where, args = ("WHERE client_id = %s", (client_id,)) if client_id is not None else ("", ())
+        scope = "" if client_id is None else f"client:{client_id}"
         with self._connection() as db:
-            count = db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()
+            count = db.execute("SELECT jobs FROM job_totals WHERE scope = %s", (scope,)).fetchone()
             rows = db.execute(
                 f"SELECT {JOB_DETAIL_COLUMNS} FROM jobs {where} ORDER BY id DESC"
                 " LIMIT %s OFFSET %s",

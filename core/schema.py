@@ -82,6 +82,19 @@ CREATE TRIGGER IF NOT EXISTS results_count AFTER INSERT ON results BEGIN
 END;
 """
 
+# How many jobs there are, in all ('') and per client: `/api/jobs` answers its `total` from one
+# row instead of counting every job per request. Jobs are never deleted.
+JOB_TOTALS = (
+    "CREATE TABLE job_totals (scope TEXT PRIMARY KEY, jobs INTEGER NOT NULL)",
+    """
+CREATE TRIGGER jobs_total AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_totals VALUES ('', 1) ON CONFLICT (scope) DO UPDATE SET jobs = jobs + 1;
+    INSERT INTO job_totals SELECT 'client:' || NEW.client_id, 1 WHERE NEW.client_id IS NOT NULL
+        ON CONFLICT (scope) DO UPDATE SET jobs = jobs + 1;
+END;
+""",
+)
+
 # The lease step sweeps for callbacks due: without it, a scan of every job there is.
 CALLBACKS_DUE_INDEX = (
     "CREATE INDEX IF NOT EXISTS jobs_callbacks_due ON jobs (id)"
@@ -141,6 +154,14 @@ def migrate(db: sqlite3.Connection) -> None:
             )
         db.execute(COUNT_TRIGGER)
         db.execute(CALLBACKS_DUE_INDEX)
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_totals'").fetchone():
+            for statement in JOB_TOTALS:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO job_totals SELECT '', COUNT(*) FROM jobs UNION ALL"
+                " SELECT 'client:' || client_id, COUNT(*) FROM jobs"
+                " WHERE client_id IS NOT NULL GROUP BY client_id"
+            )
 
 
 class Transaction:

@@ -308,7 +308,11 @@ class SqliteStore:
     ) -> tuple[int, list[JobDetail]]:
         """Newest first, with the number of jobs in all (this client's only, when given)."""
         where, args = ("WHERE client_id = ?", (client_id,)) if client_id is not None else ("", ())
-        (total,) = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()
+        scope = "" if client_id is None else f"client:{client_id}"
+        counted = self._db.execute(
+            "SELECT jobs FROM job_totals WHERE scope = ?", (scope,)
+        ).fetchone()
+        total = counted[0] if counted else 0
         rows = self._db.execute(
             f"SELECT {JOB_DETAIL_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),

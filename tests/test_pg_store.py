@@ -269,14 +269,14 @@ def test_a_new_database_opened_by_several_stores_at_once_is_migrated_once(
 ) -> None:
     stores = at_once(4, lambda _n: PostgresStore(postgres_url))
     try:
-        assert sql(postgres_url, "SELECT version FROM schema_version") == [(1,), (2,)]
+        assert sql(postgres_url, "SELECT version FROM schema_version") == [(1,), (2,), (3,)]
         job_id, _ = stores[0].create_job(submission(), None, {})
         assert stores[3].job_view(job_id) is not None
     finally:
         for store in stores:
             store.close()
     PostgresStore(postgres_url).close()
-    assert sql(postgres_url, "SELECT version FROM schema_version") == [(1,), (2,)]
+    assert sql(postgres_url, "SELECT version FROM schema_version") == [(1,), (2,), (3,)]
 
 
 def test_a_malformed_url_is_refused_without_quoting_it() -> None:

@@ -191,6 +191,33 @@ def test_recent_jobs_newest_first_per_client(store: JobStore) -> None:
     assert store.job_detail(ids[0], client_id="b") is None
 
 
+def test_job_totals_count_what_was_kept_not_what_was_tried(store: JobStore) -> None:
+    """`/api/jobs`'s total comes from a count kept beside the jobs (no count of every job per
+    request): a repeated key and a client nobody used add nothing; a client id that looks like
+    a scope name is its own."""
+    store.create_job(submission(), "k", {}, client_id="a")
+    store.create_job(submission(), "k", {}, client_id="a")  # the same job again
+    store.create_job(submission(), None, {}, client_id="")
+    store.create_job(submission(), None, {})
+    assert [store.recent_jobs(c, 0, 1)[0] for c in (None, "a", "", "nobody", "client:a")] == [
+        3, 1, 1, 0, 0
+    ]  # fmt: skip
+
+
+def test_a_database_from_before_job_totals_is_counted_on_opening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = SqliteStore(path)
+    for client in ("a", "a", None):
+        store.create_job(submission(), None, {}, client_id=client)
+    store._db.execute("DROP TRIGGER jobs_total")
+    store._db.execute("DROP TABLE job_totals")
+    store.close()
+    reopened = SqliteStore(path)
+    assert (reopened.recent_jobs(None, 0, 1)[0], reopened.recent_jobs("a", 0, 1)[0]) == (3, 2)
+    reopened.create_job(submission(), None, {}, client_id="a")
+    assert reopened.recent_jobs("a", 0, 1)[0] == 3
+
+
 def test_callbacks_are_due_once_a_job_ends_until_marked_done(store: JobStore) -> None:
     with_callback = JobSubmission(submission().visits, callback_url="http://cb.test/done")
     job_id, _ = store.create_job(with_callback, None, {})
