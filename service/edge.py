@@ -27,7 +27,7 @@ from ray.serve._private.constants import (
 )
 from ray.serve._private.http_util import RequestIdMiddleware
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.clients import ApiKeys
 from core.errors import DatabaseUnavailable, StorageError
@@ -77,11 +77,38 @@ class ServeHeaderGuard:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = undecodable_serve_header(scope["headers"]) if scope["type"] == "http" else None
-        if name is None:
+        if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        name = undecodable_serve_header(scope["headers"])
+        if name is None:
+            await self._app(scope, receive, ServeErrorsAsJson(send))
+            return
         await send_json(send, 400, {"error": f"header {name} must be UTF-8 text"})
+
+
+class ServeErrorsAsJson:
+    """A `send` that gives the errors Serve answers itself (its queue full: 503; a request
+    timed out: 408; a replica lost: 500) the contract's shape, `{"error": message}`, keeping
+    their status and Retry-After. The API's own answers are JSON already and pass as they are."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._start: Message | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            headers = dict(message.get("headers", ()))
+            if headers.get(b"content-type", b"").startswith(b"text/plain"):
+                self._start = message
+                return
+        if self._start is not None and message["type"] == "http.response.body":
+            # Serve's error answers come whole, in one body message.
+            text = bytes(message.get("body", b"")).decode("utf-8", "replace").strip()
+            extra = [(k, v) for k, v in self._start["headers"] if k.lower() == b"retry-after"]
+            await send_json(self._send, self._start["status"], {"error": text}, extra)
+            return
+        await self._send(message)
 
 
 async def send_json(

@@ -146,3 +146,38 @@ def test_concurrent_first_status_reads_open_one_pool(
     assert len(opened) == 1
     for store in opened:
         store.close()
+
+
+class QueueFull:
+    """Serve's proxy with its queue full: what it answers by itself, in plain text."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"retry-after", b"1"), (b"content-length", b"39")],
+            }
+        )  # fmt: skip
+        await send(
+            {"type": "http.response.body", "body": b"Request dropped due to backpressure.\n"}
+        )
+
+
+def test_serves_own_errors_get_the_contracts_shape_and_keep_retry_after() -> None:
+    status, headers, body = asyncio.run(call(ServeHeaderGuard(QueueFull())))
+    assert (status, headers["retry-after"], body) == (
+        503, "1", {"error": "Request dropped due to backpressure."}
+    )  # fmt: skip
+    assert headers["content-length"] == str(
+        len(b'{"error":"Request dropped due to backpressure."}')
+    )
+
+
+def test_the_apis_own_json_errors_pass_the_guard_untouched() -> None:
+    class JsonError:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await JSONResponse({"error": "x"}, status_code=429)(scope, receive, send)
+
+    assert asyncio.run(call(ServeHeaderGuard(JsonError())))[::2] == (429, {"error": "x"})
