@@ -2,19 +2,16 @@
 its own, namespaces on it each with one veth and one address, and the faults a network makes:
 a silent cut between two addresses, a slow and lossy link, a frozen process group.
 
-Needs root, iproute2 and iptables (`make netns-tools`). Everything made is named after PREFIX
-and this process's id; `Topology.remove` takes it down (also at exit and on SIGTERM or SIGHUP),
-and `sweep` removes what a run whose process is gone left behind (a SIGKILLed pytest)."""
+Needs root, iproute2 and iptables (`make netns-tools`). `Topology.remove` takes everything
+down; harness/netclean.py makes sure it happens however the run ends."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import ipaddress
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,16 +20,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
-from harness.procs import descendants
+from harness import netclean
+from harness.netclean import NETNS_DIR, PREFIX, ip
+from harness.procs import freeze, thaw
 
 T = TypeVar("T")
 
-# Image job service faults: every namespace, veth and bridge made here starts with this, then
-# the id of the process that made it (so a leftover names the run it came from).
-PREFIX = "ijsf"
 # The /24s a topology may take, the first free one: private, and nowhere else on this machine.
 SUBNETS = tuple(ipaddress.IPv4Network(f"10.213.{n}.0/24") for n in range(16))
 # The veth's end inside each namespace (names are per namespace, so every one is eth0).
@@ -40,7 +35,6 @@ DEVICE = "eth0"
 CHAIN_IN, CHAIN_OUT, CHAIN_SHAPE = f"{PREFIX}-in", f"{PREFIX}-out", f"{PREFIX}-shape"
 NFQUEUE = 0
 CLONE_NEWNET = 0x40000000
-NETNS_DIR = Path("/run/netns")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,30 +88,6 @@ def call_in(namespace: str, function: Callable[[], T]) -> T:
     return outcome[0]  # type: ignore[no-any-return]
 
 
-def freeze(pgid: int) -> list[int]:
-    """SIGSTOP to the process group `pgid`, then to each descendant of its leader, by id: the
-    processes keep their sockets open and answer nothing. Descendants one by one, since they
-    may lead groups of their own: PostgreSQL's backends call setsid(), so a signal to the
-    postmaster's group alone stops only the postmaster, and every open connection goes on
-    answering. The group first, so that no child is forked after the list is read. Returns
-    the ids stopped, for `thaw`."""
-    os.killpg(pgid, signal.SIGSTOP)
-    stopped = sorted(descendants([pgid]))
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
-    return stopped
-
-
-def thaw(pgid: int, stopped: Sequence[int] = ()) -> None:
-    """SIGCONT to what `freeze` stopped."""
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGCONT)
-
-
 @dataclass(frozen=True)
 class Namespace:
     role: str
@@ -126,74 +96,9 @@ class Namespace:
     veth: str  # the veth's end on the bridge, in the root namespace
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done
-
-
-def _gone(owner: int) -> bool:
-    """Whether the run that made a thing named after `owner` is over: its process is gone, or
-    it is this process (which holds no such thing but through a live topology)."""
-    if owner == os.getpid():
-        return True
-    try:
-        os.kill(owner, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _owner(name: str) -> int | None:
-    found = re.match(rf"{PREFIX}(\d+)", name)
-    return int(found.group(1)) if found else None
-
-
-def _kill_processes_in(namespace: str) -> None:
-    """SIGKILL every process inside `namespace`, by id (`ip netns pids` lists them)."""
-    listed = _ip("netns", "pids", namespace, check=False).stdout.split()
-    for pid in (int(text) for text in listed if text.isdigit()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _namespaces() -> list[str]:
-    return sorted(path.name for path in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
-
-
-def _links() -> list[str]:
-    shown = json.loads(_ip("-j", "link", "show").stdout or "[]")
-    return [str(link["ifname"]) for link in shown]
-
-
-def sweep() -> list[str]:
-    """Remove the namespaces, veths and bridges of runs whose process is gone; returns their
-    names. A live run's (another pytest on this machine) are left alone."""
-    removed = []
-    ours = {namespace.name for topology in _live for namespace in topology.namespaces.values()}
-    for namespace in _namespaces():
-        owner = _owner(namespace)
-        # This process's own, unless a live topology holds it: a run before ours had our id.
-        if owner is not None and namespace not in ours and _gone(owner):
-            _kill_processes_in(namespace)
-            _ip("netns", "del", namespace, check=False)
-            removed.append(namespace)
-    ours |= {topology.bridge for topology in _live}
-    ours |= {namespace.veth for topology in _live for namespace in topology.namespaces.values()}
-    for link in _links():
-        owner = _owner(link)
-        if owner is not None and link not in ours and _gone(owner):
-            _ip("link", "del", link, check=False)  # a veth's peer goes with it
-            removed.append(link)
-    return removed
-
-
 def _free_subnet() -> ipaddress.IPv4Network:
     """The first of SUBNETS that no interface here has an address in."""
-    shown = json.loads(_ip("-j", "-4", "addr", "show").stdout or "[]")
+    shown = json.loads(ip("-j", "-4", "addr", "show").stdout or "[]")
     taken = [
         ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}").network
         for link in shown
@@ -205,7 +110,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError(f"every subnet of {SUBNETS[0]}..{SUBNETS[-1]} is in use here")
 
 
-@dataclass(eq=False)  # compared and hashed by identity: the live set holds them
+@dataclass(eq=False)  # compared and hashed by identity: netclean's live set holds them
 class Topology:
     """A bridge with an address (this process reaches the namespaces through it) and one
     namespace per role, each with an address on the bridge, loopback up, and no route
@@ -235,9 +140,16 @@ class Topology:
     def __getitem__(self, role: str) -> Namespace:
         return self.namespaces[role]
 
+    def names(self) -> set[str]:
+        """Its namespaces and links (netclean's sweep leaves them alone while it lives)."""
+        made = {self.bridge}
+        for namespace in self.namespaces.values():
+            made |= {namespace.name, namespace.veth}
+        return made
+
     def create(self) -> Topology:
-        sweep()
-        _register(self)
+        netclean.sweep()
+        netclean.register(self)
         try:
             self._build()
         except BaseException:
@@ -248,9 +160,9 @@ class Topology:
     def _build(self) -> None:
         self.subnet = _free_subnet()
         prefix = self.subnet.prefixlen
-        _ip("link", "add", self.bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        _ip("addr", "add", f"{self.host_address}/{prefix}", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        ip("link", "add", self.bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        ip("addr", "add", f"{self.host_address}/{prefix}", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
         for number, role in enumerate(self.roles):
             namespace = Namespace(
                 role=role,
@@ -259,13 +171,13 @@ class Topology:
                 veth=f"{self.tag}v{number}",
             )
             self.namespaces[role] = namespace
-            _ip("netns", "add", namespace.name)
-            _ip("link", "add", namespace.veth, "type", "veth", "peer", "name", DEVICE,
+            ip("netns", "add", namespace.name)
+            ip("link", "add", namespace.veth, "type", "veth", "peer", "name", DEVICE,
                 "netns", namespace.name)  # fmt: skip
-            _ip("link", "set", namespace.veth, "master", self.bridge, "up")
-            _ip("-n", namespace.name, "link", "set", "lo", "up")
-            _ip("-n", namespace.name, "addr", "add", f"{namespace.address}/{prefix}", "dev", DEVICE)
-            _ip("-n", namespace.name, "link", "set", DEVICE, "up")
+            ip("link", "set", namespace.veth, "master", self.bridge, "up")
+            ip("-n", namespace.name, "link", "set", "lo", "up")
+            ip("-n", namespace.name, "addr", "add", f"{namespace.address}/{prefix}", "dev", DEVICE)
+            ip("-n", namespace.name, "link", "set", DEVICE, "up")
             self._iptables(role, "-N", CHAIN_IN)
             self._iptables(role, "-N", CHAIN_OUT)
             self._iptables(role, "-N", CHAIN_SHAPE)
@@ -275,7 +187,7 @@ class Topology:
         for namespace in self.namespaces.values():
             # What this process sends to a namespace must go over the bridge, never out of the
             # machine by the default route: checked, not assumed.
-            route = json.loads(_ip("-j", "route", "get", namespace.address).stdout)
+            route = json.loads(ip("-j", "route", "get", namespace.address).stdout)
             if route[0].get("dev") != self.bridge:
                 raise RuntimeError(f"{namespace.address} is routed via {route}, not the bridge")
 
@@ -392,11 +304,11 @@ class Topology:
             _stop_group(process)
         for namespace in self.namespaces.values():
             if (NETNS_DIR / namespace.name).exists():
-                _kill_processes_in(namespace.name)
-            _ip("link", "del", namespace.veth, check=False)
-            _ip("netns", "del", namespace.name, check=False)
-        _ip("link", "del", self.bridge, check=False)
-        _live.discard(self)
+                netclean.kill_processes_in(namespace.name)
+            ip("link", "del", namespace.veth, check=False)
+            ip("netns", "del", namespace.name, check=False)
+        ip("link", "del", self.bridge, check=False)
+        netclean.forget(self)
 
     def _iptables(self, role: str, *rule: str, check: bool = True) -> None:
         done = subprocess.run(
@@ -409,18 +321,18 @@ class Topology:
             raise RuntimeError(f"iptables {' '.join(rule)} in {role}: {done.stderr.strip()}")
 
     def _tc(self, role: str, *args: str, check: bool = True) -> None:
-        done = _ip("netns", "exec", self[role].name, "tc", *args, check=False)
+        done = ip("netns", "exec", self[role].name, "tc", *args, check=False)
         if check and done.returncode != 0:
             raise RuntimeError(f"tc {' '.join(args)} in {role}: {done.stderr.strip()}")
 
 
 def _netem_works(namespace: str) -> bool:
     """Whether the kernel has sch_netem: tried on the namespace's device and taken off again."""
-    tried = _ip("netns", "exec", namespace, "tc", "qdisc", "add", "dev", DEVICE, "root",
+    tried = ip("netns", "exec", namespace, "tc", "qdisc", "add", "dev", DEVICE, "root",
                 "netem", "delay", "0ms", check=False)  # fmt: skip
     if tried.returncode != 0:
         return False
-    _ip("netns", "exec", namespace, "tc", "qdisc", "del", "dev", DEVICE, "root", check=False)
+    ip("netns", "exec", namespace, "tc", "qdisc", "del", "dev", DEVICE, "root", check=False)
     return True
 
 
@@ -429,36 +341,3 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-# ---- removal however the run ends ---------------------------------------------------------
-
-_live: set[Topology] = set()
-_previous_handlers: dict[int, Any] = {}
-_registered: list[bool] = []
-
-
-def _remove_all() -> None:
-    for topology in list(_live):
-        topology.remove()
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    _remove_all()
-    previous = _previous_handlers.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)
-        return
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _register(topology: Topology) -> None:
-    if not _registered:
-        atexit.register(_remove_all)
-        _registered.append(True)
-    # Handlers can be set from the main thread only; elsewhere atexit alone stands guard.
-    if not _previous_handlers and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            _previous_handlers[signum] = signal.signal(signum, _on_signal)
-    _live.add(topology)

@@ -1,7 +1,7 @@
-"""harness/netns.py, which the network fault suite stands on: a topology up and down leaving
-nothing, a cut that is a silent drop and heals, a shaped link's delay, a frozen group, and the
-sweep of a crashed run's leftovers. Root only; a second or two. Traffic stays on the test's
-bridge. The nfnetlink_queue message parsing of harness/netdelay.py runs anywhere."""
+"""harness/netns.py and netclean.py, which the network fault suite stands on: a topology up
+and down leaving nothing, a cut that is a silent drop and heals, a shaped link's delay, a
+frozen process tree, and the sweep of a crashed run's leftovers. Root only; about 5 s. Traffic
+stays on the test's bridge. The nfnetlink_queue parsing of harness/netdelay.py runs anywhere."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import netdelay, netns
+from harness import netclean, netdelay, netns
 from harness.procs import descendants
 
 needs_root = pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
@@ -165,11 +165,11 @@ def _state(pid: int) -> str:
 def test_sweep_removes_a_dead_runs_leftovers_only() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()  # its id is free now: a run that made namespaces and crashed
-    leftover, live = f"{netns.PREFIX}{dead.pid}-x", f"{netns.PREFIX}1-x"  # pid 1 is alive
+    leftover, live = f"{netclean.PREFIX}{dead.pid}-x", f"{netclean.PREFIX}1-x"  # pid 1 is alive
     for name in (leftover, live):
         subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        assert leftover in netns.sweep()
+        assert leftover in netclean.sweep()
         assert leftover not in names() and live in names()
     finally:
         for name in (leftover, live):
