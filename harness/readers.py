@@ -14,7 +14,8 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -136,6 +137,37 @@ class Readers:
 
 def answers_from_json(text: str) -> list[Answer]:
     return [Answer(**fields) for fields in json.loads(text)]
+
+
+def between(answers: Sequence[Answer], start: float, end: float) -> list[Answer]:
+    """The answers to requests sent from `start` to `end` (time.time())."""
+    return [answer for answer in answers if start <= answer.started < end]
+
+
+def late_or_wrong(answers: Sequence[Answer], within: float) -> list[str]:
+    """The answers a client should not get while a part is away: anything but 200 or 503 with
+    Retry-After, or anything slower than `within`, a request cut short at the stop included."""
+    return [
+        f"{answer.host}{answer.route}: {answer.status or answer.error} after {answer.seconds:.1f} s"
+        for answer in answers
+        if not answer.well_answered or answer.seconds > within
+    ]
+
+
+def summarize(answers: Sequence[Answer], service_of: Callable[[str], str]) -> dict[str, Any]:
+    """Per service (`service_of` names it from the answer's host) and route, with job ids
+    folded: how many answers of each status, and the longest wait."""
+    codes: dict[str, Counter[str]] = {}
+    longest: dict[str, float] = {}
+    for answer in answers:
+        route = "/api/jobs/N" if answer.route.startswith("/api/jobs/") else answer.route
+        key = f"{service_of(answer.host)} {route}"
+        code = "cut short at stop" if answer.stopped else str(answer.status or answer.error)
+        codes.setdefault(key, Counter())[code.split(":")[0]] += 1
+        longest[key] = max(longest.get(key, 0.0), answer.seconds)
+    return {
+        key: {"codes": dict(codes[key]), "max_s": round(longest[key], 2)} for key in sorted(codes)
+    }
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
 import os
 import signal
@@ -37,9 +36,10 @@ import requests
 
 from harness import netns
 from harness.client import Client, job
+from harness.dispatchlog import Download, asked_again, longest_pause, silences, turns
 from harness.imageserver import ImageServer, Request
 from harness.postgres import PostgresServer
-from harness.readers import Answer, Readers, answers_from_json
+from harness.readers import Answer, Readers, answers_from_json, between, late_or_wrong, summarize
 from harness.service import ROOT, ServiceProcess, WorkerNode
 
 pytestmark = [
@@ -243,54 +243,24 @@ def running_with(service: ServiceProcess, job_id: int, done: int) -> Callable[[]
     return check
 
 
-def downloads(world: World, tag: str) -> list[tuple[float, str, str]]:
-    """(time, path, cluster) of every request for the job's images, in order."""
+def downloads(world: World, tag: str) -> list[Download]:
+    """Every request for the job's images, in order, with the cluster that sent it."""
     return [
-        (request.at, request.path, world.cluster_of(request.client))
+        Download(request.at, request.path, world.cluster_of(request.client))
         for request in world.origin.requests_for(f"/img/green.png?{tag}=")
     ]
 
 
-def dispatchers(seen: Sequence[tuple[float, str, str]]) -> list[str]:
-    """The clusters that downloaded, in turn: ["first"] for one, ["first", "second"] for a
-    clean handover; anything longer means two clusters dispatched at once (or back and forth)."""
-    turns: list[str] = []
-    for _at, _path, cluster in seen:
-        if not turns or turns[-1] != cluster:
-            turns.append(cluster)
-    return turns
-
-
-def switch_gaps(seen: Sequence[tuple[float, str, str]]) -> list[float]:
-    """At each change of the cluster downloading, the silence before it: seconds from the last
-    download of the one to the first of the next."""
-    return [
-        round(later[0] - earlier[0], 2)
-        for earlier, later in itertools.pairwise(seen)
-        if earlier[2] != later[2]
-    ]
-
-
-def assert_one_dispatcher_at_a_time(seen: Sequence[tuple[float, str, str]]) -> None:
+def assert_one_dispatcher_at_a_time(seen: list[Download]) -> None:
     """The lease's promise, seen from the origin: a leader that cannot renew stops dispatching
     a third of a lease before its lease can pass, so every change of the cluster downloading
     comes after a silence of about a third of a lease. Two clusters dispatching at once would
     interleave with no such silence. (Less half a second: downloads of images handed to a
     worker before the stop.)"""
-    gaps = switch_gaps(seen)
+    gaps = silences(seen)
     assert all(gap >= LEASE_SECONDS / 3 - 0.5 for gap in gaps), (
-        f"the dispatching cluster changed without a pause: {dispatchers(seen)}, gaps {gaps} s"
+        f"the dispatching cluster changed without a pause: {turns(seen)}, silences {gaps} s"
     )
-
-
-def redone(seen: Sequence[tuple[float, str, str]]) -> int:
-    """Images asked more than once (a retried or a reprocessed download)."""
-    return sum(1 for count in Counter(path for _at, path, _c in seen).values() if count > 1)
-
-
-def longest_pause(seen: Sequence[tuple[float, str, str]]) -> float:
-    times = sorted(at for at, _path, _cluster in seen)
-    return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
 
 
 def assert_every_image_once(
@@ -345,33 +315,11 @@ def after_grace(readers: Readers, restored_at: float) -> list[Answer]:
 
 
 def summary(answers: Sequence[Answer], world: World) -> dict[str, Any]:
-    """Per cluster and route: answers by status, and the longest wait."""
-    by_route: dict[str, dict[str, Any]] = {}
-    for answer in answers:
-        [service] = [s for s in world.services if s.url.endswith(answer.host)]
-        route = answer.route
-        if route.startswith("/api/jobs/"):
-            route = "/api/jobs/N"
-        entry = by_route.setdefault(
-            f"{world.name_of(service)} {route}", {"codes": Counter(), "max_s": 0.0}
-        )
-        code = "cut short at stop" if answer.stopped else answer.status or answer.error
-        entry["codes"][str(code).split(":")[0]] += 1
-        entry["max_s"] = round(max(entry["max_s"], answer.seconds), 2)
-    return {
-        key: {"codes": dict(value["codes"]), "max_s": value["max_s"]}
-        for key, value in sorted(by_route.items())
-    }
+    def cluster(host: str) -> str:
+        [service] = [service for service in world.services if service.url.endswith(host)]
+        return world.name_of(service)
 
-
-def late_or_wrong(answers: Sequence[Answer], within: float) -> list[str]:
-    """The answers a client should not get during a fault: anything but 200 or 503 with
-    Retry-After, or any answer slower than `within`."""
-    return [
-        f"{answer.host}{answer.route}: {answer.status or answer.error} after {answer.seconds:.1f} s"
-        for answer in answers
-        if not answer.well_answered or answer.seconds > within
-    ]
+    return summarize(answers, cluster)
 
 
 def assert_answered(answers: Sequence[Answer], within: float, when: str) -> None:
@@ -381,11 +329,6 @@ def assert_answered(answers: Sequence[Answer], within: float, when: str) -> None
         f"{len(bad)} of {len(answers)} answers {when} were not 200 or 503 + Retry-After within "
         f"{within} s; first ones: {bad[:8]}"
     )
-
-
-def between(answers: Sequence[Answer], start: float, end: float) -> list[Answer]:
-    """The answers to requests sent from `start` to `end` (time.time())."""
-    return [answer for answer in answers if start <= answer.started < end]
 
 
 # ---- the cases, in the order they run ------------------------------------------------------
@@ -418,12 +361,12 @@ def test_a_slow_lossy_origin_link_slows_the_job_and_loses_nothing(
         seen = downloads(world, "origin-slow")
         figures |= {
             "download_requests": len(seen),
-            "images_asked_more_than_once": redone(seen),
+            "images_asked_more_than_once": asked_again(seen),
             "answers": summary(answers, world),
         }
     assert final == {"status": "completed", "job_id": slow}
     assert_every_image_once(world, leader, slow, urls)
-    assert dispatchers(seen) == [world.name_of(leader)]
+    assert turns(seen) == [world.name_of(leader)]
     assert_answered(answers, ANSWER_SECONDS, "while the origin was slow")
 
 
@@ -473,13 +416,13 @@ def test_200_readers_beside_a_running_job_with_a_standby(
             "read_p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
             "read_max_s": round(latencies[-1], 3),
             "answers": summary(answers, world),
-            "longest_dispatch_pause_s": round(longest_pause(seen), 3),
-            "dispatchers": dispatchers(seen),
+            "longest_dispatch_pause_s": longest_pause(seen),
+            "dispatchers": turns(seen),
             "lease_holder_after": world.name_of(holder),
         }
     assert final == {"status": "completed", "job_id": job_id}
     assert (holder, current) == (leader, True), "the lease moved under read load"
-    assert dispatchers(seen) == [world.name_of(leader)]
+    assert turns(seen) == [world.name_of(leader)]
     assert_every_image_once(world, leader, job_id, urls)
     wrong = [answer for answer in answers if not answer.well_answered]
     assert not wrong, f"{len(wrong)} reads answered neither 200 nor 503 + Retry-After: {wrong[:5]}"
@@ -530,13 +473,13 @@ def test_a_worker_node_partitioned_mid_job(
             "node_downloads_after_restore": len(node_after),
             "node_alive_after": node_address
             in {node for node, alive, _slots in world.first.probe("nodes") if alive},
-            "images_asked_more_than_once": redone(seen),
+            "images_asked_more_than_once": asked_again(seen),
             "answers_during": summary(answers, world),
         }
     assert final == {"status": "completed", "job_id": job_id}
     assert_every_image_once(world, leader, job_id, urls)
     assert during > 0, "nothing settled while the node was away"
-    assert dispatchers(seen) == ["first"]
+    assert turns(seen) == ["first"]
     assert_answered(answers, ANSWER_SECONDS, "during the partition")
 
 
@@ -586,11 +529,11 @@ def test_postgres_frozen_then_cut_mid_job(
         frozen = between(answers, frozen_at, thawed_at)
         cut = between(answers, cut_at, restored_at)
         figures |= {
-            "longest_dispatch_pause_s": round(longest_pause(seen), 2),
-            "dispatchers": dispatchers(seen),
-            "silence_at_each_switch_s": switch_gaps(seen),
+            "longest_dispatch_pause_s": longest_pause(seen),
+            "dispatchers": turns(seen),
+            "silence_at_each_switch_s": silences(seen),
             "lease_holder_after": world.name_of(world.leader()),
-            "images_asked_more_than_once": redone(seen),
+            "images_asked_more_than_once": asked_again(seen),
             "answers_while_frozen": summary(frozen, world),
             "answers_while_cut": summary(cut, world),
             "late_or_wrong_while_frozen": len(late_or_wrong(frozen, ANSWER_SECONDS)),
@@ -640,16 +583,16 @@ def test_a_head_cut_off_from_postgres_past_the_lease(
         holder, _current = world.lease()
         figures |= {
             "old_leader_last_download_after_cut_s": round(max(old) - cut_at, 2),
-            "dispatchers": dispatchers(seen),
-            "silence_at_each_switch_s": switch_gaps(seen),
+            "dispatchers": turns(seen),
+            "silence_at_each_switch_s": silences(seen),
             "lease_holder_after": world.name_of(holder),
-            "images_asked_more_than_once": redone(seen),
+            "images_asked_more_than_once": asked_again(seen),
             "answers_during_cut": summary(answers, world),
             "late_or_wrong_during_cut": len(late_or_wrong(answers, ANSWER_SECONDS)),
         }
     assert final == {"status": "completed", "job_id": job_id}
     assert_every_image_once(world, standby, job_id, urls)
-    assert dispatchers(seen) == [world.name_of(leader), world.name_of(standby)]
+    assert turns(seen) == [world.name_of(leader), world.name_of(standby)]
     assert_one_dispatcher_at_a_time(seen)
     assert max(old) < cut_at + LEASE_SECONDS, "the cut-off leader dispatched past its lease"
     assert holder is standby
