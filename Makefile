@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install postgres-server run test unit lint format bench bench-stores soak screenshot clean
+.PHONY: install postgres-server netns-tools run test unit lint format bench bench-stores soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ postgres-server:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
+# The network fault suite (tests/test_faults_net.py) builds namespaces, a bridge and veths with
+# iproute2 and cuts and shapes links with iptables (harness/netns.py): installed here, as
+# root, only when missing. Without root the suite skips, and so does this.
+netns-tools:
+	@[ "$$(id -u)" != 0 ] || { command -v ip && command -v tc && command -v iptables; } >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		iproute2 iptables; }
+
 run: install
 	$(BIN)/python -m launcher
 
@@ -32,7 +40,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint postgres-server
+test: lint postgres-server netns-tools
 	$(BIN)/python -m pytest
 
 # The tests that start no Ray cluster, no service and no PostgreSQL server (tests/conftest.py

@@ -1,5 +1,6 @@
-"""An image server on 127.0.0.1 for the tests: generated images in several formats and sizes,
-broken files, error codes, redirects, and failures that pass after a few tries."""
+"""An image server on 127.0.0.1 (or another address of this machine) for the tests: generated
+images in several formats and sizes, broken files, error codes, redirects, and failures that
+pass after a few tries. It counts the requests per path and logs who asked what, when."""
 
 from __future__ import annotations
 
@@ -132,6 +133,14 @@ def perimeter(name: str) -> int:
     return 2 * (width + height)
 
 
+@dataclass(frozen=True)
+class Request:
+    at: float  # time.time() when it arrived
+    method: str
+    path: str
+    client: str  # the asking address: which node (of which cluster) sent it
+
+
 class Server(ThreadingHTTPServer):
     # The image workers open a hundred connections at once; the default backlog of 5 would
     # refuse some, and their retries would count as second downloads.
@@ -145,6 +154,8 @@ class ImageServer:
     callbacks: dict[str, list[Any]] = field(default_factory=dict)  # bodies POSTed, by key
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    host: str = "127.0.0.1"
+    log: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name, (fmt, width, height) in SIZES.items():
@@ -163,7 +174,12 @@ class ImageServer:
         self.files["rotated.jpg"] = (exif_rotated_jpeg(40, 10), "image/jpeg")
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+        return f"http://{self.host}:{self.port}/{path.lstrip('/')}"
+
+    def requests_for(self, prefix: str) -> list[Request]:
+        """The requests whose path starts with `prefix`, in the order they came."""
+        with self.lock:
+            return [request for request in self.log if request.path.startswith(prefix)]
 
     def start(self) -> ImageServer:
         server = self
@@ -175,9 +191,7 @@ class ImageServer:
                 pass
 
             def do_GET(self) -> None:
-                with server.lock:
-                    server.hits[self.path] += 1
-                    hits = server.hits[self.path]
+                hits = server.count(self)
                 parts = urlsplit(self.path).path.strip("/").split("/")
                 if parts[0] == "img" and len(parts) == 2 and parts[1] in server.files:
                     body, content_type = server.files[parts[1]]
@@ -242,9 +256,7 @@ class ImageServer:
 
             def do_POST(self) -> None:
                 # /callback/<failures>/<key>: answers 503 <failures> times, then takes the body
-                with server.lock:
-                    server.hits[self.path] += 1
-                    hits = server.hits[self.path]
+                hits = server.count(self)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 parts = urlsplit(self.path).path.strip("/").split("/")
@@ -269,11 +281,20 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self._httpd = Server((self.host, 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
+
+    def count(self, request: BaseHTTPRequestHandler) -> int:
+        """Count and log one request; returns how many times its path has been asked."""
+        with self.lock:
+            self.hits[request.path] += 1
+            self.log.append(
+                Request(time.time(), request.command, request.path, request.client_address[0])
+            )
+            return self.hits[request.path]
 
     def stop(self) -> None:
         self._httpd.shutdown()

@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL server for the tests: initdb into a temporary directory, `postgres` on
-127.0.0.1 on a free port, an emptied database per test, stopped with `pg_ctl stop` at the end."""
+127.0.0.1 (or inside a network namespace, at its address) on a free port, an emptied database
+per test, stopped with `pg_ctl stop` at the end."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from harness.procs import descendants
+from harness.netns import in_namespace
+from harness.procs import freeze, thaw
 from harness.service import free_port
 
 # Debian's layout: one directory per major version, side by side.
@@ -49,8 +51,14 @@ class PostgresServer:
     # the server's defaults, so commits cost what they cost in production.
     durable: bool = False
     port: int = field(default_factory=free_port)
+    # Inside the network namespace `netns`, listening at its address `host`, trusting the
+    # clients of `trusted_network` (pg_hba) beside loopback's.
+    host: str = "127.0.0.1"
+    netns: str | None = None
+    trusted_network: str | None = None
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    _frozen: list[int] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -58,7 +66,7 @@ class PostgresServer:
         return self.base_dir / "data"
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{database}"
 
     def start(self, timeout: float = 60) -> PostgresServer:
         """initdb (the first time), then the server; returns once it accepts connections."""
@@ -74,25 +82,34 @@ class PostgresServer:
                     "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
                 ]
             )  # fmt: skip
+            if self.trusted_network is not None:
+                with open(self.data_dir / "pg_hba.conf", "a") as hba:
+                    hba.write(f"host all all {self.trusted_network} trust\n")
         self._log = open(self.base_dir / "server.log", "ab")  # noqa: SIM115 - closed by stop
         options = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.base_dir),
         }
         if not self.durable:
             options |= {"fsync": "off", "full_page_writes": "off"}
+        command = [
+            str(bin_dir / "postgres"), "-D", str(self.data_dir),
+            *(arg for name, value in options.items() for arg in ("-c", f"{name}={value}")),
+        ]  # fmt: skip
+        as_user = self._as_server_user()
+        if self.netns is not None:
+            # `ip netns exec` needs root: the server user is taken after it, by setpriv.
+            command = in_namespace(self.netns, [*self._setpriv(), *command])
+            as_user = {}
         self.process = subprocess.Popen(
-            [
-                str(bin_dir / "postgres"), "-D", str(self.data_dir),
-                *(arg for name, value in options.items() for arg in ("-c", f"{name}={value}")),
-            ],
+            command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stopped by that id, never by name
-            **self._as_server_user(),
-        )  # fmt: skip
+            **as_user,
+        )
         self._wait_ready(bin_dir, timeout)
         return self
 
@@ -103,7 +120,7 @@ class PostgresServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"postgres exited early; see {self.base_dir}/server.log")
             ready = subprocess.run(
-                [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                [str(bin_dir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
                 check=False,
             )
             if ready.returncode == 0:
@@ -131,19 +148,14 @@ class PostgresServer:
         return self.url(name)
 
     def freeze(self) -> None:
-        """Stop every server process where it is (SIGSTOP): its sockets stay open, the kernel
-        still acknowledges what arrives, and nothing answers. `thaw` lets it go on. Each
-        backend is a session of its own (PostgreSQL calls setsid): each gets the signal."""
-        self._signal_all(signal.SIGSTOP)
+        """Stop every server process where it is (`harness.procs.freeze`): its sockets stay
+        open, the kernel still acknowledges what arrives, and nothing answers."""
+        assert self.process is not None
+        self._frozen = freeze(self.process.pid)
 
     def thaw(self) -> None:
-        self._signal_all(signal.SIGCONT)
-
-    def _signal_all(self, signum: int) -> None:
         assert self.process is not None
-        for pid in descendants([self.process.pid]):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        thaw(self.process.pid, self._frozen)
 
     def stop(self) -> None:
         """`pg_ctl stop -m fast`: clients are disconnected, the server exits at once."""
@@ -182,6 +194,14 @@ class PostgresServer:
             return {}
         user = pwd.getpwnam(SERVER_USER)
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+    @staticmethod
+    def _setpriv() -> list[str]:
+        """The command prefix that drops root for the server user (none for anyone else)."""
+        if os.geteuid() != 0:
+            return []
+        user = pwd.getpwnam(SERVER_USER)
+        return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
 
     @staticmethod
     def _give_to_server_user(path: Path) -> None:

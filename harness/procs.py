@@ -1,9 +1,12 @@
-"""CPU time and resident memory of a process tree, read from /proc (Linux)."""
+"""CPU time and resident memory of a process tree, read from /proc (Linux); a process tree
+frozen and thawed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import signal
+from collections.abc import Iterable, Sequence
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -84,3 +87,27 @@ def cpu_by_role(pids: Iterable[int]) -> dict[str, float]:
         role = role_of(pid)
         totals[role] = totals.get(role, 0.0) + cpu_seconds([pid])
     return totals
+
+
+def freeze(pgid: int) -> list[int]:
+    """SIGSTOP to the process group `pgid`, then to each descendant of its leader, by id: the
+    processes keep their sockets open and answer nothing. Descendants one by one, since they
+    may lead groups of their own: PostgreSQL's backends call setsid(), so a signal to the
+    postmaster's group alone stops only the postmaster, and every open connection goes on
+    answering. The group first, so that no child is forked after the list is read. Returns
+    the ids stopped, for `thaw`."""
+    os.killpg(pgid, signal.SIGSTOP)
+    stopped = sorted(descendants([pgid]))
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    return stopped
+
+
+def thaw(pgid: int, stopped: Sequence[int] = ()) -> None:
+    """SIGCONT to what `freeze` stopped."""
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGCONT)

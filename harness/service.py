@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from core.settings import Settings
+from harness.netns import in_namespace
 from harness.procs import descendants, role_of
 from launcher import ray_environment
 
@@ -55,10 +56,13 @@ def host_ports(head: bool, width: int = 20) -> dict[str, str]:
 
 @dataclass
 class ServiceProcess:
-    """One service: its own Ray head, Serve app and data directory, all on loopback."""
+    """One service: its own Ray head, Serve app and data directory, on loopback, or inside the
+    network namespace `netns` at its address `host` (`harness.netns`)."""
 
     data_dir: Path
     env_overrides: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    netns: str | None = None
     port: int = field(default_factory=free_port)
     ray_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -67,11 +71,11 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ray_address(self) -> str:
-        return f"127.0.0.1:{self.ray_port}"
+        return f"{self.host}:{self.ray_port}"
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -95,6 +99,11 @@ class ServiceProcess:
                 **self.own_ports,
             }
         )
+        if self.host != "127.0.0.1":
+            # Serve listens at the address, and the head names it as its node's address (the
+            # launcher's --node-ip-address=127.0.0.1 comes first; ray start takes the last).
+            env["IMAGE_SERVICE_HOST"] = self.host
+            env["IMAGE_SERVICE_RAY_START_ARGS"] += f" --node-ip-address={self.host}"
         env.update(self.env_overrides)
         return env
 
@@ -102,7 +111,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "service.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "launcher"],
+            in_namespace(self.netns, [sys.executable, "-m", "launcher"]),
             cwd=ROOT,
             env=self.environment(),
             stdout=log,
@@ -158,7 +167,9 @@ class ServiceProcess:
     def probe(self, what: str) -> Any:
         """Ask the cluster (not the API) for process ids, from a separate driver process."""
         output = subprocess.run(
-            [sys.executable, "-m", "harness.cluster_probe", self.ray_address, what],
+            in_namespace(
+                self.netns, [sys.executable, "-m", "harness.cluster_probe", self.ray_address, what]
+            ),
             cwd=ROOT,
             env=self.environment(),
             capture_output=True,
@@ -191,10 +202,13 @@ def wait_group_gone(pgid: int, timeout: float = 60) -> None:
 
 @dataclass
 class WorkerNode:
-    """A Ray worker node joined to a service's cluster: `ray start --address ... --block`."""
+    """A Ray worker node joined to a service's cluster: `ray start --address ... --block`, on
+    loopback or inside the network namespace `netns` at its address `host`."""
 
     service: ServiceProcess
     image_slots: int
+    host: str = "127.0.0.1"
+    netns: str | None = None
     process: subprocess.Popen[bytes] | None = None
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     own_ports: dict[str, str] = field(default_factory=lambda: host_ports(head=False))
@@ -221,10 +235,10 @@ class WorkerNode:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         log = open(self.service.data_dir / f"node-{self.tag}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [
+            in_namespace(self.netns, [
                 ray_bin, "start", "--block", "--disable-usage-stats",
                 f"--address={self.service.ray_address}",
-                "--node-ip-address=127.0.0.1",
+                f"--node-ip-address={self.host}",
                 "--num-cpus=1",
                 f"--resources={json.dumps({'image_slots': self.image_slots})}",
                 # Every port a node binds, chosen here, so nodes on one host never collide.
@@ -234,7 +248,7 @@ class WorkerNode:
                 f"--runtime-env-agent-port={free_port()}",
                 f"--dashboard-agent-grpc-port={free_port()}",
                 f"--dashboard-agent-listen-port={free_port()}",
-            ],
+            ]),
             env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,

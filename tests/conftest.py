@@ -76,6 +76,7 @@ def fresh_image_counts(image_server: ImageServer) -> None:
     asks the same paths again, and its tests count the requests."""
     with image_server.lock:
         image_server.hits.clear()
+        image_server.log.clear()
 
 
 @pytest.fixture(scope="session")
