@@ -63,9 +63,7 @@ class JobTracker:
         # The lease is renewed on a connection and a thread of its own, under a deadline
         # shorter than a lease third: no client read, job load or stalled call queued on the
         # store's thread can hold a renewal back past the point where dispatching must stop.
-        self._lease_store: JobStore = open_store(
-            settings, timeout=lease_call_timeout(settings), max_connections=1
-        )
+        self._lease_store = open_lease_store(settings)
         self._lease_lane = DatabaseThread("lease")
         self._store_master = StoreMasterCache(settings.store_master)
         self._book = self._new_book()
@@ -332,12 +330,15 @@ class JobTracker:
         """Become the dispatching tracker: load every unfinished job, one at a time (a restart
         holds no more than the jobs themselves), and deliver the callbacks due. A load that
         fails leaves nothing half loaded: the next lease step tries again."""
-        self._book = self._new_book()
+        book = self._book = self._new_book()
         try:
             resumed = await self._load_unfinished(only_unsettled=False)
         except BaseException:
-            self._book = self._new_book()
+            if self._book is book:  # not already replaced by a later load
+                self._book = self._new_book()
             raise
+        if self._book is not book:
+            return  # a later load replaced this one
         self._loaded = True
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
@@ -368,18 +369,22 @@ class JobTracker:
         if change is LeaseChange.LOST:
             await self._step_down("lost the dispatch lease to another cluster")
         elif change is LeaseChange.TAKEN:
-            if self._loaded:
+            if self._lease_work is not None and not self._lease_work.done():
+                # A load under way read jobs before the gap: they may be stale.
+                self._lease_work.cancel()
+            if self._loaded or self._book.jobs:
                 # Held again after a gap: another cluster may have changed these jobs meanwhile.
                 await self._step_down("the dispatch lease lapsed before it was renewed")
             log.warning("took the dispatch lease")
-            self._start(self._lead)
+            self._start(self._lead, replace=True)
         elif change is LeaseChange.KEPT:
             self._wake.set()  # dispatching may have paused while the lease could not be renewed
             self._start(self._lead if not self._loaded else self._pick_up)
 
-    def _start(self, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run a step of the lease's work in the background, one at a time."""
-        if self._lease_work is None or self._lease_work.done():
+    def _start(self, step: Callable[[], Coroutine[Any, Any, None]], replace: bool = False) -> None:
+        """Run a step of the lease's work in the background, one at a time (`replace`: start
+        it even if one, cancelled, has not ended yet)."""
+        if replace or self._lease_work is None or self._lease_work.done():
             self._lease_work = asyncio.create_task(step())
             self._keep(self._lease_work)
 
@@ -518,6 +523,14 @@ class JobTracker:
             "image worker ready on node %s; capacity now %d", worker.node_id, self._pool.capacity
         )
         self._wake.set()
+
+
+def open_lease_store(settings: Settings) -> JobStore:
+    """The job store as the lease's renewals use it: one connection, a deadline of a sixth of
+    a lease, and every renewal tried (there is no queue of them to spare)."""
+    return open_store(
+        settings, timeout=lease_call_timeout(settings), max_connections=1, probe_interval=0
+    )
 
 
 def lease_call_timeout(settings: Settings) -> float:

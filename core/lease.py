@@ -46,13 +46,17 @@ class DispatchLease:
         self._clock = clock
         self.held = False
         self._stopped = False
+        self._unanswered = False
         # When the last renewal that succeeded was asked: the lease in the store runs at least
         # `seconds` from then, so no other holder can have had it before then + `seconds`.
         self._renewed_at: float | None = None
 
     @property
     def renewal_interval(self) -> float:
-        return self.seconds / 3
+        """Until the next renewal: a third of a lease after one that was answered; an
+        eighteenth after one that was not, so that a renewal cut off at its deadline (a
+        sixth) still leaves the next time to land before dispatching must stop."""
+        return self.seconds / (18 if self._unanswered else 3)
 
     @property
     def dispatch_until(self) -> float:
@@ -75,7 +79,9 @@ class DispatchLease:
             held = await self._hold(self.holder, self.seconds)
         except StorageError as exc:
             log.warning("renewing the dispatch lease failed: %s", exc)
+            self._unanswered = True
             return LeaseChange.UNANSWERED
+        self._unanswered = False
         answered = self._clock()
         was_held, renewed_at = self.held, self._renewed_at
         self.held = held and not self._stopped

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from core.deadline import StoreDeadlines
+from core.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
 from core.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -56,9 +57,6 @@ R = TypeVar("R")
 
 # A call's deadline (IMAGE_SERVICE_DATABASE_TIMEOUT sets the tracker's and the API's).
 DEFAULT_TIMEOUT_SECONDS = 5.0
-# Recording a job takes longer the more images it has: 275 ms for 10,000 measured (make bench),
-# so its deadline grows by 7 times that per image.
-CREATE_SECONDS_PER_IMAGE = 0.0002
 
 
 def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -90,16 +88,23 @@ class PostgresStore:
         url: str,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         max_connections: int = POOL_MAX_SIZE,
+        probe_interval: float = PROBE_INTERVAL_SECONDS,
     ) -> None:
+        """`DatabaseUnavailable` if the server does not answer within `timeout`. A
+        `probe_interval` of 0: calls are never refused while the database is not answering."""
         try:
             conninfo_to_dict(url)
         except psycopg.Error:
             # Its message may quote the URL, password and all.
             raise StorageError("could not open the job database: its URL is malformed") from None
-        self._deadlines = StoreDeadlines(timeout)
+        self._deadlines = StoreDeadlines(timeout, probe_interval)
+        # When the call under way on this thread must end: the pool's check gets what is left.
+        self._call_ends = threading.local()
         try:
             self._pool = open_pool(url, timeout, self._check, max_connections)
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and _not_answering(exc):
+                raise DatabaseUnavailable(f"could not open the job database: {exc}") from exc
             raise StorageError(f"could not open the job database: {exc}") from exc
         try:
             with self._connection() as db:
@@ -123,10 +128,10 @@ class PostgresStore:
         if not probe:
             self._deadlines.admit()
         seconds = self._deadlines.timeout if timeout is None else timeout
-        started = time.monotonic()
+        ends = self._call_ends.at = time.monotonic() + seconds
         try:
             with self._pool.connection(timeout=seconds) as db:
-                left = max(0.0, seconds - (time.monotonic() - started))
+                left = max(0.0, ends - time.monotonic())
                 with self._deadlines.call(lambda: abort_connection(db), left):
                     yield db
         except PoolTimeout as exc:
@@ -135,16 +140,17 @@ class PostgresStore:
                 f"the job database did not answer within {seconds:g} s; please retry"
             ) from exc
         except psycopg.OperationalError as exc:
-            if _connection_lost(exc):
+            if _not_answering(exc):
                 self._deadlines.down()
                 raise DatabaseUnavailable(f"the job database is not answering: {exc}") from exc
             raise
         self._deadlines.up()
 
     def _check(self, db: Connection) -> None:
-        """Vet a pooled connection before use, under the deadline: the server may have dropped
-        it (a restart, a failover), or be frozen."""
-        with self._deadlines.call(lambda: abort_connection(db)):
+        """Vet a pooled connection before use, within what is left of the call's deadline: the
+        server may have dropped it (a restart, a failover), or be frozen."""
+        ends = getattr(self._call_ends, "at", time.monotonic() + self._deadlines.timeout)
+        with self._deadlines.call(lambda: abort_connection(db), max(0.0, ends - time.monotonic())):
             ConnectionPool.check_connection(db)
 
     @database_errors("record the job")
@@ -182,6 +188,11 @@ class PostgresStore:
     ) -> tuple[int, bool]:
         """The connection was lost during COMMIT: the job was kept or not, and only the
         database can say which. Asked once more (a probe, even while it is taken as down)."""
+        if idempotency_key is None:
+            raise SubmissionOutcomeUnknown(
+                "the database stopped answering while the job was being committed, and it may "
+                "have been kept: look for the job in GET /api/jobs before submitting again"
+            )
         try:
             with self._connection(probe=True) as db:
                 known = _job_for_key(db, idempotency_key, request_hash)
@@ -499,7 +510,7 @@ def abort_connection(db: Connection) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _connection_lost(exc: psycopg.OperationalError) -> bool:
-    """A connection failure (the server gone, a socket cut off), not an answer the server
-    gave (a full disk, a statement cancelled by its own timeout)."""
-    return exc.sqlstate is None or exc.sqlstate.startswith("08")
+def _not_answering(exc: psycopg.OperationalError) -> bool:
+    """A connection failure (the server gone, a socket cut off), or a statement the server
+    cancelled at its statement_timeout (the deadline), not an answer of its own (a full disk)."""
+    return exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate == "57014"

@@ -154,6 +154,8 @@ def migrate(db: sqlite3.Connection) -> None:
             )
         db.execute(COUNT_TRIGGER)
         db.execute(CALLBACKS_DUE_INDEX)
+        if "seconds" not in {row[1] for row in db.execute("PRAGMA table_info(leases)")}:
+            db.execute("ALTER TABLE leases ADD COLUMN seconds REAL")  # the holder's lease length
         if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_totals'").fetchone():
             for statement in JOB_TOTALS:
                 db.execute(statement)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from core.deadline import StoreDeadlines
+from core.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
 from core.errors import IdempotencyConflict, StorageError
 from core.models import (
     JOB_CANCELLED,
@@ -38,6 +38,7 @@ from core.rows import (
     store_errors,
 )
 from core.schema import Transaction, open_database
+from core.sqlite_calls import SqliteCalls
 from core.text import safe_text
 
 # An image keeps its first result. ON CONFLICT on the key, not OR IGNORE: that would also drop,
@@ -67,31 +68,28 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 
 
 class _Guarded(Protocol):
-    _db: sqlite3.Connection
-    _deadlines: StoreDeadlines
+    _calls: SqliteCalls
 
 
 G = TypeVar("G", bound=_Guarded)
 
 
 def database_errors(
-    action: str,
+    action: str, extra_seconds: Callable[..., float] | None = None
 ) -> Callable[[Callable[Concatenate[G, P], R]], Callable[Concatenate[G, P], R]]:
-    """A store call under its deadline (past it, the statement is interrupted), whose database
-    error becomes a StorageError saying what could not be done; every read and write goes
-    through it."""
+    """A store call under its deadline (`extra_seconds(*args)` more when given), whose
+    database error becomes a StorageError saying what could not be done; every read and
+    write goes through it."""
 
     def wrap(method: Callable[Concatenate[G, P], R]) -> Callable[Concatenate[G, P], R]:
         @functools.wraps(method)
         def call(store: G, *args: P.args, **kwargs: P.kwargs) -> R:
-            store._deadlines.admit()
+            extra = extra_seconds(*args) if extra_seconds is not None else 0.0
             try:
-                with store._deadlines.call(store._db.interrupt):
-                    answer = method(store, *args, **kwargs)
+                with store._calls.guarded(extra):
+                    return method(store, *args, **kwargs)
             except sqlite3.Error as exc:
                 raise StorageError(f"could not {action}: {exc}") from exc
-            store._deadlines.up()
-            return answer
 
         return call
 
@@ -101,17 +99,23 @@ def database_errors(
 class SqliteStore:
     """The job store in one SQLite file (WAL) on the head's disk: `make run`'s default."""
 
-    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        probe_interval: float = PROBE_INTERVAL_SECONDS,
+    ) -> None:
         self._db = open_database(path)
-        # interrupt() does not end SQLite's wait for another writer's lock: this does.
-        self._db.execute(f"PRAGMA busy_timeout={round(timeout * 1000)}")
-        self._deadlines = StoreDeadlines(timeout)
+        self._calls = SqliteCalls(self._db, StoreDeadlines(timeout, probe_interval))
         self._node_numbers: dict[str, int] = {}
 
     def close(self) -> None:
         self._db.close()
 
-    @database_errors("record the job")
+    @database_errors(
+        "record the job",
+        extra_seconds=lambda submission, *_: submission.image_count * CREATE_SECONDS_PER_IMAGE,
+    )
     def create_job(
         self,
         submission: JobSubmission,
@@ -123,7 +127,7 @@ class SqliteStore:
         """As `JobStore.create_job` (core/store.py) says."""
         now = time.time()
         with self._transaction(durable=True):
-            known = self.job_for_key(idempotency_key, request_hash)
+            known = _job_for_key(self._db, idempotency_key, request_hash)
             if known is not None:
                 return known, False
             cursor = self._db.execute(
@@ -166,18 +170,7 @@ class SqliteStore:
     def job_for_key(self, idempotency_key: str | None, request_hash: str | None) -> int | None:
         """The job recorded under this key, if any; `IdempotencyConflict` when `request_hash`
         is given and differs from the one recorded with it."""
-        if idempotency_key is None:
-            return None
-        row = self._db.execute(
-            "SELECT id, request_hash FROM jobs WHERE submission_key = ?", (idempotency_key,)
-        ).fetchone()
-        if row is None:
-            return None
-        if request_hash is not None and row[1] != request_hash:
-            raise IdempotencyConflict(
-                f"this Idempotency-Key was used for job {row[0]} with a different body"
-            )
-        return int(row[0])
+        return _job_for_key(self._db, idempotency_key, request_hash)
 
     @database_errors("save results")
     def save_outcomes(
@@ -422,17 +415,18 @@ class SqliteStore:
     @database_errors("hold the dispatch lease")
     def hold_lease(self, holder: str, seconds: float) -> bool:
         """By this host's wall clock (every holder of a SQLite file runs on its host). A lease
-        that ends further off than a whole lease from now was set before the clock stepped
+        that ends further off than its whole length from now was set before the clock stepped
         back: it is over, or the only tracker would stand by for the size of the step."""
         now = time.time()
         with self._transaction():
             self._db.execute(
-                "INSERT INTO leases (name, holder, expires_at) VALUES ('dispatch', ?, ?)"
+                "INSERT INTO leases (name, holder, expires_at, seconds)"
+                " VALUES ('dispatch', ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
-                " expires_at = excluded.expires_at"
+                " expires_at = excluded.expires_at, seconds = excluded.seconds"
                 " WHERE leases.holder = excluded.holder OR leases.expires_at < ?"
-                " OR leases.expires_at > ?",
-                (holder, now + seconds, now, now + seconds),
+                " OR leases.expires_at > ? + leases.seconds",
+                (holder, now + seconds, seconds, now, now),
             )
             (current,) = self._db.execute(
                 "SELECT holder FROM leases WHERE name = 'dispatch'"
@@ -446,6 +440,23 @@ class SqliteStore:
 
     def _transaction(self, durable: bool = False) -> Transaction:
         return Transaction(self._db, durable)
+
+
+def _job_for_key(
+    db: sqlite3.Connection, idempotency_key: str | None, request_hash: str | None
+) -> int | None:
+    if idempotency_key is None:
+        return None
+    row = db.execute(
+        "SELECT id, request_hash FROM jobs WHERE submission_key = ?", (idempotency_key,)
+    ).fetchone()
+    if row is None:
+        return None
+    if request_hash is not None and row[1] != request_hash:
+        raise IdempotencyConflict(
+            f"this Idempotency-Key was used for job {row[0]} with a different body"
+        )
+    return int(row[0])
 
 
 def _result_row(o: ImageOutcome, node: int | None) -> tuple[Any, ...]:
@@ -491,7 +502,7 @@ class StatusReader:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StorageError(f"could not open {path}: {exc}") from exc
-        self._deadlines = StoreDeadlines(timeout)
+        self._calls = SqliteCalls(self._db, StoreDeadlines(timeout))
 
     @database_errors("read a job's status")
     def job_view(

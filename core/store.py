@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from core.deadline import PROBE_INTERVAL_SECONDS
 from core.models import ImageOutcome, ImageResult, JobDetail, JobState, JobSubmission, JobView
 from core.pg_schema import POOL_MAX_SIZE
 from core.pg_store import PostgresStore
@@ -96,12 +97,16 @@ class JobStore(Protocol):
 
 
 def open_store(
-    settings: Settings, timeout: float | None = None, max_connections: int = POOL_MAX_SIZE
+    settings: Settings,
+    timeout: float | None = None,
+    max_connections: int = POOL_MAX_SIZE,
+    probe_interval: float = PROBE_INTERVAL_SECONDS,
 ) -> JobStore:
     """The store the settings name: PostgreSQL when `database_url` is set, else SQLite. Its
-    calls are cut off past `timeout` seconds (`database_timeout` unless given); a PostgreSQL
-    store opens at most `max_connections`."""
+    calls are cut off past `timeout` seconds (`database_timeout` unless given); while the
+    database is not answering, one call every `probe_interval` seconds tries it (0: every
+    call); a PostgreSQL store opens at most `max_connections`."""
     seconds = settings.database_timeout if timeout is None else timeout
     if settings.database_url:
-        return PostgresStore(settings.database_url, seconds, max_connections)
-    return SqliteStore(settings.database_path, seconds)
+        return PostgresStore(settings.database_url, seconds, max_connections, probe_interval)
+    return SqliteStore(settings.database_path, seconds, probe_interval)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from core.deadline import StoreDeadlines
+from core.errors import DatabaseUnavailable
 from core.models import JobView
 from core.pg_store import PostgresStore
 from core.settings import Settings
@@ -22,8 +24,10 @@ class StatusSource:
         self._settings = settings
         self._sqlite: StatusReader | None = None
         self._postgres: PostgresStore | None = None
-        # Concurrent first reads each run in a thread of their own: one opens the pool.
+        # Concurrent first reads each run in a thread of their own: one opens the pool. A
+        # database that cannot be reached then is not tried again by every read in turn.
         self._opening = threading.Lock()
+        self._opened = StoreDeadlines(settings.database_timeout)
 
     async def job_view(
         self, job_id: int, client_id: str | None = None, exact: bool = False
@@ -45,7 +49,12 @@ class StatusSource:
     def _postgres_store(self) -> PostgresStore:
         with self._opening:
             if self._postgres is None:
-                self._postgres = PostgresStore(
-                    self._settings.database_url, self._settings.database_timeout
-                )
+                self._opened.admit()
+                try:
+                    self._postgres = PostgresStore(
+                        self._settings.database_url, self._settings.database_timeout
+                    )
+                except DatabaseUnavailable:
+                    self._opened.down()
+                    raise
             return self._postgres

@@ -115,7 +115,8 @@ def test_a_late_abort_never_cuts_off_the_call_that_got_the_connection_next(
             db.execute("SELECT pg_sleep(0.5)")  # past its 0.3 s: the watchdog fires
         assert aborting.is_set()
         threading.Timer(0.1, go.set).start()  # the abort lands while the next call runs
-        with store._connection(timeout=5.0, probe=True) as db:
+        with store._connection(timeout=5.0, probe=True) as db, db.transaction():
+            db.execute("SET LOCAL statement_timeout = 0")
             db.execute("SELECT pg_sleep(0.3)")  # the pool's one connection, now this call's
     finally:
         go.set()

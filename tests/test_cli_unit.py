@@ -56,7 +56,7 @@ class FakeService:
                 answer = service.routes[(method, parts.path)](query)
                 if isinstance(answer, str):
                     if answer == SLOW:  # waits on an Event: some tests replace time.sleep
-                        threading.Event().wait(1.0)
+                        threading.Event().wait(5.0)
                     return  # HTTP/1.0: the server closes the connection, nothing sent
                 status, body = answer
                 data = json.dumps(body).encode() if body is not None else b"<html>bad gateway"
@@ -196,7 +196,8 @@ def test_follow_retries_gateway_answers_and_timeouts_with_growing_delays(
     answers = scripted(
         detail(0), (503, {"error": "no replica ready"}), (502, None), SLOW, (504, None), detail(4)
     )
-    patience = Patience(give_up_after=30, first_delay=0.1, max_delay=0.3, request_timeout=0.2)
+    # A timeout well above a loaded machine's answer time, well below the slow answer's 5 s.
+    patience = Patience(give_up_after=30, first_delay=0.1, max_delay=0.3, request_timeout=1.5)
     with FakeService({("GET", f"/api/jobs/{JOB_ID}"): answers}) as service:
         final = follow(ServiceClient(service.url), JOB_ID, 0.0, io.StringIO(), patience=patience)
     assert final["status"] == "completed"

@@ -80,10 +80,8 @@ def test_the_watchdog_thread_cuts_a_real_sqlite_call_off(tmp_path: Path) -> None
     # Stands in for a disk that stalls: a statement that would run for minutes.
     endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
     began = time.monotonic()
-    with pytest.raises(DatabaseUnavailable):
-        store._deadlines.admit()
-        with store._deadlines.call(store._db.interrupt):
-            store._db.execute(endless).fetchone()
+    with pytest.raises(DatabaseUnavailable), store._calls.guarded():
+        store._db.execute(endless).fetchone()
     assert time.monotonic() - began < 2
     began = time.monotonic()
     with pytest.raises(StorageError):
