@@ -171,6 +171,22 @@ def test_results_give_up_when_the_named_cap_would_not_help(
 # ---- polls: transient trouble ----------------------------------------------------------------
 
 
+def sleeps_of_this_thread(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Replace time.sleep; record the test thread's sleeps. Threads other tests left running
+    keep sleeping for real, and out of the record."""
+    waits: list[float] = []
+    test_thread, real_sleep = threading.current_thread(), time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is test_thread:
+            waits.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return waits
+
+
 def test_submit_wait_rides_out_a_dropped_connection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -191,8 +207,7 @@ def test_submit_wait_rides_out_a_dropped_connection(
 def test_follow_retries_gateway_answers_and_timeouts_with_growing_delays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
+    waits = sleeps_of_this_thread(monkeypatch)
     answers = scripted(
         detail(0), (503, {"error": "no replica ready"}), (502, None), SLOW, (504, None), detail(4)
     )
@@ -205,8 +220,7 @@ def test_follow_retries_gateway_answers_and_timeouts_with_growing_delays(
 
 
 def test_a_good_poll_resets_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
+    waits = sleeps_of_this_thread(monkeypatch)
     answers = scripted(detail(0), DROP, DROP, detail(1), DROP, detail(4))
     patience = Patience(give_up_after=30, first_delay=0.1, max_delay=5)
     with FakeService({("GET", f"/api/jobs/{JOB_ID}"): answers}) as service:

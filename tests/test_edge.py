@@ -97,8 +97,11 @@ def test_with_postgresql_a_sqlite_file_left_here_is_never_read(tmp_path: Path) -
     ongoing, _ = store_with_jobs(tmp_path)
     serve = App()
     settings = Settings(data_dir=tmp_path, database_url="postgresql://u@127.0.0.1:1/jobs")
-    assert get(FastStatus(serve, settings), f"/api/status?jobid={ongoing}")[0] == 299
-    assert len(serve.reached) == 1
+    # The configured database is unreachable: the edge says so, and never answers from the file.
+    status, headers, body = get(FastStatus(serve, settings), f"/api/status?jobid={ongoing}")
+    assert (status, serve.reached) == (503, [])
+    assert body == {"error": "the job store is not answering; please retry"}
+    assert headers["retry-after"] == "5"
 
 
 class Unanswered:
