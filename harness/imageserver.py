@@ -229,17 +229,20 @@ class ImageServer:
                 return self._send(404, b"not found", "text/plain")
 
             def do_POST(self) -> None:
-                # /callback/<failures>/<key>: answers 503 <failures> times, then takes the body
+                # /callback/<failures>/<key>[?answer=<code>]: answers 503 (or <code>)
+                # <failures> times, then takes the body
                 with server.lock:
                     server.hits[self.path] += 1
                     hits = server.hits[self.path]
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                parts = urlsplit(self.path).path.strip("/").split("/")
+                split = urlsplit(self.path)
+                parts = split.path.strip("/").split("/")
                 if parts[0] != "callback" or len(parts) != 3:
                     return self._send(404, b"not found", "text/plain")
                 if hits <= int(parts[1]):
-                    return self._send(503, b"busy", "text/plain")
+                    answer = int(parse_qs(split.query).get("answer", ["503"])[0])
+                    return self._send(answer, b"not now", "text/plain")
                 with server.lock:
                     server.callbacks.setdefault(parts[2], []).append(json.loads(body))
                 return self._send(204, b"", "text/plain")
