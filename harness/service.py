@@ -19,7 +19,7 @@ from typing import Any
 import requests
 
 from core.settings import Settings
-from harness.procs import descendants, role_of
+from harness.procs import alive, descendants, role_of
 from launcher import ray_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,14 +137,26 @@ class ServiceProcess:
             self.kill()
 
     def kill(self) -> None:
-        """Every process of the service, SIGKILL, at once: the launcher's group and Ray's."""
+        """Every process of the service, SIGKILL, at once: the launcher's group and Ray's, and
+        Ray's workers (the tracker, the image workers, Serve's actors), which Ray puts each in
+        a process group of its own: killed with the groups only, they outlived the rest for a
+        while, long enough for the tracker to write results after its "crash"."""
         assert self.process is not None
         head_pgid = self.ray_head_pgid()
+        everything = descendants([self.process.pid, head_pgid])
+        for pid in everything:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pgid in (self.process.pid, head_pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
         self.process.wait()
         wait_group_gone(head_pgid)
+        deadline = time.monotonic() + 60
+        while left := alive(everything):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes {sorted(left)} still alive")
+            time.sleep(0.1)
 
     def pids_of(self, role: str) -> list[int]:
         """The service's processes of one role (`harness.procs.ROLES`: "serve replica", ...)."""
