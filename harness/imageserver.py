@@ -115,6 +115,13 @@ LONG_SCHEME_REDIRECT = (
 )  # fmt: skip
 
 
+def redone(before: dict[int, int], after: dict[int, int]) -> set[int]:
+    """The images (`ImageServer.tagged_hits` before and after a crash) downloaded before it
+    and again after it. A download retried before the crash is not a redo; one the crash cut
+    short before it reached the server is not seen."""
+    return {index for index, count in after.items() if 0 < before.get(index, 0) < count}
+
+
 def perimeter(name: str) -> int:
     _fmt, width, height = SIZES[name]
     return 2 * (width + height)
@@ -152,6 +159,18 @@ class ImageServer:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def tagged_hits(self, tag: str) -> dict[int, int]:
+        """Requests so far for each path ending in `?{tag}=<n>`, by n: a test's images tagged
+        with their index in its job."""
+        with self.lock:
+            hits = dict(self.hits)
+        counts: dict[int, int] = {}
+        for path, count in hits.items():
+            _, found, index = path.partition(f"?{tag}=")
+            if found and index.isdigit():
+                counts[int(index)] = count
+        return counts
 
     def start(self) -> ImageServer:
         server = self

@@ -20,6 +20,7 @@ import requests
 
 from core.settings import Settings
 from harness.procs import alive, descendants, role_of
+from harness.stores import StoreDatabase
 from launcher import ray_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +164,13 @@ class ServiceProcess:
         assert self.process is not None
         pids = descendants([self.process.pid, self.ray_head_pgid()])
         return sorted(pid for pid in pids if role_of(pid) == role)
+
+    def database(self) -> StoreDatabase:
+        """The service's job database: its PostgreSQL database, or the SQLite file beside it."""
+        url = self.env_overrides.get("IMAGE_SERVICE_DATABASE_URL")
+        if url:
+            return StoreDatabase("postgres", url)
+        return StoreDatabase("sqlite", str(self.data_dir / "jobs.sqlite3"))
 
     def alive_nodes(self) -> set[str]:
         return {node for node, alive, _slots in self.probe("nodes") if alive}
