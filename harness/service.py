@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -171,6 +172,18 @@ class ServiceProcess:
         if url:
             return StoreDatabase("postgres", url)
         return StoreDatabase("sqlite", str(self.data_dir / "jobs.sqlite3"))
+
+    def ray_log(self, pid: int) -> str:
+        """What one process of the service's cluster (an actor: the tracker, a worker) wrote
+        to stderr, its log lines among it, as Ray keeps it in the cluster's session directory
+        (named after the head's `ray start` process)."""
+        root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray")
+        sessions = root.glob(f"session_*_{self.ray_head_pgid()}")
+        session = max(sessions, key=lambda path: path.stat().st_mtime)
+        return "".join(
+            path.read_text(errors="replace")
+            for path in sorted((session / "logs").glob(f"worker-*-{pid}.err"))
+        )
 
     def alive_nodes(self) -> set[str]:
         return {node for node, alive, _slots in self.probe("nodes") if alive}
