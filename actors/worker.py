@@ -1,6 +1,7 @@
 """An image worker: an async actor holding its share of a node's images, downloading and
 measuring ahead of the simulated GPU step (see `core.processing.Stages`), and reporting
-outcomes back to the JobTracker in batches. A node runs a few of them, one per CPU by default.
+outcomes back to the JobTracker in batches (`core.outbox`). A node runs a few of them, one per
+CPU by default.
 
 Measured here, one async actor holding many concurrent images beats a Ray task per image by an
 order of magnitude (a sleeping task pins a whole worker process), and batching both ways keeps
@@ -11,7 +12,6 @@ answers with lists of outcomes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -25,12 +25,12 @@ from core.fetch import Downloader, FetchLimits
 from core.hostlock import HostLock, node_lock_path
 from core.logs import use_json_logs
 from core.models import FailureReason, ImageOutcome, ImageTask
+from core.outbox import Outbox
 from core.processing import Budget, DecodeBudget, Stages, failed_outcome, process_image
 from core.settings import Settings
 from core.supervise import supervise
 from core.urlguard import AddressPolicy
 
-REPORT_BATCH = 128
 # After a report the tracker did not take (it is restarting, say), the wait before the next try.
 REPORT_RETRY_SECONDS = 0.5
 
@@ -69,10 +69,9 @@ class ImageWorker:
                 Budget(share.decode_pixels), HostLock(node_lock_path("decode", self._node_id))
             ),
         )
-        self._outbox: list[ImageOutcome] = []
-        self._outbox_full = asyncio.Event()
+        self._outbox = Outbox(self._report, settings.report_interval)
         self._running: set[asyncio.Task[None]] = set()
-        self._reporter = supervise("report", self._report_step, REPORT_RETRY_SECONDS)
+        self._reporter = supervise("report", self._outbox.report_step, REPORT_RETRY_SECONDS)
 
     async def accept(self, tasks: list[ImageTask]) -> None:
         """Start the images; their outcomes come back through `JobTracker.report`."""
@@ -115,19 +114,7 @@ class ImageWorker:
             )
         self._metrics.processing_seconds.observe(time.perf_counter() - start)
         self._metrics.settled(outcome)
-        self._outbox.append(outcome)
-        if len(self._outbox) >= REPORT_BATCH:
-            self._outbox_full.set()
+        self._outbox.add(outcome)
 
-    async def _report_step(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._outbox_full.wait(), self._settings.report_interval)
-        self._outbox_full.clear()
-        if not self._outbox:
-            return
-        batch, self._outbox = self._outbox, []
-        try:
-            await self._tracker.report.remote(self._key, batch)
-        except BaseException:
-            self._outbox[:0] = batch  # sent again with the next report, never dropped
-            raise
+    async def _report(self, outcomes: list[ImageOutcome]) -> None:
+        await self._tracker.report.remote(self._key, outcomes)

@@ -128,6 +128,13 @@ LONG_SCHEME_REDIRECT = (
 )  # fmt: skip
 
 
+def redone(before: dict[int, int], after: dict[int, int]) -> set[int]:
+    """The images (`ImageServer.tagged_hits` before and after a crash) downloaded before it
+    and again after it. A download retried before the crash is not a redo; one the crash cut
+    short before it reached the server is not seen."""
+    return {index for index, count in after.items() if 0 < before.get(index, 0) < count}
+
+
 def perimeter(name: str) -> int:
     _fmt, width, height = SIZES[name]
     return 2 * (width + height)
@@ -180,6 +187,18 @@ class ImageServer:
         """The requests whose path starts with `prefix`, in the order they came."""
         with self.lock:
             return [request for request in self.log if request.path.startswith(prefix)]
+
+    def tagged_hits(self, tag: str) -> dict[int, int]:
+        """Requests so far for each path ending in `?{tag}=<n>`, by n: a test's images tagged
+        with their index in its job."""
+        with self.lock:
+            hits = dict(self.hits)
+        counts: dict[int, int] = {}
+        for path, count in hits.items():
+            _, found, index = path.partition(f"?{tag}=")
+            if found and index.isdigit():
+                counts[int(index)] = count
+        return counts
 
     def start(self) -> ImageServer:
         server = self
@@ -255,15 +274,18 @@ class ImageServer:
                 return self._send(404, b"not found", "text/plain")
 
             def do_POST(self) -> None:
-                # /callback/<failures>/<key>: answers 503 <failures> times, then takes the body
+                # /callback/<failures>/<key>[?answer=<code>]: answers 503 (or <code>)
+                # <failures> times, then takes the body
                 hits = server.count(self)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                parts = urlsplit(self.path).path.strip("/").split("/")
+                split = urlsplit(self.path)
+                parts = split.path.strip("/").split("/")
                 if parts[0] != "callback" or len(parts) != 3:
                     return self._send(404, b"not found", "text/plain")
                 if hits <= int(parts[1]):
-                    return self._send(503, b"busy", "text/plain")
+                    answer = int(parse_qs(split.query).get("answer", ["503"])[0])
+                    return self._send(answer, b"not now", "text/plain")
                 with server.lock:
                     server.callbacks.setdefault(parts[2], []).append(json.loads(body))
                 return self._send(204, b"", "text/plain")

@@ -38,6 +38,11 @@ def descendants(roots: Iterable[int]) -> set[int]:
     return found
 
 
+def alive(pids: Iterable[int]) -> set[int]:
+    """Those of the processes that still run (a zombie, dead and not yet reaped, does not)."""
+    return {pid for pid in pids if (fields := _stat_fields(pid)) is not None and fields[0] != "Z"}
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User + system time of the processes and of their reaped children."""
     total = 0

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,7 +21,8 @@ import requests
 
 from core.settings import Settings
 from harness.netns import in_namespace
-from harness.procs import descendants, role_of
+from harness.procs import alive, descendants, role_of
+from harness.stores import StoreDatabase
 from launcher import ray_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,20 +148,51 @@ class ServiceProcess:
             self.kill()
 
     def kill(self) -> None:
-        """Every process of the service, SIGKILL, at once: the launcher's group and Ray's."""
+        """Every process of the service, SIGKILL, at once: the launcher's group and Ray's, and
+        Ray's workers (the tracker, the image workers, Serve's actors), which Ray puts each in
+        a process group of its own: killed with the groups only, they outlived the rest for a
+        while, long enough for the tracker to write results after its "crash"."""
         assert self.process is not None
         head_pgid = self.ray_head_pgid()
+        everything = descendants([self.process.pid, head_pgid])
+        for pid in everything:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pgid in (self.process.pid, head_pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
         self.process.wait()
         wait_group_gone(head_pgid)
+        deadline = time.monotonic() + 60
+        while left := alive(everything):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes {sorted(left)} still alive")
+            time.sleep(0.1)
 
     def pids_of(self, role: str) -> list[int]:
         """The service's processes of one role (`harness.procs.ROLES`: "serve replica", ...)."""
         assert self.process is not None
         pids = descendants([self.process.pid, self.ray_head_pgid()])
         return sorted(pid for pid in pids if role_of(pid) == role)
+
+    def database(self) -> StoreDatabase:
+        """The service's job database: its PostgreSQL database, or the SQLite file beside it."""
+        url = self.env_overrides.get("IMAGE_SERVICE_DATABASE_URL")
+        if url:
+            return StoreDatabase("postgres", url)
+        return StoreDatabase("sqlite", str(self.data_dir / "jobs.sqlite3"))
+
+    def ray_log(self, pid: int) -> str:
+        """What one process of the service's cluster (an actor: the tracker, a worker) wrote
+        to stderr, its log lines among it, as Ray keeps it in the cluster's session directory
+        (named after the head's `ray start` process)."""
+        root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray")
+        sessions = root.glob(f"session_*_{self.ray_head_pgid()}")
+        session = max(sessions, key=lambda path: path.stat().st_mtime)
+        return "".join(
+            path.read_text(errors="replace")
+            for path in sorted((session / "logs").glob(f"worker-*-{pid}.err"))
+        )
 
     def alive_nodes(self) -> set[str]:
         return {node for node, alive, _slots in self.probe("nodes") if alive}

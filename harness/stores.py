@@ -53,6 +53,20 @@ class StoreDatabase:
             cursor = pg.execute(statement.encode())
             return cursor.fetchall() if cursor.description is not None else []
 
+    def read(self, statement: str) -> list[tuple[Any, ...]]:
+        """The rows of one query on a read-only connection of its own: what is on disk now,
+        read beside a running service without touching its database."""
+        if self.backend == "sqlite":
+            db = sqlite3.connect(f"{Path(self.location).resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                return db.execute(statement).fetchall()
+            finally:
+                db.close()
+        with psycopg.connect(
+            self.location, autocommit=True, options="-c default_transaction_read_only=on"
+        ) as pg:
+            return pg.execute(statement.encode()).fetchall()
+
     def close(self) -> None:
         for store in self.opened:
             store.close()

@@ -43,6 +43,25 @@ def test_delivered_after_retryable_failures(server: ImageServer) -> None:
     assert server.callbacks[key] == [BODY]
 
 
+@pytest.mark.parametrize("code", [408, 425, 429, 500, 502])
+def test_timeouts_too_early_too_many_requests_and_5xx_are_retried(
+    server: ImageServer, code: int
+) -> None:
+    # The README's retried answers beside 503 (above). Broken by a RETRYABLE_CODES that lacks
+    # one of them: the sender would give up after the first answer.
+    key = uuid.uuid4().hex
+    assert deliver(server.url(f"callback/2/{key}?answer={code}"), LOOPBACK_ALLOWED) == (3, None)
+    assert server.callbacks[key] == [BODY]
+
+
+@pytest.mark.parametrize("code", [400, 409, 410, 413])
+def test_other_client_errors_are_final(server: ImageServer, code: int) -> None:
+    key = uuid.uuid4().hex
+    url = server.url(f"callback/1/{key}?answer={code}")
+    assert deliver(url, LOOPBACK_ALLOWED) == (1, f"HTTP {code}")
+    assert server.hits[f"/callback/1/{key}?answer={code}"] == 1
+
+
 def test_gives_up_after_the_last_attempt(server: ImageServer) -> None:
     key = uuid.uuid4().hex
     assert deliver(server.url(f"callback/5/{key}"), LOOPBACK_ALLOWED) == (3, "HTTP 503")

@@ -28,11 +28,13 @@ Route = Callable[[dict[str, str]], Answer]
 
 
 class FakeService:
-    """Answers each request by `routes[(method, path)](query)` and records what was asked."""
+    """Answers each request by `routes[(method, path)](query)` and records what was asked, and
+    with which headers."""
 
     def __init__(self, routes: Mapping[tuple[str, str], Route]) -> None:
         self.routes = routes
         self.asked: list[tuple[str, str, dict[str, str]]] = []
+        self.headers: list[dict[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._server.handle_error = lambda *_: None  # type: ignore[method-assign]
@@ -53,6 +55,7 @@ class FakeService:
                 parts = urlsplit(self.path)
                 query = dict(parse_qsl(parts.query))
                 service.asked.append((method, parts.path, query))
+                service.headers.append(dict(self.headers.items()))
                 answer = service.routes[(method, parts.path)](query)
                 if isinstance(answer, str):
                     if answer == SLOW:  # waits on an Event: some tests replace time.sleep
@@ -185,6 +188,28 @@ def sleeps_of_this_thread(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(time, "sleep", sleep)
     return waits
+
+
+@pytest.mark.parametrize("chosen", [[], ["--idempotency-key", "visits-2025-03-11"]])
+def test_submit_retries_with_one_idempotency_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    chosen: list[str],
+) -> None:
+    # A dropped connection and a 503 may each hide a job already recorded: every retry carries
+    # the first attempt's key, so the service answers it with that job. Broken by a key made
+    # per attempt, or by a submit that gives up on either answer.
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)  # the waits between attempts
+    submits = scripted(DROP, (503, {"error": "busy"}), (201, {"job_id": JOB_ID}))
+    with FakeService({("POST", "/api/submit/"): submits}) as service:
+        code = main(["--url", service.url, "submit", str(job_file(tmp_path)), *chosen])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out == f"{JOB_ID}\n"
+    keys = [headers.get("Idempotency-Key") for headers in service.headers]
+    key = chosen[1] if chosen else keys[0]
+    assert key and keys == [key] * 3
 
 
 def test_submit_wait_rides_out_a_dropped_connection(

@@ -10,12 +10,16 @@ from typing import Any
 import pytest
 
 from harness.client import Client, job
-from harness.imageserver import ImageServer
+from harness.imageserver import ImageServer, redone
+from harness.procs import descendants
 from harness.service import ServiceProcess, WorkerNode
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.cluster]  # starts its own Ray nodes
 
 SLOTS = {"IMAGE_SERVICE_CONCURRENCY": "4", "IMAGE_SERVICE_GPU_DELAY": "0.05-0.1"}
+# A worker node (one CPU, so one image worker) with 4 slots holds 4 images in its GPU step and
+# one fetched ahead of each (IMAGE_SERVICE_FETCH_AHEAD).
+VICTIM_HOLDS = 8
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +87,31 @@ def test_node_that_dies_mid_job_has_its_images_redone(
     client = Client(cluster.url)
     before = cluster.probe("workers")
     victim: WorkerNode = cluster.nodes[0]  # type: ignore[attr-defined]
+    own = descendants([victim.process.pid]) if victim.process else set()
+    [victim_id] = [node for node, pids in before.items() if set(pids) & own]
     job_id = client.submit_ok(cluster_job(image_server, "nodekill", 300))
-    time.sleep(1.5)
+    # Strike once the victim has done some of the job and, with images still queued, holds
+    # all it can (its 4 slots and 4 images fetched ahead), some past their download.
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "the victim node never took part in the job"
+        done_there = [r for r in client.all_results(job_id) if r.get("node_id") == victim_id]
+        now = client.session.get(f"{cluster.url}/api/jobs/{job_id}", timeout=30).json()
+        assert now["status"] == "ongoing", "the job ended before the node died"
+        if done_there and now["queued"] > 0 and now["in_flight"] > 0:
+            break
+        time.sleep(0.05)
+    downloaded = image_server.tagged_hits("nodekill")
     victim.kill()
     assert client.wait(job_id, timeout=240)["status"] == "completed"
     assert_exactly_once(client, job_id, image_server, "nodekill", 300)
+    # What the victim held was done again, elsewhere; nothing more.
+    again = redone(downloaded, image_server.tagged_hits("nodekill"))
+    assert 1 <= len(again) <= VICTIM_HOLDS
+    rows = client.all_results(job_id)
+    assert victim_id not in {rows[index]["node_id"] for index in again}
     after = cluster.probe("workers")
-    assert len(after) == len(before) - 1
+    assert len(after) == len(before) - 1 and victim_id not in after
 
 
 def test_node_that_joins_mid_job_takes_work(

@@ -5,6 +5,7 @@ otherwise, and nobody else's work is lost or held up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -304,6 +305,21 @@ def test_a_failing_flush_loses_nothing_and_the_loop_goes_on(
     assert [r["state"] for r in client.all_results(job_id)] == ["done"] * 10
 
 
+# What the tracker logs when loading the unfinished jobs fails (actors/tracker.py, _recover).
+RELOAD_FAILED = "recovering the unfinished jobs failed; trying again"
+
+
+def reload_failures(service: ServiceProcess, tracker_pid: int) -> list[str]:
+    """The tracebacks of the reloads the tracker process `tracker_pid` logged as failed."""
+    failures = []
+    for line in service.ray_log(tracker_pid).splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("message") == RELOAD_FAILED:
+                failures.append(str(record.get("exception")))
+    return failures
+
+
 def test_a_failing_recovery_is_retried_not_kept_as_the_answer(
     guarded_service: ServiceProcess, image_server: ImageServer
 ) -> None:
@@ -325,10 +341,19 @@ def test_a_failing_recovery_is_retried_not_kept_as_the_answer(
         db.close()
 
     # A result naming an image the job does not have: the restarted tracker cannot load the job.
+    killed = int(guarded_service.probe("tracker")["pid"])
     move_result(first, 10**6)
     try:
-        os.kill(int(guarded_service.probe("tracker")["pid"]), signal.SIGKILL)
-        time.sleep(5)
+        os.kill(killed, signal.SIGKILL)
+        restarted = int(guarded_service.probe("tracker")["pid"])  # waits out the restart
+        assert restarted != killed
+        # Struck in the reload: the restarted tracker says it failed there, on that row, and
+        # tries again (twice seen); the service is unhealthy meanwhile, not for another reason.
+        deadline = time.monotonic() + 60
+        while len(failures := reload_failures(guarded_service, restarted)) < 2:
+            assert time.monotonic() < deadline, "the restarted tracker never failed its reload"
+            time.sleep(0.2)
+        assert all("IndexError" in failure for failure in failures), failures[0]
         health = requests.get(f"{client.base_url}/healthz", timeout=60)
         assert (health.status_code, health.json()) == (503, {"status": "unavailable"})
         assert "Retry-After" in health.headers

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ KEYS = {
     "d": "key-delta-0123456789",
     "e": "key-echo-0123456789",
     "f": "key-foxtrot-0123456789",
+    "g": "key-golf-0123456789",
 }
 
 
@@ -126,6 +129,34 @@ def test_ssrf_guard_refuses_loopback_and_redirects_to_it(
     assert rows[3]["state"] == "done" and rows[3]["perimeter"] == 1000
     assert image_server.hits["/img/red.jpg?ssrf-v4"] == 0
     assert image_server.hits["/img/blue.webp?ssrf-redirected"] == 0
+
+
+def test_a_callback_to_a_refused_address_is_never_called(
+    secure_service: ServiceProcess, image_server: ImageServer
+) -> None:
+    # Callbacks go through the image URLs' address guard. Broken by a tracker whose callback
+    # sender lets private addresses through: the image server would see the refused POST.
+    golf = as_client(secure_service, "g")
+    refused, allowed = uuid.uuid4().hex, uuid.uuid4().hex
+    hooks = {
+        refused: f"http://127.0.0.1:{image_server.port}/callback/0/{refused}",
+        allowed: f"http://localhost:{image_server.port}/callback/0/{allowed}",  # named: allowed
+    }
+    image = f"http://localhost:{image_server.port}/img/tiny.gif?callback-guard"
+    jobs = {
+        key: golf.submit_ok({**job(("RP00001", [image])), "callback_url": url})
+        for key, url in hooks.items()
+    }
+    finals = {key: golf.wait(job_id) for key, job_id in jobs.items()}
+    # Both deliveries are over (delivered or given up on) once the database says so.
+    ended = f"SELECT COUNT(*) FROM jobs WHERE id IN {tuple(jobs.values())}"
+    deadline = time.monotonic() + 60
+    while secure_service.database().read(f"{ended} AND callback_done_at IS NOT NULL") != [(2,)]:
+        assert time.monotonic() < deadline, "the callbacks were never sent"
+        time.sleep(0.2)
+    assert image_server.callbacks[allowed] == [finals[allowed]]
+    assert refused not in image_server.callbacks
+    assert image_server.hits[f"/callback/0/{refused}"] == 0
 
 
 def test_logs_hold_no_key_and_no_query_string(secure_service: ServiceProcess) -> None:
