@@ -28,7 +28,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from core.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
 from core.errors import (
     DatabaseUnavailable,
-    IdempotencyConflict,
     StorageError,
     SubmissionOutcomeUnknown,
 )
@@ -48,6 +47,7 @@ from core.rows import (
     JOB_DETAIL_COLUMNS,
     detail_from_row,
     images_in_order,
+    job_of_key,
     job_state,
     store_errors,
 )
@@ -490,16 +490,8 @@ def _job_for_key(
 ) -> int | None:
     if idempotency_key is None:
         return None
-    row = db.execute(
-        "SELECT id, request_hash FROM jobs WHERE submission_key = %s", (idempotency_key,)
-    ).fetchone()
-    if row is None:
-        return None
-    if request_hash is not None and row[1] != request_hash:
-        raise IdempotencyConflict(
-            f"this Idempotency-Key was used for job {row[0]} with a different body"
-        )
-    return int(row[0])
+    query = "SELECT id, request_hash FROM jobs WHERE submission_key = %s"
+    return job_of_key(db.execute(query, (idempotency_key,)).fetchone(), request_hash)
 
 
 def abort_connection(db: Connection) -> None:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from core.errors import IdempotencyConflict
 from core.models import JobDetail, JobState, JobStatus, JobSubmission, StoreError
 
 # An image with its visit's fields, as the stores' queries read it.
@@ -57,3 +58,15 @@ def images_in_order(submission: JobSubmission) -> Iterable[tuple[int, str]]:
     for position, visit in enumerate(submission.visits):
         for url in visit.image_urls:
             yield position, url
+
+
+def job_of_key(row: Sequence[Any] | None, request_hash: str | None) -> int | None:
+    """The job an Idempotency-Key names, from its `(id, request_hash)` row (None: no such
+    job); a key sent again with another body is a conflict, not that job."""
+    if row is None:
+        return None
+    if request_hash is not None and row[1] != request_hash:
+        raise IdempotencyConflict(
+            f"this Idempotency-Key was used for job {row[0]} with a different body"
+        )
+    return int(row[0])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from core.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
-from core.errors import IdempotencyConflict, StorageError
+from core.errors import StorageError
 from core.models import (
     JOB_CANCELLED,
     ImageOutcome,
@@ -34,6 +34,7 @@ from core.rows import (
     UNSTORABLE_RESULT,
     detail_from_row,
     images_in_order,
+    job_of_key,
     job_state,
     store_errors,
 )
@@ -447,16 +448,8 @@ def _job_for_key(
 ) -> int | None:
     if idempotency_key is None:
         return None
-    row = db.execute(
-        "SELECT id, request_hash FROM jobs WHERE submission_key = ?", (idempotency_key,)
-    ).fetchone()
-    if row is None:
-        return None
-    if request_hash is not None and row[1] != request_hash:
-        raise IdempotencyConflict(
-            f"this Idempotency-Key was used for job {row[0]} with a different body"
-        )
-    return int(row[0])
+    query = "SELECT id, request_hash FROM jobs WHERE submission_key = ?"
+    return job_of_key(db.execute(query, (idempotency_key,)).fetchone(), request_hash)
 
 
 def _result_row(o: ImageOutcome, node: int | None) -> tuple[Any, ...]:
