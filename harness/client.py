@@ -29,9 +29,16 @@ class Client:
         return self.session.get(f"{self.base_url}/api/status", params={"jobid": job_id}, timeout=60)
 
     def wait(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
+        """Poll the status until the job ends, as a client should: a 503 with Retry-After (a
+        database or tracker away for a while) is waited out; any other answer but 200 fails."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            body = self.status(job_id).json()
+            response = self.status(job_id)
+            if response.status_code == 503 and "Retry-After" in response.headers:
+                time.sleep(min(1.0, float(response.headers["Retry-After"])))
+                continue
+            assert response.status_code == 200, (response.status_code, response.text)
+            body = response.json()
             if body["status"] != "ongoing":
                 return dict(body)
             time.sleep(0.1)

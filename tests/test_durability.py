@@ -164,6 +164,10 @@ def test_tracker_killed_mid_job_restarts_and_finishes_exactly_once(
     assert states == sorted(states, key=lambda s: s != "ongoing")
     # The images in flight (their workers died with the tracker, which owns them) and those
     # settled since the last flush are done again; nothing that was on disk is.
+    # (Ray ends an owner's actors after it notices the owner died: give it a while.)
+    deadline = time.monotonic() + 30
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert workers and not alive(workers)
     again = redone(before, image_server.tagged_hits(tag))
     assert len(saved) > 1 and not again & saved
