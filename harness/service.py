@@ -131,8 +131,30 @@ class ServiceProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.5)
+        stacks = self.dump_stacks()
         self.stop()
-        raise RuntimeError(f"service did not become healthy; see {self.data_dir / 'service.log'}")
+        raise RuntimeError(
+            f"service did not become healthy; see {self.data_dir / 'service.log'} and {stacks}"
+        )
+
+    def dump_stacks(self, roles: tuple[str, ...] = ("tracker", "serve replica")) -> Path:
+        """Write the Python stacks of the service's processes of these roles (py-spy) to a file
+        in its data directory, for a test that found it stuck; returns the file."""
+        out = self.data_dir / "stacks.txt"
+        py_spy = Path(sys.executable).parent / "py-spy"  # comes with ray[serve]'s dashboard
+        with open(out, "a") as handle:
+            for role in roles:
+                for pid in self.pids_of(role):
+                    handle.write(f"==== {role} {pid} at {time.strftime('%H:%M:%S')}\n")
+                    handle.flush()
+                    if not py_spy.exists():
+                        handle.write("(py-spy is not installed)\n")
+                        continue
+                    subprocess.run(
+                        [str(py_spy), "dump", "--pid", str(pid)],
+                        stdout=handle, stderr=subprocess.STDOUT, timeout=30, check=False,
+                    )  # fmt: skip
+        return out
 
     def ray_head_pgid(self) -> int:
         return int((self.data_dir / "ray-head.pgid").read_text())
