@@ -117,12 +117,18 @@ def test_node_that_dies_mid_job_has_its_images_redone(
 def test_node_that_joins_mid_job_takes_work(
     cluster: ServiceProcess, image_server: ImageServer
 ) -> None:
+    # About 30 s of work on the nodes there (12 slots at 0.05-0.1 s): long enough for a node
+    # to start and join on a loaded machine, which took more than the 12 s of 2,000 images.
+    images = 5000
     client = Client(cluster.url)
     known = set(cluster.probe("workers"))
-    job_id = client.submit_ok(cluster_job(image_server, "join", 2000))
+    job_id = client.submit_ok(cluster_job(image_server, "join", images))
     newcomer = WorkerNode(cluster, image_slots=8).start()
     cluster.nodes.append(newcomer)  # type: ignore[attr-defined]
+    wait_for_workers(cluster, len(known) + 1)
+    now = client.session.get(f"{cluster.url}/api/jobs/{job_id}", timeout=30).json()
+    assert now["status"] == "ongoing" and now["queued"] > 0, "the job ended before the join"
     assert client.wait(job_id, timeout=240)["status"] == "completed"
-    assert_exactly_once(client, job_id, image_server, "join", 2000)
+    assert_exactly_once(client, job_id, image_server, "join", images)
     joined = nodes_of(client.all_results(job_id)) - known
     assert len(joined) == 1
