@@ -227,7 +227,7 @@ def test_unreachable_service_and_bad_usage_exit_2(tmp_path: Path) -> None:
     )
     usage = subprocess.run([IMGJOBS, "status"], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage: imgjobs status" in usage.stderr
-    for command in ("submit", "status", "results", "cancel", "jobs"):
+    for command in ("submit", "wait", "status", "results", "cancel", "jobs"):
         helped = subprocess.run([IMGJOBS, command, "--help"], capture_output=True, text=True)
         assert helped.returncode == 0 and helped.stdout.startswith(f"usage: imgjobs {command}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -327,3 +328,134 @@ def test_output_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         out.write("half")
         raise RuntimeError("the service went away mid-stream")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- wait: following a job already submitted -------------------------------------------------
+
+
+def ended(status: str, done: int, failed: int, stores: int = 0) -> tuple[int, dict[str, Any]]:
+    """A job's detail once it has ended, with `stores` failing stores."""
+    _, body = detail(done + failed, total=done + failed)
+    errors = [{"store_id": f"S{i:04d}", "error": "image download failed"} for i in range(stores)]
+    body.update(status=status, done=done, failed=failed, queued=0, errors=errors)
+    return 200, body
+
+
+def timeless(progress: str) -> str:
+    """Progress output without its rate and ETA, which depend on the wall clock."""
+    return re.sub(r"[\d.]+ img/s  ETA [\d:]+", "RATE  ETA", progress)
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], service: FakeService, *args: str
+) -> tuple[int, str, str]:
+    """`imgjobs --url <service> args...`: exit code, stdout, stderr."""
+    code = main(["--url", service.url, *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("final", "code"),
+    [(ended("completed", 4, 0), 0), (ended("failed", 3, 1, 1), 1), (ended("cancelled", 1, 3), 1)],
+)
+def test_wait_follows_a_submitted_job_as_submit_wait_does(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    final: tuple[int, dict[str, Any]],
+    code: int,
+) -> None:
+    # One job's polls answered twice over: `wait` must print what `submit --wait` prints, after
+    # the job id, and exit as it does. Broken by a `wait` with a summary or exit code of its own.
+    polls = [detail(0), detail(2), final]
+    routes = {
+        ("POST", "/api/submit/"): lambda _q: (201, {"job_id": JOB_ID}),
+        ("GET", f"/api/jobs/{JOB_ID}"): scripted(*polls, *polls),
+    }
+    with FakeService(routes) as service:
+        submitted = run(
+            capsys, service, "submit", str(job_file(tmp_path)), "--wait", "--interval", "0"
+        )
+        waited = run(capsys, service, "wait", str(JOB_ID), "--interval", "0")
+    assert (submitted[0], submitted[1], timeless(submitted[2])) == (
+        code,
+        f"{JOB_ID}\n",
+        timeless(waited[2]),
+    )
+    assert waited[:2] == (code, "")
+    assert (
+        waited[2]
+        .splitlines()[-1 - len(final[1]["errors"])]
+        .startswith(f"job {JOB_ID} {final[1]['status']}: ")
+    )
+
+
+def test_wait_for_an_unknown_job_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    routes = {("GET", f"/api/jobs/{JOB_ID}"): lambda _q: (404, {"error": f"no job {JOB_ID}"})}
+    with FakeService(routes) as service:
+        assert run(capsys, service, "wait", str(JOB_ID)) == (
+            2,
+            "",
+            f"imgjobs: error: no job {JOB_ID} (HTTP 404)\n",
+        )
+
+
+@pytest.mark.parametrize("command", [["wait", str(JOB_ID)], ["submit", "FILE", "--wait"]])
+def test_ctrl_c_while_following_suggests_wait_not_status(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    # Ctrl-C lands in the sleep between polls. The hint must name the command that follows the
+    # job again (`status` checks once).
+    def interrupted(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupted)
+    args = [str(job_file(tmp_path)) if arg == "FILE" else arg for arg in command]
+    routes = {
+        ("POST", "/api/submit/"): lambda _q: (201, {"job_id": JOB_ID}),
+        ("GET", f"/api/jobs/{JOB_ID}"): lambda _q: detail(1),
+    }
+    with FakeService(routes) as service:
+        code, _out, err = run(capsys, service, *args)
+    assert code == 130
+    assert err.endswith(
+        f"\nimgjobs: stopped following job {JOB_ID}; it goes on"
+        f" (imgjobs wait {JOB_ID} to follow it again, imgjobs cancel {JOB_ID} to stop it)\n"
+    )
+    assert "imgjobs status" not in err
+
+
+# ---- failing stores: the first ten, then how many more ---------------------------------------
+
+
+def store_lines(stores: int) -> list[str]:
+    return [f"  S{i:04d}: image download failed" for i in range(stores)]
+
+
+@pytest.mark.parametrize(
+    ("stores", "shown"),
+    [
+        (0, []),
+        (10, store_lines(10)),
+        (11, [*store_lines(10), "  ... and 1 more (--all lists them)"]),
+        (1000, [*store_lines(10), "  ... and 990 more (--all lists them)"]),
+    ],
+)
+def test_status_and_wait_show_the_first_ten_failing_stores(
+    capsys: pytest.CaptureFixture[str], stores: int, shown: list[str]
+) -> None:
+    final = ended("failed", 0, stores, stores)
+    with FakeService({("GET", f"/api/jobs/{JOB_ID}"): lambda _q: final}) as service:
+        status_code, status_out, _ = run(capsys, service, "status", str(JOB_ID))
+        wait_code, _, wait_err = run(capsys, service, "wait", str(JOB_ID))
+        all_code, all_out, _ = run(capsys, service, "status", str(JOB_ID), "--all")
+        waited_all = run(capsys, service, "wait", str(JOB_ID), "--all")
+    assert (status_code, wait_code, all_code, waited_all[0]) == (0, 1, 0, 1)
+    # status: a counts line and a creation time first; the wait summary: its one line first
+    assert status_out.splitlines()[2:] == shown
+    assert wait_err.splitlines()[2:] == shown
+    assert all_out.splitlines()[2:] == store_lines(stores)
+    assert waited_all[2].splitlines()[2:] == store_lines(stores)
