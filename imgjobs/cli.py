@@ -1,7 +1,8 @@
 """`imgjobs`: submit jobs and follow them, read results, cancel, list recent jobs.
 
 Exit codes: 0 done (a waited-for job completed), 1 a waited-for job failed or was cancelled,
-2 a usage, connection or service error. Errors are one line on stderr.
+2 a usage, connection or service error, 3 a cancel of a job that had already ended, 130
+interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from imgjobs.jobfile import JobFileError, load_job_file
 from imgjobs.progress import ProgressMeter
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_ALREADY_ENDED = 0, 1, 2, 3
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 LOG_EVERY_SECONDS = 5.0
 DEFAULT_PATIENCE = Patience()
@@ -138,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     results.set_defaults(run=run_results)
 
-    cancel = commands.add_parser("cancel", help="cancel a job: queued images are dropped")
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a job: queued images are dropped",
+        description="Cancel a job: its queued images are dropped, those in flight finish. Exits"
+        f" {EXIT_ALREADY_ENDED} if the job had already ended (completed or failed).",
+    )
     cancel.add_argument("job_id", type=int)
     cancel.set_defaults(run=run_cancel)
 
@@ -337,7 +343,13 @@ def write_json(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
 
 
 def run_cancel(client: ServiceClient, args: argparse.Namespace) -> int:
-    job = client.cancel(args.job_id)
+    try:
+        job = client.cancel(args.job_id)
+    except ServiceError as exc:
+        if exc.status_code != 409:  # the service's answer for a job that has already ended
+            raise
+        print(f"imgjobs: {exc}; nothing to cancel", file=sys.stderr)
+        return EXIT_ALREADY_ENDED
     print(
         f"job {job['job_id']} {job['status']}: {job['failed']} images dropped or failed,"
         f" {job['in_flight']} in flight finishing"

@@ -172,6 +172,17 @@ def test_cancel_mid_job_from_the_cli(
     assert again.returncode == 0 and f"job {job_id}: cancelled" in again.stdout
 
 
+def test_cancel_of_a_completed_job_exits_3(
+    service: ServiceProcess, client: Client, image_server: ImageServer
+) -> None:
+    # The service answers 409; exit 2 would say "usage or connection error", which it is not.
+    job_id = client.submit_ok(job((STORE, [image_server.url("img/red.jpg")])))
+    client.wait(job_id)
+    late = imgjobs(service, "cancel", str(job_id))
+    assert (late.returncode, late.stdout) == (3, "")
+    assert late.stderr == f"imgjobs: job {job_id} has already completed; nothing to cancel\n"
+
+
 def test_resubmitting_with_one_idempotency_key_returns_the_same_job(
     service: ServiceProcess, image_server: ImageServer, tmp_path: Path
 ) -> None:

@@ -459,3 +459,31 @@ def test_status_and_wait_show_the_first_ten_failing_stores(
     assert wait_err.splitlines()[2:] == shown
     assert all_out.splitlines()[2:] == store_lines(stores)
     assert waited_all[2].splitlines()[2:] == store_lines(stores)
+
+
+# ---- cancel: an ended job has its own exit code ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "err"),
+    [
+        ((409, {"error": f"job {JOB_ID} has already completed"}), 3,
+         f"imgjobs: job {JOB_ID} has already completed; nothing to cancel\n"),
+        ((404, {"error": f"no job {JOB_ID}"}), 2, f"imgjobs: error: no job {JOB_ID} (HTTP 404)\n"),
+        ((503, {"error": "busy"}), 2, "imgjobs: error: busy (HTTP 503)\n"),
+    ],
+)  # fmt: skip
+def test_cancel_of_an_ended_job_exits_3_other_refusals_2(
+    capsys: pytest.CaptureFixture[str], answer: Answer, code: int, err: str
+) -> None:
+    with FakeService({("POST", f"/api/jobs/{JOB_ID}/cancel"): lambda _q: answer}) as service:
+        assert run(capsys, service, "cancel", str(JOB_ID)) == (code, "", err)
+
+
+def test_cancel_of_a_running_job_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    _, body = detail(1)
+    body.update(status="cancelling", failed=2, in_flight=1, queued=0)
+    with FakeService({("POST", f"/api/jobs/{JOB_ID}/cancel"): lambda _q: (202, body)}) as service:
+        assert run(capsys, service, "cancel", str(JOB_ID)) == (
+            0, f"job {JOB_ID} cancelling: 2 images dropped or failed, 1 in flight finishing\n", ""
+        )  # fmt: skip
