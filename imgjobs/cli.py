@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from imgjobs.api import Patience, ServiceClient, ServiceError, Unreachable, describe, patiently
 from imgjobs.jobfile import JobFileError, load_job_file
-from imgjobs.progress import ProgressMeter
+from imgjobs.progress import ProcessedCount, ProgressMeter
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_ALREADY_ENDED = 0, 1, 2, 3
@@ -219,14 +219,15 @@ def follow(
     A poll that meets transient trouble is retried, within `patience`."""
     interactive = out.isatty()
     meter: ProgressMeter | None = None
+    processed = ProcessedCount()
     last_line, last_logged = "", -LOG_EVERY_SECONDS
     while True:
         job = patiently(lambda: client.job(job_id, timeout=patience.request_timeout), patience)
         now = clock()
         meter = meter or ProgressMeter(job["total"])
-        settled = job["done"] + job["failed"]
-        meter.add(now, settled)
-        line = meter.line(job["status"], settled, job["failed"])
+        count = processed.update(job)
+        meter.add(now, count)
+        line = meter.line(job["status"], count, job["failed"], processed.dropped)
         final = job["status"] in FINAL_STATES
         if interactive:
             out.write("\r" + line.ljust(len(last_line)) + ("\n" if final else ""))

@@ -18,7 +18,7 @@ from harness.imageserver import ImageServer, perimeter
 from harness.service import ServiceProcess
 from imgjobs.cli import follow
 from imgjobs.jobfile import JobFileError, visits_from_csv
-from imgjobs.progress import ProgressMeter, format_duration
+from imgjobs.progress import ProcessedCount, ProgressMeter, format_duration
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"
@@ -75,6 +75,27 @@ def test_csv_without_header_and_bad_rows() -> None:
         visits_from_csv("store_id,visit_time,image_url\nS1,2025,u\nS1,u\n")
     with pytest.raises(JobFileError, match="no rows"):
         visits_from_csv("store_id,visit_time,image_url\n")
+
+
+def poll(status: str, done: int, failed: int, queued: int) -> dict[str, object]:
+    return {"status": status, "done": done, "failed": failed, "queued": queued}
+
+
+def test_processed_count_leaves_out_what_a_cancel_dropped_and_no_more() -> None:
+    # Failures before a cancel, and of images in flight after it, were processed.
+    count = ProcessedCount()
+    assert count.update(poll("ongoing", 10, 5, 85)) == 15
+    assert count.update(poll("cancelling", 12, 90, 0)) == 17  # 85 dropped, 2 in flight done
+    assert count.update(poll("cancelled", 12, 93, 0)) == 20  # 3 in flight failed
+    assert count.dropped == 85
+    # Images dispatched in the poll interval of the cancel leave the queue but are not dropped:
+    # never more dropped than failed (here 50 left the queue, 40 failed).
+    count = ProcessedCount()
+    count.update(poll("ongoing", 0, 0, 50))
+    assert count.update(poll("cancelling", 10, 40, 0)) == 10 and count.dropped == 40
+    # A job that failed without a cancel processed every image it failed.
+    count = ProcessedCount()
+    assert count.update(poll("failed", 3, 7, 0)) == 10 and count.dropped == 0
 
 
 def test_progress_rate_and_eta_come_from_recent_samples() -> None:
@@ -252,7 +273,15 @@ class ScriptedJob:
     def job(self, job_id: int, timeout: float | None = None) -> dict[str, object]:
         settled = next(self._answers)
         status = "completed" if settled == 100 else "ongoing"
-        return {"job_id": job_id, "status": status, "total": 100, "done": settled, "failed": 0}
+        return {
+            "job_id": job_id,
+            "status": status,
+            "total": 100,
+            "done": settled,
+            "failed": 0,
+            "in_flight": 0,
+            "queued": 100 - settled,
+        }
 
 
 def test_follow_into_a_log_writes_a_line_every_few_seconds_and_the_last(

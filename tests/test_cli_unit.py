@@ -487,3 +487,58 @@ def test_cancel_of_a_running_job_exits_0(capsys: pytest.CaptureFixture[str]) -> 
         assert run(capsys, service, "cancel", str(JOB_ID)) == (
             0, f"job {JOB_ID} cancelling: 2 images dropped or failed, 1 in flight finishing\n", ""
         )  # fmt: skip
+
+
+# ---- the rate counts processed images, not the ones a cancel dropped --------------------------
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def progress(status: str, done: int, failed: int, in_flight: int, queued: int) -> Answer:
+    _, body = detail(0, total=1000)
+    body.update(status=status, done=done, failed=failed, in_flight=in_flight, queued=queued)
+    return 200, body
+
+
+def test_the_rate_of_a_cancelled_job_leaves_out_its_dropped_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 1,000 images; after a second 102 are processed (2 failed), 64 in flight, 834 queued. The
+    # cancel drops the 834 (they count as failed); the 64 in flight finish. 166 images were
+    # processed in 3 s: 55.3 img/s and 17%, where counting the dropped ones said 333.3 and 100%.
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
+    polls = scripted(
+        progress("ongoing", 0, 0, 64, 936),
+        progress("ongoing", 100, 2, 64, 834),
+        progress("cancelling", 142, 838, 20, 0),
+        progress("cancelled", 160, 840, 0, 0),
+    )
+    ticks = iter([0.0, 1.0, 2.0, 3.0])
+    out = Terminal()  # a line per poll
+    with FakeService({("GET", f"/api/jobs/{JOB_ID}"): polls}) as service:
+        follow(ServiceClient(service.url), JOB_ID, 0.0, out, lambda: next(ticks))
+    lines = out.getvalue().rstrip("\n").split("\r")[1:]
+    assert [line.split("] ")[1].rstrip() for line in lines] == [
+        "0/1000   0%  - img/s  ETA -  failed 0  ongoing",
+        "102/1000  10%  102.0 img/s  ETA 0:09  failed 2  ongoing",
+        "146/1000  15%  73.0 img/s  ETA 0:00  failed 838  cancelling",
+        "166/1000  17%  55.3 img/s  ETA 0:00  failed 840  cancelled",
+    ]
+
+
+def test_a_job_first_seen_cancelled_counts_its_failures_as_dropped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `imgjobs wait` after the cancel: no poll saw the queue before it, so the failures cannot be
+    # told from the dropped images; the bar shows what was done, not 100%.
+    with FakeService(
+        {("GET", f"/api/jobs/{JOB_ID}"): lambda _q: ended("cancelled", 329, 671)}
+    ) as service:
+        code, _, err = run(capsys, service, "wait", str(JOB_ID))
+    assert code == 1
+    assert err.splitlines()[0].split("] ")[1] == (
+        "329/1000  33%  - img/s  ETA -  failed 671  cancelled"
+    )
