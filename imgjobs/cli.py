@@ -176,10 +176,16 @@ def add_polling_arguments(parser: argparse.ArgumentParser, when: str) -> None:
 
 
 def run_submit(client: ServiceClient, args: argparse.Namespace) -> int:
-    payload = load_job_file(args.file)
+    job = load_job_file(args.file)
     if args.callback_url:
-        payload["callback_url"] = args.callback_url
-    job_id = client.submit(payload, args.idempotency_key)
+        job.payload["callback_url"] = args.callback_url
+    try:
+        job_id = client.submit(job.payload, args.idempotency_key)
+    except ServiceError as exc:
+        if job.origin is None or exc.status_code != 400:
+            raise
+        # The service names the JSON path it built from the CSV; the user wrote lines.
+        raise ServiceError(exc.status_code, job.origin.locate(str(exc))) from None
     print(job_id, flush=True)
     if not args.wait:
         return EXIT_OK

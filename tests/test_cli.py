@@ -17,7 +17,7 @@ from harness.client import Client, job
 from harness.imageserver import ImageServer, perimeter
 from harness.service import ServiceProcess
 from imgjobs.cli import follow
-from imgjobs.jobfile import JobFileError, visits_from_csv
+from imgjobs.jobfile import CsvOrigin, JobFileError, job_from_csv, visits_from_csv
 from imgjobs.progress import ProcessedCount, ProgressMeter, format_duration
 
 STORE = "S00339218"
@@ -75,6 +75,34 @@ def test_csv_without_header_and_bad_rows() -> None:
         visits_from_csv("store_id,visit_time,image_url\nS1,2025,u\nS1,u\n")
     with pytest.raises(JobFileError, match="no rows"):
         visits_from_csv("store_id,visit_time,image_url\n")
+
+
+def test_csv_origin_names_the_line_a_row_starts_on() -> None:
+    text = (
+        "\r\n"  # a blank first line: no header then
+        "S1,2025-01-01,http://a.test/1.jpg\r\n"
+        'S2,2025-01-01,"http://a.test/\n2.jpg"\r\n'  # a quoted cell over two lines
+        "S1,2025-01-01,http://a.test/3.jpg\r\n"
+        "S2,2025-01-01,bad\r\n"
+    )
+    job = job_from_csv(text, "v.csv")
+    assert job.origin == CsvOrigin("v.csv", ((2, 5), (3, 6)))
+    locate = job.origin.locate
+    assert locate("visits[1].image_url[1] must be an absolute http(s) URL") == (
+        "v.csv line 6, column 3 (image_url): must be an absolute http(s) URL"
+    )
+    assert locate("visits[1].store_id is longer than 256 characters") == (
+        "v.csv line 3, column 1 (store_id): is longer than 256 characters"
+    )
+    # Paths this file has no line for, and messages about the whole body, pass unchanged.
+    for message in (
+        "visits[2].store_id must be a non-empty string",
+        "visits[0].image_url[2] must be a string",
+        "count must be at most 100000",
+        "the field visits[0].store_id is not at the start",
+        "visits[99999999999999999999].store_id x",
+    ):
+        assert locate(message) == message
 
 
 def poll(status: str, done: int, failed: int, queued: int) -> dict[str, object]:
@@ -247,6 +275,24 @@ def test_errors_are_one_line_and_exit_2(
     assert failed.returncode == 2
     assert failed.stderr.startswith(message) and failed.stderr.count("\n") == 1
     assert "Traceback" not in failed.stderr
+
+
+def test_a_csv_refused_by_the_service_names_its_line(
+    service: ServiceProcess, image_server: ImageServer, tmp_path: Path
+) -> None:
+    # The service's message names `visits[1].image_url[299]`; the user wrote line 601.
+    rows = ["store_id,visit_time,image_url"]
+    for i in range(1000):
+        url = "http:/no-host/x.jpg" if i == 599 else image_server.url(f"img/red.jpg?{i}")
+        rows.append(f"{(STORE, OTHER_STORE)[i % 2]},2025-03-11,{url}")
+    path = tmp_path / "visits.csv"
+    path.write_text("\n".join(rows) + "\n")
+    refused = imgjobs(service, "submit", str(path))
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        f"imgjobs: error: {path} line 601, column 3 (image_url):"
+        " must be an absolute http(s) URL (HTTP 400)\n"
+    )
 
 
 def test_unreachable_service_and_bad_usage_exit_2(tmp_path: Path) -> None:

@@ -17,8 +17,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from core.errors import InvalidSubmission
+from core.submission import SubmissionLimits, validate_submission
 from imgjobs.api import Patience, ServiceClient, ServiceError
 from imgjobs.cli import follow, main, output
+from imgjobs.jobfile import load_job_file
 
 JOB_ID = 7
 DROP = "drop"  # an answer that closes the connection without a word
@@ -542,3 +545,70 @@ def test_a_job_first_seen_cancelled_counts_its_failures_as_dropped(
     assert err.splitlines()[0].split("] ")[1] == (
         "329/1000  33%  - img/s  ETA -  failed 671  cancelled"
     )
+
+
+# ---- a CSV job file: errors name the line --------------------------------------------------
+
+
+def refused_as_the_service_would(payload: dict[str, Any]) -> Answer:
+    """The 400 the service answers for this body: its own validation's message."""
+    limits = SubmissionLimits(
+        max_images=100_000, max_url_length=2048, max_store_id_length=256, max_visit_time_length=64
+    )
+    try:
+        validate_submission(payload, limits)
+    except InvalidSubmission as exc:
+        return 400, {"error": str(exc)}
+    return 201, {"job_id": JOB_ID}
+
+
+def deep_csv(bad_line: int, bad_row: str, lines: int = 3000) -> str:
+    """A header, then rows of 50 stores in turn (so visits interleave and a visit's index is
+    far from its line), with `bad_row` on line `bad_line` and a blank line on line 10."""
+    rows = ["store_id,visit_time,image_url"]
+    for line in range(2, lines + 1):
+        if line == bad_line:
+            rows.append(bad_row)
+        elif line == 10:
+            rows.append("")
+        else:
+            rows.append(f"S{line % 50:03d},2025-03-11,http://img.test/{line}.jpg")
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ("S007,2025-03-11,ftp://img.test/x.jpg",
+         "column 3 (image_url): must be an absolute http(s) URL"),
+        ("S999,2025-13-45,http://img.test/x.jpg",
+         "column 2 (visit_time): must be an ISO 8601 date or date-time"),
+        (",2025-03-11,http://img.test/x.jpg", "column 1 (store_id): must be a non-empty string"),
+    ],
+)  # fmt: skip
+def test_a_csv_submission_refused_names_the_csv_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_row: str, message: str
+) -> None:
+    # Line 2,345 of 3,000: S007's visit is the 6th and this its 48th image (`visits[5].image_url
+    # [47]`), or a visit of its own, the 51st: the service names the body, the user wrote lines.
+    path = tmp_path / "visits.csv"
+    path.write_text(deep_csv(2345, bad_row))
+    payload = load_job_file(path).payload
+    answer = refused_as_the_service_would(payload)
+    assert isinstance(answer, tuple) and answer[0] == 400 and "visits[" in answer[1]["error"]
+    routes = {("POST", "/api/submit/"): lambda _q: answer}
+    with FakeService(routes) as service:
+        code, out, err = run(capsys, service, "submit", str(path))
+    assert (code, out) == (2, "")
+    assert err == f"imgjobs: error: {path} line 2345, {message} (HTTP 400)\n"
+
+
+def test_a_json_submission_refused_keeps_the_json_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "visits.json"
+    path.write_text(json.dumps({"count": 1, "visits": [{"store_id": "S1"}]}))
+    answer = refused_as_the_service_would(json.loads(path.read_text()))
+    with FakeService({("POST", "/api/submit/"): lambda _q: answer}) as service:
+        code, _, err = run(capsys, service, "submit", str(path))
+    assert (code, err) == (2, "imgjobs: error: visits[0].image_url is missing (HTTP 400)\n")
