@@ -386,11 +386,11 @@ def test_wait_follows_a_submitted_job_as_submit_wait_does(
         timeless(waited[2]),
     )
     assert waited[:2] == (code, "")
-    assert (
-        waited[2]
-        .splitlines()[-1 - len(final[1]["errors"])]
-        .startswith(f"job {JOB_ID} {final[1]['status']}: ")
-    )
+    body = final[1]
+    assert waited[2].splitlines()[2:] == [
+        f"job {JOB_ID} {body['status']}: 4 images, {body['done']} done, {body['failed']} failed",
+        *store_lines(len(body["errors"])),
+    ]
 
 
 def test_wait_for_an_unknown_job_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
