@@ -1,7 +1,8 @@
 """`imgjobs`: submit jobs and follow them, read results, cancel, list recent jobs.
 
 Exit codes: 0 done (a waited-for job completed), 1 a waited-for job failed or was cancelled,
-2 a usage, connection or service error. Errors are one line on stderr.
+2 a usage, connection or service error, 3 a cancel of a job that had already ended, 130
+interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from typing import Any, TextIO
 
 from imgjobs.api import Patience, ServiceClient, ServiceError, Unreachable, describe, patiently
 from imgjobs.jobfile import JobFileError, load_job_file
-from imgjobs.progress import ProgressMeter
+from imgjobs.progress import ProcessedCount, ProgressMeter
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_ALREADY_ENDED = 0, 1, 2, 3
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 LOG_EVERY_SECONDS = 5.0
 DEFAULT_PATIENCE = Patience()
+# Store errors shown by `status` and a waited-for job's summary without --all: a cancelled job
+# has one per store it touched, thousands on a big job.
+ERRORS_SHOWN = 10
 CSV_FIELDS = (
     "store_id",
     "visit_time",
@@ -102,27 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar until it ends"
     )
+    add_all_argument(submit)
     submit.add_argument("--callback-url", help="URL that receives one POST with the final status")
     submit.add_argument(
         "--idempotency-key",
         help="reuse a key to make a repeated submit return the same job (default: a fresh one)",
     )
-    submit.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between polls with --wait"
-    )
-    submit.add_argument(
-        "--give-up-after",
-        type=float,
-        default=Patience.give_up_after,
-        metavar="SECONDS",
-        help="with --wait, how long the service may stay unreachable (connection errors,"
-        " timeouts, 502/503/504) before imgjobs gives up; polls are retried meanwhile"
-        " (default %(default)g)",
-    )
+    add_polling_arguments(submit, "with --wait, ")
     submit.set_defaults(run=run_submit)
+
+    wait = commands.add_parser(
+        "wait",
+        help="follow a job already submitted until it ends",
+        description="Follow a job with a progress bar until it ends, as submit --wait does, with"
+        " its exit codes: 0 completed, 1 failed or cancelled.",
+    )
+    wait.add_argument("job_id", type=int)
+    add_all_argument(wait)
+    add_polling_arguments(wait, "")
+    wait.set_defaults(run=run_wait)
 
     status = commands.add_parser("status", help="show a job's status and progress")
     status.add_argument("job_id", type=int)
+    add_all_argument(status)
     status.set_defaults(run=run_status)
 
     results = commands.add_parser(
@@ -133,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     results.set_defaults(run=run_results)
 
-    cancel = commands.add_parser("cancel", help="cancel a job: queued images are dropped")
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a job: queued images are dropped",
+        description="Cancel a job: its queued images are dropped, those in flight finish. Exits"
+        f" {EXIT_ALREADY_ENDED} if the job had already ended (completed or failed).",
+    )
     cancel.add_argument("job_id", type=int)
     cancel.set_defaults(run=run_cancel)
 
@@ -143,25 +154,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_all_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every failing store (default: the first {ERRORS_SHOWN})",
+    )
+
+
+def add_polling_arguments(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument("--interval", type=float, default=0.5, help=f"{when}seconds between polls")
+    parser.add_argument(
+        "--give-up-after",
+        type=float,
+        default=Patience.give_up_after,
+        metavar="SECONDS",
+        help=f"{when}how long the service may stay unreachable (connection errors,"
+        " timeouts, 502/503/504) before imgjobs gives up; polls are retried meanwhile"
+        " (default %(default)g)",
+    )
+
+
 def run_submit(client: ServiceClient, args: argparse.Namespace) -> int:
-    payload = load_job_file(args.file)
+    job = load_job_file(args.file)
     if args.callback_url:
-        payload["callback_url"] = args.callback_url
-    job_id = client.submit(payload, args.idempotency_key)
+        job.payload["callback_url"] = args.callback_url
+    try:
+        job_id = client.submit(job.payload, args.idempotency_key)
+    except ServiceError as exc:
+        if job.origin is None or exc.status_code != 400:
+            raise
+        # The service names the JSON path it built from the CSV; the user wrote lines.
+        raise ServiceError(exc.status_code, job.origin.locate(str(exc))) from None
     print(job_id, flush=True)
     if not args.wait:
         return EXIT_OK
+    return wait_for(client, job_id, args)
+
+
+def run_wait(client: ServiceClient, args: argparse.Namespace) -> int:
+    return wait_for(client, args.job_id, args)
+
+
+def wait_for(client: ServiceClient, job_id: int, args: argparse.Namespace) -> int:
+    """Follow the job to its end: 0 if it completed, 1 if it failed or was cancelled."""
     try:
         patience = Patience(give_up_after=args.give_up_after)
         final = follow(client, job_id, args.interval, sys.stderr, patience=patience)
     except KeyboardInterrupt:
         print(
             f"\nimgjobs: stopped following job {job_id}; it goes on"
-            f" (imgjobs status {job_id}, imgjobs cancel {job_id})",
+            f" (imgjobs wait {job_id} to follow it again, imgjobs cancel {job_id} to stop it)",
             file=sys.stderr,
         )
         return 130
-    print(summary(final), file=sys.stderr)
+    print(summary(final, None if args.all else ERRORS_SHOWN), file=sys.stderr)
     return EXIT_OK if final["status"] == "completed" else EXIT_JOB_FAILED
 
 
@@ -178,14 +225,15 @@ def follow(
     A poll that meets transient trouble is retried, within `patience`."""
     interactive = out.isatty()
     meter: ProgressMeter | None = None
+    processed = ProcessedCount()
     last_line, last_logged = "", -LOG_EVERY_SECONDS
     while True:
         job = patiently(lambda: client.job(job_id, timeout=patience.request_timeout), patience)
         now = clock()
         meter = meter or ProgressMeter(job["total"])
-        settled = job["done"] + job["failed"]
-        meter.add(now, settled)
-        line = meter.line(job["status"], settled, job["failed"])
+        count = processed.update(job)
+        meter.add(now, count)
+        line = meter.line(job["status"], count, job["failed"], processed.dropped)
         final = job["status"] in FINAL_STATES
         if interactive:
             out.write("\r" + line.ljust(len(last_line)) + ("\n" if final else ""))
@@ -199,13 +247,22 @@ def follow(
         time.sleep(interval)
 
 
-def summary(job: dict[str, Any]) -> str:
+def summary(job: dict[str, Any], shown: int | None = ERRORS_SHOWN) -> str:
     lines = [
         f"job {job['job_id']} {job['status']}: {job['total']} images,"
-        f" {job['done']} done, {job['failed']} failed"
+        f" {job['done']} done, {job['failed']} failed",
+        *store_errors(job["errors"], shown),
     ]
-    lines += [f"  {e['store_id']}: {e['error']}" for e in job["errors"]]
     return "\n".join(lines)
+
+
+def store_errors(errors: list[dict[str, str]], shown: int | None) -> list[str]:
+    """One line per failing store, the first `shown` of them (all for None), then how many
+    more there are."""
+    lines = [f"  {e['store_id']}: {e['error']}" for e in errors[:shown]]
+    if shown is not None and len(errors) > shown:
+        lines.append(f"  ... and {len(errors) - shown} more (--all lists them)")
+    return lines
 
 
 def run_status(client: ServiceClient, args: argparse.Namespace) -> int:
@@ -218,8 +275,8 @@ def run_status(client: ServiceClient, args: argparse.Namespace) -> int:
     for name in ("created_at", "started_at", "finished_at", "cancelled_at"):
         if job[name]:
             print(f"  {name.removesuffix('_at'):<9} {job[name]}")
-    for error in job["errors"]:
-        print(f"  {error['store_id']}: {error['error']}")
+    for line in store_errors(job["errors"], None if args.all else ERRORS_SHOWN):
+        print(line)
     return EXIT_OK
 
 
@@ -293,7 +350,13 @@ def write_json(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
 
 
 def run_cancel(client: ServiceClient, args: argparse.Namespace) -> int:
-    job = client.cancel(args.job_id)
+    try:
+        job = client.cancel(args.job_id)
+    except ServiceError as exc:
+        if exc.status_code != 409:  # the service's answer for a job that has already ended
+            raise
+        print(f"imgjobs: {exc}; nothing to cancel", file=sys.stderr)
+        return EXIT_ALREADY_ENDED
     print(
         f"job {job['job_id']} {job['status']}: {job['failed']} images dropped or failed,"
         f" {job['in_flight']} in flight finishing"

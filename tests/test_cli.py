@@ -17,8 +17,8 @@ from harness.client import Client, job
 from harness.imageserver import ImageServer, perimeter
 from harness.service import ServiceProcess
 from imgjobs.cli import follow
-from imgjobs.jobfile import JobFileError, visits_from_csv
-from imgjobs.progress import ProgressMeter, format_duration
+from imgjobs.jobfile import CsvOrigin, JobFileError, job_from_csv, visits_from_csv
+from imgjobs.progress import ProcessedCount, ProgressMeter, format_duration
 
 STORE = "S00339218"
 OTHER_STORE = "S01408764"
@@ -75,6 +75,55 @@ def test_csv_without_header_and_bad_rows() -> None:
         visits_from_csv("store_id,visit_time,image_url\nS1,2025,u\nS1,u\n")
     with pytest.raises(JobFileError, match="no rows"):
         visits_from_csv("store_id,visit_time,image_url\n")
+
+
+def test_csv_origin_names_the_line_a_row_starts_on() -> None:
+    text = (
+        "\r\n"  # a blank first line: no header then
+        "S1,2025-01-01,http://a.test/1.jpg\r\n"
+        'S2,2025-01-01,"http://a.test/\n2.jpg"\r\n'  # a quoted cell over two lines
+        "S1,2025-01-01,http://a.test/3.jpg\r\n"
+        "S2,2025-01-01,bad\r\n"
+    )
+    job = job_from_csv(text, "v.csv")
+    assert job.origin == CsvOrigin("v.csv", ((2, 5), (3, 6)))
+    locate = job.origin.locate
+    assert locate("visits[1].image_url[1] must be an absolute http(s) URL") == (
+        "v.csv line 6, column 3 (image_url): must be an absolute http(s) URL"
+    )
+    assert locate("visits[1].store_id is longer than 256 characters") == (
+        "v.csv line 3, column 1 (store_id): is longer than 256 characters"
+    )
+    # Paths this file has no line for, and messages about the whole body, pass unchanged.
+    for message in (
+        "visits[2].store_id must be a non-empty string",
+        "visits[0].image_url[2] must be a string",
+        "count must be at most 100000",
+        "the field visits[0].store_id is not at the start",
+        "visits[99999999999999999999].store_id x",
+    ):
+        assert locate(message) == message
+
+
+def poll(status: str, done: int, failed: int, queued: int) -> dict[str, object]:
+    return {"status": status, "done": done, "failed": failed, "queued": queued}
+
+
+def test_processed_count_leaves_out_what_a_cancel_dropped_and_no_more() -> None:
+    # Failures before a cancel, and of images in flight after it, were processed.
+    count = ProcessedCount()
+    assert count.update(poll("ongoing", 10, 5, 85)) == 15
+    assert count.update(poll("cancelling", 12, 90, 0)) == 17  # 85 dropped, 2 in flight done
+    assert count.update(poll("cancelled", 12, 93, 0)) == 20  # 3 in flight failed
+    assert count.dropped == 85
+    # Images dispatched in the poll interval of the cancel leave the queue but are not dropped:
+    # never more dropped than failed (here 50 left the queue, 40 failed).
+    count = ProcessedCount()
+    count.update(poll("ongoing", 0, 0, 50))
+    assert count.update(poll("cancelling", 10, 40, 0)) == 10 and count.dropped == 40
+    # A job that failed without a cancel processed every image it failed.
+    count = ProcessedCount()
+    assert count.update(poll("failed", 3, 7, 0)) == 10 and count.dropped == 0
 
 
 def test_progress_rate_and_eta_come_from_recent_samples() -> None:
@@ -172,6 +221,17 @@ def test_cancel_mid_job_from_the_cli(
     assert again.returncode == 0 and f"job {job_id}: cancelled" in again.stdout
 
 
+def test_cancel_of_a_completed_job_exits_3(
+    service: ServiceProcess, client: Client, image_server: ImageServer
+) -> None:
+    # The service answers 409; exit 2 would say "usage or connection error", which it is not.
+    job_id = client.submit_ok(job((STORE, [image_server.url("img/red.jpg")])))
+    client.wait(job_id)
+    late = imgjobs(service, "cancel", str(job_id))
+    assert (late.returncode, late.stdout) == (3, "")
+    assert late.stderr == f"imgjobs: job {job_id} has already completed; nothing to cancel\n"
+
+
 def test_resubmitting_with_one_idempotency_key_returns_the_same_job(
     service: ServiceProcess, image_server: ImageServer, tmp_path: Path
 ) -> None:
@@ -217,6 +277,24 @@ def test_errors_are_one_line_and_exit_2(
     assert "Traceback" not in failed.stderr
 
 
+def test_a_csv_refused_by_the_service_names_its_line(
+    service: ServiceProcess, image_server: ImageServer, tmp_path: Path
+) -> None:
+    # The service's message names `visits[1].image_url[299]`; the user wrote line 601.
+    rows = ["store_id,visit_time,image_url"]
+    for i in range(1000):
+        url = "http:/no-host/x.jpg" if i == 599 else image_server.url(f"img/red.jpg?{i}")
+        rows.append(f"{(STORE, OTHER_STORE)[i % 2]},2025-03-11,{url}")
+    path = tmp_path / "visits.csv"
+    path.write_text("\n".join(rows) + "\n")
+    refused = imgjobs(service, "submit", str(path))
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        f"imgjobs: error: {path} line 601, column 3 (image_url):"
+        " must be an absolute http(s) URL (HTTP 400)\n"
+    )
+
+
 def test_unreachable_service_and_bad_usage_exit_2(tmp_path: Path) -> None:
     down = subprocess.run(
         [IMGJOBS, "--url", "http://127.0.0.1:9", "jobs"], capture_output=True, text=True, timeout=30
@@ -227,7 +305,7 @@ def test_unreachable_service_and_bad_usage_exit_2(tmp_path: Path) -> None:
     )
     usage = subprocess.run([IMGJOBS, "status"], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage: imgjobs status" in usage.stderr
-    for command in ("submit", "status", "results", "cancel", "jobs"):
+    for command in ("submit", "wait", "status", "results", "cancel", "jobs"):
         helped = subprocess.run([IMGJOBS, command, "--help"], capture_output=True, text=True)
         assert helped.returncode == 0 and helped.stdout.startswith(f"usage: imgjobs {command}")
 
@@ -241,7 +319,15 @@ class ScriptedJob:
     def job(self, job_id: int, timeout: float | None = None) -> dict[str, object]:
         settled = next(self._answers)
         status = "completed" if settled == 100 else "ongoing"
-        return {"job_id": job_id, "status": status, "total": 100, "done": settled, "failed": 0}
+        return {
+            "job_id": job_id,
+            "status": status,
+            "total": 100,
+            "done": settled,
+            "failed": 0,
+            "in_flight": 0,
+            "queued": 100 - settled,
+        }
 
 
 def test_follow_into_a_log_writes_a_line_every_few_seconds_and_the_last(
