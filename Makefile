@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install postgres-server netns-tools run test unit lint format bench bench-stores soak screenshot clean
+.PHONY: install postgres-server netns-tools run images test unit lint format bench bench-stores soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ netns-tools:
 
 run: install
 	$(BIN)/python -m launcher
+
+# The images the README's examples ask for (examples/imagehost.py), on 127.0.0.1:9000 until
+# Ctrl-C: run it beside `IMAGE_SERVICE_ALLOW_PRIVATE_URLS=1 make run`.
+images: install
+	$(BIN)/python -m examples.imagehost
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,7 +12,7 @@ import aiohttp
 
 from core.settings import Settings
 from core.text import is_utf8_text, safe_text
-from core.urlguard import AddressPolicy, BlockedAddressError
+from core.urlguard import ALLOW_PRIVATE_HINT, AddressPolicy, BlockedAddressError
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
@@ -183,7 +183,7 @@ class Downloader:
             if isinstance(exc.os_error, BlockedAddressError):
                 raise ImageDownloadError(
                     f"refused: {safe_text(host, QUOTED_LOCATION_CHARS)} resolves to an address"
-                    " that is not public"
+                    f" that is not public ({ALLOW_PRIVATE_HINT})"
                 ) from None
             raise _RetryableError(f"connection failed: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:

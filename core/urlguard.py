@@ -8,10 +8,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.settings import ENV_PREFIX
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+# Ends every refusal: the README's examples run on loopback, and the message is all a newcomer
+# sees of the guard. Short, since it is stored in each refused image's row.
+ALLOW_PRIVATE_HINT = f"{ENV_PREFIX}ALLOW_PRIVATE_URLS=1 allows it"
 
 
 class BlockedAddressError(OSError):
@@ -22,7 +28,7 @@ class BlockedAddressError(OSError):
     only if all their messages agree (otherwise a plain OSError naming them all)."""
 
     def __init__(self, address: IPAddress) -> None:
-        super().__init__("the address is not public")
+        super().__init__(f"the address is not public ({ALLOW_PRIVATE_HINT})")
         self.address = address
 
     def __reduce__(self) -> tuple[type[BlockedAddressError], tuple[IPAddress]]:

@@ -77,7 +77,9 @@ def test_callback_to_a_private_address_is_refused_without_traffic(server: ImageS
     key = uuid.uuid4().hex
     guarded = AddressPolicy.from_entries(allow_private=False, entries=())
     attempts, failure = deliver(server.url(f"callback/0/{key}"), guarded)
-    assert attempts == 1 and failure == "refused: the address is not public"
+    assert attempts == 1 and failure == (
+        "refused: the address is not public (IMAGE_SERVICE_ALLOW_PRIVATE_URLS=1 allows it)"
+    )
     assert server.hits[f"/callback/0/{key}"] == 0
 
 

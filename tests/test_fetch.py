@@ -60,6 +60,17 @@ def test_guard_refuses_loopback_and_sends_nothing(server: ImageServer) -> None:
     assert server.hits["/img/green.png?guarded"] == 0 and server.hits["/img/green.png?g2"] == 0
 
 
+def test_the_refusal_names_the_host_and_the_setting_that_lifts_it(server: ImageServer) -> None:
+    # The message is stored in every refused image's row: one short sentence a newcomer
+    # running the README's examples on loopback can act on.
+    with pytest.raises(ImageDownloadError) as refused:
+        fetch(server.url("img/green.png?named"), AddressPolicy())
+    assert str(refused.value) == (
+        "refused: 127.0.0.1 resolves to an address that is not public"
+        " (IMAGE_SERVICE_ALLOW_PRIVATE_URLS=1 allows it)"
+    )
+
+
 def test_guard_refuses_a_redirect_into_loopback(server: ImageServer) -> None:
     # The first hop is allowed through a trusted host name; the redirect target is a literal IP.
     policy = AddressPolicy.from_entries(False, ["localhost"])

@@ -9,7 +9,8 @@ import socket
 import aiohappyeyeballs
 import pytest
 
-from core.urlguard import AddressPolicy, BlockedAddressError, is_public_address
+from core.settings import Settings
+from core.urlguard import ALLOW_PRIVATE_HINT, AddressPolicy, BlockedAddressError, is_public_address
 
 NOT_PUBLIC = [
     "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254",
@@ -48,8 +49,23 @@ def test_allow_private_lifts_the_guard() -> None:
 )
 def test_socket_factory_refuses_before_making_a_socket(sockaddr: tuple) -> None:
     family = socket.AF_INET6 if ":" in sockaddr[0] else socket.AF_INET
-    with pytest.raises(BlockedAddressError, match="the address is not public"):
+    with pytest.raises(BlockedAddressError) as refused:
         AddressPolicy().socket_factory((family, socket.SOCK_STREAM, 6, "", sockaddr))
+    assert str(refused.value) == (
+        "the address is not public (IMAGE_SERVICE_ALLOW_PRIVATE_URLS=1 allows it)"
+    )
+
+
+def test_the_setting_the_refusal_names_lifts_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The advice must work as written: the named variable, set as shown, is a real setting.
+    assignment = ALLOW_PRIVATE_HINT.split()[0]
+    name, _, value = assignment.partition("=")
+    assert name == "IMAGE_SERVICE_ALLOW_PRIVATE_URLS"
+    monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.allow_private_urls is True
+    policy = AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts)
+    assert policy.allows_address(ipaddress.ip_address("127.0.0.1"))
 
 
 def test_socket_factory_makes_an_unconnected_socket_for_public_addresses() -> None:
