@@ -1,0 +1,48 @@
+"""The launcher's "add a node" line: the command a node runs, with the token and an address
+it can reach, and what to do when the head is on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from launcher.address import node_address
+from launcher.hint import join_hint
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_a_reachable_head_gives_the_command_with_token_auth() -> None:
+    assert join_hint("10.1.2.3", 6379) == (
+        "add a node: RAY_AUTH_MODE=token ray start --address=10.1.2.3:6379 "
+        "(with this head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    )
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.1.1", "::1", "localhost"])
+def test_a_loopback_head_says_how_other_machines_can_join(address: str) -> None:
+    hint = join_hint(address, 16379)
+    assert hint.startswith(
+        f"add a node on this machine: RAY_AUTH_MODE=token ray start --address={address}:16379 "
+    )
+    assert "nodes on other machines cannot join" in hint
+    assert "IMAGE_SERVICE_RAY_START_ARGS=--node-ip-address=ADDRESS" in hint
+
+
+def test_the_head_is_on_loopback_unless_the_operator_says_otherwise() -> None:
+    assert node_address(()) == "127.0.0.1"
+    assert node_address(("--num-cpus=2",)) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("args", "address"),
+    [
+        (("--node-ip-address=10.0.0.5",), "10.0.0.5"),
+        (("--node-ip-address", "10.0.0.6", "--num-cpus=2"), "10.0.0.6"),
+        # ray start takes the last one given.
+        (("--node-ip-address=10.0.0.5", "--node-ip-address=10.0.0.7"), "10.0.0.7"),
+        # A flag with no value after it changes nothing; ray start refuses it anyway.
+        (("--node-ip-address",), "127.0.0.1"),
+    ],
+)
+def test_the_operators_node_address_wins(args: tuple[str, ...], address: str) -> None:
+    assert node_address(args) == address
