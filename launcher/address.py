@@ -1,4 +1,5 @@
-"""The head's node address: where Ray's servers listen and where a joining node finds it."""
+"""The head's node address and the other `ray start` options the launcher needs to know of:
+where Ray's servers listen and where a joining node finds the head."""
 
 from __future__ import annotations
 
@@ -10,17 +11,22 @@ NODE_ADDRESS_FLAG = "--node-ip-address"
 DEFAULT_NODE_ADDRESS = "127.0.0.1"
 
 
-def node_address(ray_start_args: Sequence[str]) -> str:
-    """The head's node address: `ray start` takes the last `--node-ip-address`, and the
-    operator's arguments come after the launcher's loopback default."""
-    address = DEFAULT_NODE_ADDRESS
+def flag_value(ray_start_args: Sequence[str], flag: str) -> str | None:
+    """The value `ray start` takes for `flag` from these arguments (the last one given, as
+    `--flag=value` or `--flag value`), or None when they do not give it."""
+    value = None
     arguments = list(ray_start_args)
     for index, argument in enumerate(arguments):
-        if argument.startswith(f"{NODE_ADDRESS_FLAG}="):
-            address = argument.split("=", 1)[1]
-        elif argument == NODE_ADDRESS_FLAG and index + 1 < len(arguments):
-            address = arguments[index + 1]
-    return address
+        if argument.startswith(f"{flag}="):
+            value = argument.split("=", 1)[1]
+        elif argument == flag and index + 1 < len(arguments):
+            value = arguments[index + 1]
+    return value
+
+
+def node_address(ray_start_args: Sequence[str]) -> str:
+    """The head's node address: the operator's arguments come after the launcher's default."""
+    return flag_value(ray_start_args, NODE_ADDRESS_FLAG) or DEFAULT_NODE_ADDRESS
 
 
 def is_loopback(address: str) -> bool:

@@ -12,12 +12,20 @@ import socket
 from dataclasses import dataclass
 
 from core.settings import ENV_PREFIX, Settings
-from launcher.address import is_loopback, node_address
+from launcher.address import flag_value, is_loopback, node_address
 
 # Where the launcher binds the dashboard (`--dashboard-host`), whatever the node address.
 LOOPBACK = "127.0.0.1"
 # Where Ray binds its own servers when the head's node address is not loopback.
 ALL_INTERFACES = "0.0.0.0"
+
+
+# The fixed ports `ray start --head` binds besides those of our settings, with Ray's defaults
+# (Ray's `ray start --help`); the rest are picked free at random.
+RAY_START_PORTS = (
+    ("Ray client server", "--ray-client-server-port", 10001),
+    ("Ray dashboard agent", "--dashboard-agent-listen-port", 52365),
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,12 @@ def listeners(settings: Settings) -> list[Listener]:
                 "Ray dashboard", LOOPBACK, settings.dashboard_port, f"{ENV_PREFIX}DASHBOARD_PORT"
             )
         )
+    # Ports with no setting of ours: Ray's defaults unless RAY_START_ARGS moves them.
+    for what, flag, default in RAY_START_PORTS:
+        given = flag_value(settings.ray_start_args, flag)
+        if given is None or given.isdigit():
+            port = int(given) if given is not None else default
+            found.append(Listener(what, ray, port, f"{flag}=PORT in {ENV_PREFIX}RAY_START_ARGS"))
     return found
 
 
@@ -76,7 +90,7 @@ def refusal(listener: Listener, error: OSError) -> str:
         why = f"cannot be bound: {error.strerror}"
     return (
         f"port {listener.port} on {listener.host} ({listener.what}) {why}; "
-        f"set {listener.setting} to another port"
+        f"move it with {listener.setting}"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.address import node_address
+from launcher.address import flag_value, node_address
 from launcher.hint import join_hint
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,3 +46,11 @@ def test_the_head_is_on_loopback_unless_the_operator_says_otherwise() -> None:
 )
 def test_the_operators_node_address_wins(args: tuple[str, ...], address: str) -> None:
     assert node_address(args) == address
+
+
+def test_a_flag_value_is_the_last_given() -> None:
+    args = ("--port=1", "--ray-client-server-port", "2", "--ray-client-server-port=3")
+    assert flag_value(args, "--ray-client-server-port") == "3"
+    assert flag_value(args, "--dashboard-agent-listen-port") is None
+    # A flag that only starts like another is not it.
+    assert flag_value(("--port-retries=5",), "--port") is None

@@ -69,7 +69,7 @@ def test_a_busy_http_port_is_refused_before_anything_starts(tmp_path: Path) -> N
     assert (done.returncode, done.stderr) == (
         1,
         f"port {port} on 127.0.0.1 (HTTP API) is already in use (another `make run`?); "
-        "set IMAGE_SERVICE_PORT to another port\n",
+        "move it with IMAGE_SERVICE_PORT\n",
     )
     assert "READY" not in done.stdout
     # Ray was never started: its log and process group file would be in the data directory.
@@ -83,5 +83,5 @@ def test_a_busy_ray_port_is_refused(tmp_path: Path) -> None:
         port = held.getsockname()[1]
         done = _launch({"IMAGE_SERVICE_RAY_PORT": str(port)}, tmp_path / "data")
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1].endswith("set IMAGE_SERVICE_RAY_PORT to another port")
+    assert done.stderr.splitlines()[-1].endswith("move it with IMAGE_SERVICE_RAY_PORT")
     assert not (tmp_path / "data").exists()

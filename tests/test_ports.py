@@ -50,6 +50,8 @@ def _settings(**env: str) -> Settings:
         "IMAGE_SERVICE_METRICS_PORT": str(_free_port()),
         "IMAGE_SERVICE_DASHBOARD_PORT": str(_free_port()),
         "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
+        "IMAGE_SERVICE_RAY_START_ARGS": f"--ray-client-server-port={_free_port()} "
+        f"--dashboard-agent-listen-port={_free_port()}",
     }
     return Settings.from_env({**base, **env})
 
@@ -102,7 +104,7 @@ def test_the_refusal_names_the_port_and_the_setting_that_moves_it(held: socket.s
     settings = _settings(IMAGE_SERVICE_PORT=str(port))
     assert first_refusal(settings) == (
         f"port {port} on 127.0.0.1 (HTTP API) is already in use (another `make run`?); "
-        "set IMAGE_SERVICE_PORT to another port"
+        "move it with IMAGE_SERVICE_PORT"
     )
 
 
@@ -120,7 +122,7 @@ def test_each_ray_port_is_checked(held: socket.socket, setting: str, what: str) 
     refused = first_refusal(settings)
     assert refused is not None
     assert refused.startswith(f"port {port} on 127.0.0.1 ({what}) is already in use")
-    assert refused.endswith(f"set {setting} to another port")
+    assert refused.endswith(f"move it with {setting}")
 
 
 def test_the_dashboard_port_is_not_checked_without_the_dashboard(held: socket.socket) -> None:
@@ -136,7 +138,38 @@ def test_ray_ports_are_checked_on_all_interfaces_for_a_node_address_beyond_loopb
     # Ray binds all interfaces then: a listener on any address of the port is in the way.
     settings = _settings(IMAGE_SERVICE_RAY_START_ARGS="--node-ip-address=10.1.2.3")
     hosts = {listener.what: listener.host for listener in listeners(settings)}
-    assert hosts == {"HTTP API": "127.0.0.1", "Ray GCS": "0.0.0.0", "metrics": "0.0.0.0"}
+    assert hosts == {
+        "HTTP API": "127.0.0.1",
+        "Ray GCS": "0.0.0.0",
+        "metrics": "0.0.0.0",
+        "Ray client server": "0.0.0.0",
+        "Ray dashboard agent": "0.0.0.0",
+    }
+
+
+def test_ray_ports_without_a_setting_take_rays_defaults_unless_moved() -> None:
+    settings = _settings(IMAGE_SERVICE_RAY_START_ARGS="--dashboard-agent-listen-port 7777")
+    ports = {listener.what: listener.port for listener in listeners(settings)}
+    assert (ports["Ray client server"], ports["Ray dashboard agent"]) == (10001, 7777)
+
+
+@pytest.mark.parametrize(
+    ("flag", "what"),
+    [
+        ("--ray-client-server-port", "Ray client server"),
+        ("--dashboard-agent-listen-port", "Ray dashboard agent"),
+    ],
+)
+def test_a_busy_ray_start_port_names_the_flag_that_moves_it(
+    held: socket.socket, flag: str, what: str
+) -> None:
+    port = _port(held)
+    others = f"--ray-client-server-port={_free_port()} --dashboard-agent-listen-port={_free_port()}"
+    settings = _settings(IMAGE_SERVICE_RAY_START_ARGS=f"{others} {flag}={port}")
+    assert first_refusal(settings) == (
+        f"port {port} on 127.0.0.1 ({what}) is already in use (another `make run`?); "
+        f"move it with {flag}=PORT in IMAGE_SERVICE_RAY_START_ARGS"
+    )
 
 
 def test_an_error_other_than_in_use_is_quoted() -> None:
@@ -144,5 +177,5 @@ def test_an_error_other_than_in_use_is_quoted() -> None:
     [http, *_] = listeners(settings)
     assert refusal(http, PermissionError(13, "Permission denied")) == (
         f"port {settings.port} on 127.0.0.1 (HTTP API) cannot be bound: Permission denied; "
-        "set IMAGE_SERVICE_PORT to another port"
+        "move it with IMAGE_SERVICE_PORT"
     )
