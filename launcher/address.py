@@ -1,13 +1,12 @@
-"""The head's node address and the other `ray start` options the launcher needs to know of:
-where Ray's servers listen and where a joining node finds the head."""
+"""Addresses and the `ray start` options the launcher needs to know of."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
 
-NODE_ADDRESS_FLAG = "--node-ip-address"
-# The launcher's own choice, before the operator's `RAY_START_ARGS`.
+# The launcher's own choice, before the operator's `RAY_START_ARGS`; `ray start` replaces it
+# with the machine's routable address (`ray._private.services.resolve_ip_for_localhost`).
 DEFAULT_NODE_ADDRESS = "127.0.0.1"
 
 
@@ -22,11 +21,6 @@ def flag_value(ray_start_args: Sequence[str], flag: str) -> str | None:
         elif argument == flag and index + 1 < len(arguments):
             value = arguments[index + 1]
     return value
-
-
-def node_address(ray_start_args: Sequence[str]) -> str:
-    """The head's node address: the operator's arguments come after the launcher's default."""
-    return flag_value(ray_start_args, NODE_ADDRESS_FLAG) or DEFAULT_NODE_ADDRESS
 
 
 def is_loopback(address: str) -> bool:

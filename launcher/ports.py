@@ -12,11 +12,13 @@ import socket
 from dataclasses import dataclass
 
 from core.settings import ENV_PREFIX, Settings
-from launcher.address import flag_value, is_loopback, node_address
+from launcher.address import flag_value
 
-# Where the launcher binds the dashboard (`--dashboard-host`), whatever the node address.
+# Where the launcher binds the dashboard (`--dashboard-host`).
 LOOPBACK = "127.0.0.1"
-# Where Ray binds its own servers when the head's node address is not loopback.
+# Where Ray binds the head's other servers, or on the machine's address, which a trial bind on
+# all interfaces covers: `ray start` replaces a loopback --node-ip-address with the machine's
+# routable one (`resolve_ip_for_localhost`), and its gRPC servers listen on all interfaces.
 ALL_INTERFACES = "0.0.0.0"
 
 
@@ -38,20 +40,12 @@ class Listener:
     setting: str
 
 
-def ray_host(settings: Settings) -> str:
-    """Where Ray binds the head's servers: its node address when that is loopback (Ray's
-    servers then listen on loopback only), all interfaces otherwise."""
-    address = node_address(settings.ray_start_args)
-    return address if is_loopback(address) else ALL_INTERFACES
-
-
 def listeners(settings: Settings) -> list[Listener]:
     """The ports named by settings, each on the address it will be bound to."""
-    ray = ray_host(settings)
     found = [
         Listener("HTTP API", settings.host, settings.port, f"{ENV_PREFIX}PORT"),
-        Listener("Ray GCS", ray, settings.ray_port, f"{ENV_PREFIX}RAY_PORT"),
-        Listener("metrics", ray, settings.metrics_port, f"{ENV_PREFIX}METRICS_PORT"),
+        Listener("Ray GCS", ALL_INTERFACES, settings.ray_port, f"{ENV_PREFIX}RAY_PORT"),
+        Listener("metrics", ALL_INTERFACES, settings.metrics_port, f"{ENV_PREFIX}METRICS_PORT"),
     ]
     if settings.include_dashboard:
         found.append(
@@ -64,7 +58,9 @@ def listeners(settings: Settings) -> list[Listener]:
         given = flag_value(settings.ray_start_args, flag)
         if given is None or given.isdigit():
             port = int(given) if given is not None else default
-            found.append(Listener(what, ray, port, f"{flag}=PORT in {ENV_PREFIX}RAY_START_ARGS"))
+            found.append(
+                Listener(what, ALL_INTERFACES, port, f"{flag}=PORT in {ENV_PREFIX}RAY_START_ARGS")
+            )
     return found
 
 

@@ -1,11 +1,11 @@
 """The launcher's "add a node" line: the command a node runs, with the token and an address
-it can reach, and what to do when the head is on loopback."""
+it can reach, and what to do when the head is on loopback; the `ray start` flags it reads."""
 
 from __future__ import annotations
 
 import pytest
 
-from launcher.address import flag_value, node_address
+from launcher.address import flag_value
 from launcher.hint import join_hint
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,29 +28,12 @@ def test_a_loopback_head_says_how_other_machines_can_join(address: str) -> None:
     assert "IMAGE_SERVICE_RAY_START_ARGS=--node-ip-address=ADDRESS" in hint
 
 
-def test_the_head_is_on_loopback_unless_the_operator_says_otherwise() -> None:
-    assert node_address(()) == "127.0.0.1"
-    assert node_address(("--num-cpus=2",)) == "127.0.0.1"
-
-
-@pytest.mark.parametrize(
-    ("args", "address"),
-    [
-        (("--node-ip-address=10.0.0.5",), "10.0.0.5"),
-        (("--node-ip-address", "10.0.0.6", "--num-cpus=2"), "10.0.0.6"),
-        # ray start takes the last one given.
-        (("--node-ip-address=10.0.0.5", "--node-ip-address=10.0.0.7"), "10.0.0.7"),
-        # A flag with no value after it changes nothing; ray start refuses it anyway.
-        (("--node-ip-address",), "127.0.0.1"),
-    ],
-)
-def test_the_operators_node_address_wins(args: tuple[str, ...], address: str) -> None:
-    assert node_address(args) == address
-
-
 def test_a_flag_value_is_the_last_given() -> None:
     args = ("--port=1", "--ray-client-server-port", "2", "--ray-client-server-port=3")
-    assert flag_value(args, "--ray-client-server-port") == "3"
+    assert flag_value(args, "--ray-client-server-port") == "3"  # ray start takes the last
+    assert flag_value(args[:3], "--ray-client-server-port") == "2"
+    # A flag with no value after it gives none; ray start refuses it anyway.
+    assert flag_value(("--ray-client-server-port",), "--ray-client-server-port") is None
     assert flag_value(args, "--dashboard-agent-listen-port") is None
     # A flag that only starts like another is not it.
     assert flag_value(("--port-retries=5",), "--port") is None

@@ -121,7 +121,8 @@ def test_each_ray_port_is_checked(held: socket.socket, setting: str, what: str) 
     settings = _settings(**{setting: str(port), "IMAGE_SERVICE_INCLUDE_DASHBOARD": "1"})
     refused = first_refusal(settings)
     assert refused is not None
-    assert refused.startswith(f"port {port} on 127.0.0.1 ({what}) is already in use")
+    host = "127.0.0.1" if what == "Ray dashboard" else "0.0.0.0"
+    assert refused.startswith(f"port {port} on {host} ({what}) is already in use")
     assert refused.endswith(f"move it with {setting}")
 
 
@@ -134,14 +135,16 @@ def test_all_free_is_no_refusal() -> None:
     assert first_refusal(_settings()) is None
 
 
-def test_ray_ports_are_checked_on_all_interfaces_for_a_node_address_beyond_loopback() -> None:
-    # Ray binds all interfaces then: a listener on any address of the port is in the way.
-    settings = _settings(IMAGE_SERVICE_RAY_START_ARGS="--node-ip-address=10.1.2.3")
+def test_rays_ports_are_checked_on_all_interfaces() -> None:
+    # Ray binds them there (or on the machine's address) whatever IMAGE_SERVICE_HOST says: a
+    # listener on any address of the port is in its way.
+    settings = _settings(IMAGE_SERVICE_INCLUDE_DASHBOARD="1")
     hosts = {listener.what: listener.host for listener in listeners(settings)}
     assert hosts == {
         "HTTP API": "127.0.0.1",
         "Ray GCS": "0.0.0.0",
         "metrics": "0.0.0.0",
+        "Ray dashboard": "127.0.0.1",
         "Ray client server": "0.0.0.0",
         "Ray dashboard agent": "0.0.0.0",
     }
@@ -167,7 +170,7 @@ def test_a_busy_ray_start_port_names_the_flag_that_moves_it(
     others = f"--ray-client-server-port={_free_port()} --dashboard-agent-listen-port={_free_port()}"
     settings = _settings(IMAGE_SERVICE_RAY_START_ARGS=f"{others} {flag}={port}")
     assert first_refusal(settings) == (
-        f"port {port} on 127.0.0.1 ({what}) is already in use (another `make run`?); "
+        f"port {port} on 0.0.0.0 ({what}) is already in use (another `make run`?); "
         f"move it with {flag}=PORT in IMAGE_SERVICE_RAY_START_ARGS"
     )
 
