@@ -27,7 +27,7 @@ from ray import serve
 
 from actors.tracker import NAMESPACE, TRACKER_NAME
 from core.settings import IMAGE_SLOTS, Settings, SettingsError
-from launcher.address import DEFAULT_NODE_ADDRESS, node_address
+from launcher.address import DEFAULT_NODE_ADDRESS
 from launcher.hint import join_hint
 from launcher.ports import first_refusal
 from launcher.sessionlogs import link_logs
@@ -237,7 +237,9 @@ def main() -> None:
         log.info("image service ready at %s (API docs at %s/docs)", url, url)
         if settings.include_dashboard:
             log.info("ray dashboard at http://127.0.0.1:%d", settings.dashboard_port)
-        log.info("%s", join_hint(node_address(settings.ray_start_args), settings.ray_port))
+        # The address Ray settled on: `ray start` replaces a loopback --node-ip-address with
+        # the machine's routable one (`ray._private.services.resolve_ip_for_localhost`).
+        log.info("%s", join_hint(ray.util.get_node_ip_address(), settings.ray_port))
         print(f"READY {url}", flush=True)
         while not stop_requested.wait(timeout=1):
             if head.poll() is not None:

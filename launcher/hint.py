@@ -15,7 +15,7 @@ def join_hint(address: str, ray_port: int) -> str:
         return f"add a node: {command} ({token})"
     return (
         f"add a node on this machine: {command} ({token}); the head's address is {address}, "
-        f"so nodes on other machines cannot join: restart with "
+        "so nodes on other machines cannot join: restart with "
         f"{ENV_PREFIX}RAY_START_ARGS=--node-ip-address=ADDRESS, an address of this machine "
         "they reach"
     )
