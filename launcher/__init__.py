@@ -26,7 +26,11 @@ import ray
 from ray import serve
 
 from actors.tracker import NAMESPACE, TRACKER_NAME
-from core.settings import IMAGE_SLOTS, Settings
+from core.settings import IMAGE_SLOTS, Settings, SettingsError
+from launcher.address import DEFAULT_NODE_ADDRESS
+from launcher.hint import join_hint
+from launcher.ports import first_refusal
+from launcher.sessionlogs import link_logs
 from service.app import build_app
 from service.edge import CALLBACK, CALLBACK_VARIABLE
 
@@ -35,6 +39,10 @@ log = logging.getLogger("image_service.launcher")
 APP_NAME = "image_service"
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A setting the service cannot use: a usage error, as with the `imgjobs` CLI.
+EXIT_BAD_SETTING = 2
+# A port another process holds: nothing was started.
+EXIT_PORT_BUSY = 1
 
 
 def _die_with_parent() -> None:
@@ -65,7 +73,7 @@ def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
         "--head",
         "--block",
         "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1",
+        f"--node-ip-address={DEFAULT_NODE_ADDRESS}",
         f"--port={settings.ray_port}",
         f"--include-dashboard={'true' if settings.include_dashboard else 'false'}",
         "--dashboard-host=127.0.0.1",
@@ -159,9 +167,35 @@ def ray_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def load_settings() -> Settings:
+    """The settings, or exit with the one line that names the variable at fault: a traceback
+    before it only hid it."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_SETTING) from None
+
+
+def refuse_busy_ports(settings: Settings) -> None:
+    refused = first_refusal(settings)
+    if refused is not None:
+        print(refused, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PORT_BUSY)
+
+
+def session_logs_directory() -> Path:
+    """The logs directory of the Ray session this driver joined (`/tmp/ray/session_latest`
+    points to another once another session starts)."""
+    # Ray has no public call for it; the driver's node object knows the session it joined.
+    node = ray._private.worker._global_node
+    assert node is not None, "called before ray.init"
+    return Path(node.get_logs_dir_path())
+
+
 def main() -> None:
     if os.environ.get("IMAGE_SERVICE_LAUNCHER_ENV") != "1":
-        settings = Settings.from_env()
+        settings = load_settings()
         for name, value in ray_environment(settings).items():
             os.environ.setdefault(name, value)
         os.environ["IMAGE_SERVICE_LAUNCHER_ENV"] = "1"
@@ -170,7 +204,8 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings.from_env()
+    settings = load_settings()
+    refuse_busy_ports(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in os.environ:
         Path(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]).mkdir(mode=0o700, exist_ok=True)
@@ -185,6 +220,12 @@ def main() -> None:
     head = start_ray_head(settings)
     try:
         connect(settings, head, stop_requested)
+        session_logs = session_logs_directory()
+        log.info("ray session logs (JSON lines in worker-*.err) in %s", session_logs)
+        try:
+            log.info("logs linked as %s", link_logs(settings.data_dir, session_logs))
+        except FileExistsError as exc:
+            log.warning("%s", exc)
         # HeadOnly: the API's state is on the head, and nodes sharing a host (as in the tests)
         # would otherwise each start a proxy on the same port.
         serve.start(
@@ -196,7 +237,9 @@ def main() -> None:
         log.info("image service ready at %s (API docs at %s/docs)", url, url)
         if settings.include_dashboard:
             log.info("ray dashboard at http://127.0.0.1:%d", settings.dashboard_port)
-        log.info("add a node: ray start --address=127.0.0.1:%d", settings.ray_port)
+        # The address Ray settled on: `ray start` replaces a loopback --node-ip-address with
+        # the machine's routable one (`ray._private.services.resolve_ip_for_localhost`).
+        log.info("%s", join_hint(ray.util.get_node_ip_address(), settings.ray_port))
         print(f"READY {url}", flush=True)
         while not stop_requested.wait(timeout=1):
             if head.poll() is not None:
