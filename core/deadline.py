@@ -58,7 +58,7 @@ class Watchdog:
         with self._lock:
             self._next_token += 1
             self._watched[self._next_token] = _Watched(self.clock() + seconds, abort)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 self._thread.start()
             return self._next_token
@@ -92,9 +92,15 @@ class Watchdog:
         return len(overdue)
 
     def _run(self) -> None:
+        # Every deadline in the process hangs on this loop: an iteration that raises is logged
+        # and the loop goes on. (An Event's wait, not time.sleep, which a caller may replace.)
+        pause = threading.Event()
         while True:
-            time.sleep(WATCH_INTERVAL_SECONDS)
-            self.abort_overdue()
+            pause.wait(WATCH_INTERVAL_SECONDS)
+            try:
+                self.abort_overdue()
+            except Exception:
+                log.exception("the deadline watchdog's step failed; it goes on")
 
 
 WATCHDOG = Watchdog()

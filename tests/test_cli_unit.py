@@ -412,7 +412,11 @@ def test_ctrl_c_while_following_suggests_wait_not_status(
 ) -> None:
     # Ctrl-C lands in the sleep between polls. The hint must name the command that follows the
     # job again (`status` checks once).
-    def interrupted(_seconds: float) -> None:
+    test_thread, real_sleep = threading.current_thread(), time.sleep
+
+    def interrupted(seconds: float) -> None:
+        if threading.current_thread() is not test_thread:
+            return real_sleep(seconds)  # other threads of this process sleep on
         raise KeyboardInterrupt
 
     monkeypatch.setattr(time, "sleep", interrupted)

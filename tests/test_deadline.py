@@ -116,3 +116,34 @@ def test_the_watchdog_runs_on_its_own_thread() -> None:
     fired = threading.Event()
     watchdog.watch(0.05, fired.set)
     assert fired.wait(2), "the watchdog never aborted the overdue call"
+
+
+def test_a_watchdog_step_that_raises_leaves_it_watching() -> None:
+    # Every deadline in the process hangs on this one thread: a clock that raises once must not
+    # end it (the next overdue call would then hang for good).
+    calls = 0
+
+    def clock() -> float:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the thread's first step, before the call is overdue
+            raise RuntimeError("a clock that fails once")
+        return time.monotonic()
+
+    watchdog = Watchdog(clock)
+    fired = threading.Event()
+    watchdog.watch(0.3, fired.set)
+    assert fired.wait(2), "the watchdog stopped after one failing step"
+
+
+def test_a_replaced_time_sleep_does_not_end_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A test (or a library) that replaces time.sleep with one that raises, in another thread's
+    # interest, once ended the process's one watchdog thread: later deadlines never fired.
+    def raising(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    watchdog = Watchdog()
+    monkeypatch.setattr(time, "sleep", raising)
+    fired = threading.Event()
+    watchdog.watch(0.05, fired.set)
+    assert fired.wait(2), "the watchdog thread died in time.sleep"
