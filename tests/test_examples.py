@@ -24,7 +24,7 @@ README_IMAGES = "127.0.0.1:9000"  # where the README's examples ask for images
 
 
 def test_the_example_files_agree_with_each_other_and_the_store_master() -> None:
-    csv_job = load_job_file(EXAMPLES / "visits.csv")
+    csv_job = load_job_file(EXAMPLES / "visits.csv").payload
     assert json.loads((EXAMPLES / "visits.json").read_text()) == csv_job
     master = (ROOT / "data" / "store_master.csv").read_text().split()
     known = {line.rsplit(",", 1)[-1] for line in master}
@@ -51,7 +51,7 @@ def test_the_example_server_serves_every_url_of_the_examples(
     base = f"http://127.0.0.1:{example_server.server_address[1]}"
     sizes = {name: (width, height) for name, (_f, _t, width, height, _c) in IMAGES.items()}
     for url in {
-        u for v in load_job_file(EXAMPLES / "visits.csv")["visits"] for u in v["image_url"]
+        u for v in load_job_file(EXAMPLES / "visits.csv").payload["visits"] for u in v["image_url"]
     }:
         path = url.removeprefix(f"http://{README_IMAGES}")
         answer = requests.get(base + path, timeout=10)
