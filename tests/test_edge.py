@@ -96,7 +96,9 @@ def test_with_api_keys_only_the_owner_is_answered_the_rest_goes_on(tmp_path: Pat
 def test_with_postgresql_a_sqlite_file_left_here_is_never_read(tmp_path: Path) -> None:
     ongoing, _ = store_with_jobs(tmp_path)
     serve = App()
-    settings = Settings(data_dir=tmp_path, database_url="postgresql://u@127.0.0.1:1/jobs")
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql://u@127.0.0.1:1/jobs", database_timeout=1
+    )
     # The configured database is unreachable: the edge says so, and never answers from the file.
     status, headers, body = get(FastStatus(serve, settings), f"/api/status?jobid={ongoing}")
     assert (status, serve.reached) == (503, [])

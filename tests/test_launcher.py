@@ -51,6 +51,7 @@ def _launch(env: dict[str, str], data_dir: Path) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.cluster  # runs the launcher: seconds each, kept out of `make unit`
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -70,6 +71,7 @@ def test_a_bad_setting_prints_its_message_alone_and_exits_2(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.cluster  # runs the launcher: seconds each, kept out of `make unit`
 def test_a_busy_http_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
     with socket.socket() as held:
         # As Serve's proxy listens: a second one with SO_REUSEPORT would have shared the port.
@@ -88,6 +90,7 @@ def test_a_busy_http_port_is_refused_before_anything_starts(tmp_path: Path) -> N
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.cluster  # runs the launcher: seconds each, kept out of `make unit`
 def test_a_busy_ray_port_is_refused(tmp_path: Path) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
