@@ -106,3 +106,35 @@ def test_the_http_port_equal_to_the_metrics_port_is_refused() -> None:
         }
     )
     assert first_refusal(settings) is not None
+
+
+def test_a_metrics_port_moved_by_ray_start_args_is_the_one_checked() -> None:
+    # start_ray_head puts RAY_START_ARGS after its own --metrics-export-port, so the operator's
+    # value is the one Ray binds (as listeners() already assumes for the client-server and
+    # agent ports); the check still binds IMAGE_SERVICE_METRICS_PORT, missing the busy one.
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        busy = int(held.getsockname()[1])
+        settings = Settings.from_env(
+            {
+                "IMAGE_SERVICE_PORT": str(_free_port()),
+                "IMAGE_SERVICE_RAY_PORT": str(_free_port()),
+                "IMAGE_SERVICE_METRICS_PORT": str(_free_port()),
+                "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
+                "IMAGE_SERVICE_RAY_START_ARGS": f"--ray-client-server-port={_free_port()} "
+                f"--dashboard-agent-listen-port={_free_port()} --metrics-export-port={busy}",
+            }
+        )
+        refused = first_refusal(settings)
+    assert refused is not None and str(busy) in refused
+
+
+def test_a_header_after_a_leading_blank_line_is_still_the_header() -> None:
+    # Blank lines are skipped anywhere, but the header is recognised only on physical line 1:
+    # after one blank line it becomes a visit with store_id "store_id", which the service
+    # then refuses ("visit_time must be an ISO 8601 date") as line 2 of the file.
+    text = "\nstore_id,visit_time,image_url\nS1,2025-01-01,http://a.test/1.jpg\n"
+    assert visits_from_csv(text)["visits"] == [
+        {"store_id": "S1", "visit_time": "2025-01-01", "image_url": ["http://a.test/1.jpg"]}
+    ]
