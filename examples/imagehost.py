@@ -55,15 +55,18 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "img" and rest in self.server.images:
             body, content_type = self.server.images[rest]
             self._send(200, body, content_type)
-        elif kind == "status" and rest.isdigit() and 200 <= int(rest) <= 599:
-            self._send(int(rest), f"HTTP {rest}\n".encode(), "text/plain")
+        elif kind == "status" and rest.isascii() and rest.isdigit() and 200 <= int(rest) <= 599:
+            # (isascii: "²²²" is digits to isdigit, not to int.) 204 and 304 carry no body.
+            body = b"" if int(rest) in (204, 304) else f"HTTP {rest}\n".encode()
+            self._send(int(rest), body, "text/plain")
         else:
             self._send(404, b"not found\n", "text/plain")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if code not in (204, 304):  # RFC 9110: no Content-Length on a 204; a 304 has no body
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 

@@ -77,11 +77,21 @@ def job_from_csv(text: str, name: str = "CSV") -> JobFile:
     reader = csv.reader(io.StringIO(text))
     visits: dict[tuple[str, str], list[tuple[str, int]]] = {}
     read_before = 0
-    for row in reader:
+    first_row = True
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # a cell past csv's size limit, a bare carriage return, ...
+            raise JobFileError(f"{name} line {read_before + 1}: {exc}") from None
         line, read_before = read_before + 1, reader.line_num
         if not any(cell.strip() for cell in row):
             continue
-        if line == 1 and tuple(cell.strip().lower() for cell in row) == CSV_COLUMNS:
+        is_header = first_row and tuple(cell.strip().lower() for cell in row) == CSV_COLUMNS
+        first_row = False
+        if is_header:
             continue
         if len(row) != 3:
             raise JobFileError(

@@ -41,18 +41,31 @@ class Listener:
 
 
 def listeners(settings: Settings) -> list[Listener]:
-    """The ports named by settings, each on the address it will be bound to."""
+    """The ports named by settings, each on the address it will be bound to. `ray start` takes
+    the last of a flag given twice, and RAY_START_ARGS come after the launcher's own flags: a
+    port given there is the one Ray binds."""
+
+    def ray_port(what: str, host: str, flag: str, setting: str, port: int) -> Listener:
+        given = flag_value(settings.ray_start_args, flag)
+        if given is not None and given.isdigit():
+            return Listener(what, host, int(given), f"{flag}=PORT in {ENV_PREFIX}RAY_START_ARGS")
+        return Listener(what, host, port, f"{ENV_PREFIX}{setting}")
+
     found = [
         Listener("HTTP API", settings.host, settings.port, f"{ENV_PREFIX}PORT"),
-        Listener("Ray GCS", ALL_INTERFACES, settings.ray_port, f"{ENV_PREFIX}RAY_PORT"),
-        Listener("metrics", ALL_INTERFACES, settings.metrics_port, f"{ENV_PREFIX}METRICS_PORT"),
-    ]
+        ray_port("Ray GCS", ALL_INTERFACES, "--port", "RAY_PORT", settings.ray_port),
+        ray_port(
+            "metrics", ALL_INTERFACES, "--metrics-export-port", "METRICS_PORT",
+            settings.metrics_port,
+        ),
+    ]  # fmt: skip
     if settings.include_dashboard:
         found.append(
-            Listener(
-                "Ray dashboard", LOOPBACK, settings.dashboard_port, f"{ENV_PREFIX}DASHBOARD_PORT"
+            ray_port(
+                "Ray dashboard", LOOPBACK, "--dashboard-port", "DASHBOARD_PORT",
+                settings.dashboard_port,
             )
-        )
+        )  # fmt: skip
     # Ports with no setting of ours: Ray's defaults unless RAY_START_ARGS moves them.
     for what, flag, default in RAY_START_PORTS:
         given = flag_value(settings.ray_start_args, flag)
@@ -91,8 +104,18 @@ def refusal(listener: Listener, error: OSError) -> str:
 
 
 def first_refusal(settings: Settings) -> str | None:
-    """The refusal for the first port of `settings` that cannot be bound, or None."""
-    for listener in listeners(settings):
+    """The refusal for the first port of `settings` that cannot be bound, or None. Two of
+    the service's own listeners on one port are refused too: each trial bind is let go before
+    the next, so only this says that the second would find the port taken by the first."""
+    planned = listeners(settings)
+    for index, listener in enumerate(planned):
+        for earlier in planned[:index]:
+            if earlier.port == listener.port != 0:  # 0: any free port, each its own
+                return (
+                    f"port {listener.port} is named for both the {earlier.what} and the "
+                    f"{listener.what}; move one with {listener.setting}"
+                )
+    for listener in planned:
         error = bind_error(listener.host, listener.port)
         if error is not None:
             return refusal(listener, error)
