@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from examples.imagehost import ExampleServer
 from imgjobs.jobfile import JobFileError, load_job_file, visits_from_csv
-from launcher.ports import first_refusal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -83,46 +81,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def test_the_http_port_equal_to_the_metrics_port_is_refused() -> None:
-    # Each trial bind is closed before the next, so two of our own listeners on one port both
-    # pass the check; Ray then takes the port and the HTTP proxy cannot listen after start.
-    shared = str(_free_port())
-    settings = Settings.from_env(
-        {
-            "IMAGE_SERVICE_PORT": shared,
-            "IMAGE_SERVICE_RAY_PORT": str(_free_port()),
-            "IMAGE_SERVICE_METRICS_PORT": shared,
-            "IMAGE_SERVICE_DASHBOARD_PORT": str(_free_port()),
-            "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
-            "IMAGE_SERVICE_RAY_START_ARGS": f"--ray-client-server-port={_free_port()} "
-            f"--dashboard-agent-listen-port={_free_port()}",
-        }
-    )
-    assert first_refusal(settings) is not None
-
-
-def test_a_metrics_port_moved_by_ray_start_args_is_the_one_checked() -> None:
-    # start_ray_head puts RAY_START_ARGS after its own --metrics-export-port, so the operator's
-    # value is the one Ray binds (as listeners() already assumes for the client-server and
-    # agent ports); the check still binds IMAGE_SERVICE_METRICS_PORT, missing the busy one.
-    with socket.socket() as held:
-        held.bind(("0.0.0.0", 0))
-        held.listen()
-        busy = int(held.getsockname()[1])
-        settings = Settings.from_env(
-            {
-                "IMAGE_SERVICE_PORT": str(_free_port()),
-                "IMAGE_SERVICE_RAY_PORT": str(_free_port()),
-                "IMAGE_SERVICE_METRICS_PORT": str(_free_port()),
-                "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
-                "IMAGE_SERVICE_RAY_START_ARGS": f"--ray-client-server-port={_free_port()} "
-                f"--dashboard-agent-listen-port={_free_port()} --metrics-export-port={busy}",
-            }
-        )
-        refused = first_refusal(settings)
-    assert refused is not None and str(busy) in refused
 
 
 def test_a_header_after_a_leading_blank_line_is_still_the_header() -> None:

@@ -182,3 +182,26 @@ def test_an_error_other_than_in_use_is_quoted() -> None:
         f"port {settings.port} on 127.0.0.1 (HTTP API) cannot be bound: Permission denied; "
         "move it with IMAGE_SERVICE_PORT"
     )
+
+
+def test_the_http_port_equal_to_the_metrics_port_is_refused() -> None:
+    # Each trial bind is closed before the next, so two of our own listeners on one port both
+    # pass the check; Ray then takes the port and the HTTP proxy cannot listen after start.
+    shared = str(_free_port())
+    settings = _settings(IMAGE_SERVICE_PORT=shared, IMAGE_SERVICE_METRICS_PORT=shared)
+    assert first_refusal(settings) is not None
+
+
+def test_a_metrics_port_moved_by_ray_start_args_is_the_one_checked() -> None:
+    # start_ray_head puts RAY_START_ARGS after its own --metrics-export-port, so the operator's
+    # value is the one Ray binds: the check binds that port, not IMAGE_SERVICE_METRICS_PORT.
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        busy = int(held.getsockname()[1])
+        settings = _settings(
+            IMAGE_SERVICE_RAY_START_ARGS=f"--ray-client-server-port={_free_port()} "
+            f"--dashboard-agent-listen-port={_free_port()} --metrics-export-port={busy}"
+        )
+        refused = first_refusal(settings)
+    assert refused is not None and str(busy) in refused
