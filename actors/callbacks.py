@@ -14,12 +14,12 @@ import logging
 import time
 
 from core.callback import CallbackSender, CallbackStopped
-from core.dbthread import DatabaseThread
 from core.errors import StorageError
+from core.jobstore import JobStore
+from core.jobstore.dbthread import DatabaseThread
+from core.jobstore.records import DueCallback
 from core.lease import DispatchLease
 from core.models import status_payload
-from core.records import DueCallback
-from core.store import JobStore
 
 log = logging.getLogger(__name__)
 

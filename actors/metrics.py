@@ -8,8 +8,8 @@ import time
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from core.images.processing import ImageFetcher
 from core.models import FailureReason, ImageOutcome
-from core.processing import ImageFetcher
 
 LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 

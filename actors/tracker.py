@@ -23,9 +23,11 @@ from actors.metrics import ImageMetrics, TrackerMetrics
 from actors.pool import WorkerPool, WorkerSlot
 from core.callback import CallbackLimits, CallbackSender
 from core.clients import RateLimiter
-from core.dbthread import DatabaseThread
 from core.errors import JobAlreadyFinished, NotDispatching, RateLimited, StorageError
+from core.images.urlguard import AddressPolicy
 from core.jobs import ActiveJob, JobBook, JobLimits, unknown_store_failures
+from core.jobstore import JobStore, open_store
+from core.jobstore.dbthread import DatabaseThread
 from core.lease import DispatchLease, LeaseChange
 from core.logs import use_json_logs
 from core.models import (
@@ -40,10 +42,8 @@ from core.models import (
     ResultsPage,
 )
 from core.settings import Settings
-from core.store import JobStore, open_store
 from core.store_master import StoreMasterCache
 from core.supervise import supervise
-from core.urlguard import AddressPolicy
 
 TRACKER_NAME = "job_tracker"
 NAMESPACE = "image_service"

@@ -1,5 +1,5 @@
 """An image worker: an async actor holding its share of a node's images, downloading and
-measuring ahead of the simulated GPU step (see `core.processing.Stages`), and reporting
+measuring ahead of the simulated GPU step (see `core.images.processing.Stages`), and reporting
 outcomes back to the JobTracker in batches (`core.outbox`). A node runs a few of them, one per
 CPU by default.
 
@@ -21,15 +21,15 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.metrics import ImageMetrics, TimedFetcher
-from core.fetch import Downloader, FetchLimits
-from core.hostlock import HostLock, node_lock_path
+from core.images.fetch import Downloader, FetchLimits
+from core.images.hostlock import HostLock, node_lock_path
+from core.images.processing import Budget, DecodeBudget, Stages, failed_outcome, process_image
+from core.images.urlguard import AddressPolicy
 from core.logs import use_json_logs
 from core.models import FailureReason, ImageOutcome, ImageTask
 from core.outbox import Outbox
-from core.processing import Budget, DecodeBudget, Stages, failed_outcome, process_image
 from core.settings import Settings
 from core.supervise import supervise
-from core.urlguard import AddressPolicy
 
 # After a report the tracker did not take (it is restarting, say), the wait before the next try.
 REPORT_RETRY_SECONDS = 0.5

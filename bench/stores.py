@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.jobstore import JobStore
+from core.jobstore.postgres.store import PostgresStore
+from core.jobstore.sqlite.store import SqliteStore
 from core.models import ImageOutcome, JobSubmission, Visit
-from core.pg_store import PostgresStore
-from core.storage import SqliteStore
-from core.store import JobStore
 from harness.postgres import PostgresServer
 from harness.service import ROOT
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 
-from core.fetch import GuardedSessions, backoff_delay
+from core.images.fetch import GuardedSessions, backoff_delay
+from core.images.urlguard import AddressPolicy, BlockedAddressError
 from core.settings import Settings
-from core.urlguard import AddressPolicy, BlockedAddressError
 
 RETRYABLE_CODES = frozenset({408, 425, 429})
 

@@ -1,4 +1,4 @@
-"""Domain errors, each answered with a status of its own (mapped once, in service/app.py).
+"""Domain errors, each answered with a status of its own (mapped once, at the HTTP edge).
 
 Each message is meant for the client. Ray re-raises an actor's exception as a subclass of it,
 so these keep their type across the tracker call.

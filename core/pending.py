@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from core.jobstore.records import CancelMark
 from core.models import ImageOutcome
-from core.records import CancelMark
 
 
 @dataclass

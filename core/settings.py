@@ -47,7 +47,7 @@ Timeout = Annotated[float, Field(ge=0.1, le=MAX_SECONDS)]
 # A loop that sleeps less than this between rounds spins: 100 rounds a second at the floor.
 Interval = Annotated[float, Field(ge=0.01, le=MAX_SECONDS)]
 # A retry sooner than this cannot expect its cause to have passed; at 0, a thousand fast
-# failures in a row overflow the doubling (2.0 ** 1024) in `core.fetch.backoff_delay`.
+# failures in a row overflow the doubling (2.0 ** 1024) in `core.images.fetch.backoff_delay`.
 Backoff = Annotated[float, Field(ge=0.01, le=MAX_SECONDS)]
 Words = Annotated[tuple[str, ...], NoDecode]
 
@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     )
     # Per node, whatever its CPUs: 1.6 GB at 4 bytes a pixel by default, what a 2-CPU node held
     # when the budget was per process (2 x 200 million), and enough for each of 16 workers to
-    # decode a 12-megapixel photo beside the others (see `core.processing.DecodeBudget`).
+    # decode a 12-megapixel photo beside the others (see `core.images.processing.DecodeBudget`).
     decode_pixel_budget: int = Field(
         400_000_000,
         ge=1,

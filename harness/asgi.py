@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from core.clients import ApiKeys
+from core.jobstore.sqlite.store import SqliteStore
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import SqliteStore
 from core.submission import SubmissionLimits
 from service.app import ImageServiceAPI, api
 from service.tracker_client import TrackerClient

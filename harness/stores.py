@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from core.pg_store import PostgresStore
-from core.storage import SqliteStore
-from core.store import JobStore
+from core.jobstore import JobStore
+from core.jobstore.postgres.store import PostgresStore
+from core.jobstore.sqlite.store import SqliteStore
 
 BACKENDS = ("sqlite", "postgres")
 # A module marked so runs every test on services of each backend in turn (tests/conftest.py's

@@ -1,5 +1,5 @@
-"""Every error the API answers, mapped to its status and body once: the domain errors of
-core/errors.py, the HTTP layer's own, and the tracker not answering."""
+"""Every error the API answers, mapped to its status and body once: the domain errors
+(`core.errors`), the HTTP layer's own, and the tracker not answering."""
 
 from __future__ import annotations
 

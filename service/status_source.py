@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from core.deadline import StoreDeadlines
 from core.errors import DatabaseUnavailable
+from core.jobstore.deadline import StoreDeadlines
+from core.jobstore.postgres.store import PostgresStore
+from core.jobstore.sqlite.store import StatusReader
 from core.models import JobView
-from core.pg_store import PostgresStore
 from core.settings import Settings
-from core.storage import StatusReader
 
 
 class StatusSource:

@@ -12,6 +12,7 @@ import pytest
 from ray.exceptions import GetTimeoutError
 
 from core.errors import JobAlreadyFinished
+from core.jobstore.sqlite.store import StorageError
 from core.models import (
     ImageResult,
     JobDetail,
@@ -22,7 +23,6 @@ from core.models import (
     StoreError,
 )
 from core.settings import Settings
-from core.storage import StorageError
 from harness.asgi import ScriptedTracker, api_with, request
 from service.app import api
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from core.deadline import StoreDeadlines, Watchdog
 from core.errors import DatabaseUnavailable
+from core.jobstore.deadline import StoreDeadlines, Watchdog
+from core.jobstore.sqlite.store import SqliteStore
 from core.lease import DispatchLease, LeaseChange
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import SqliteStore
 from harness.service import free_port
 from service.status_source import StatusSource
 from tests.test_lease import LEASE, bare_tracker, one_image_job, settings_for
@@ -37,7 +37,7 @@ class Clock:
 
 
 def test_while_a_probe_is_still_waiting_no_second_probe_goes_through() -> None:
-    """core/deadline.py: "one call at a time goes through as a probe". A probe to a frozen
+    """core/jobstore/deadline.py: "one call at a time goes through as a probe". A probe to a frozen
     server waits its whole deadline (5 s); admit() lets another through every second all the
     same, so five probes wait on the frozen server at once (more than the pool's 4
     connections), each costing its caller the full deadline."""
@@ -175,7 +175,7 @@ def test_status_reads_while_postgres_cannot_be_reached_fail_fast_as_unavailable(
 
 class OneStalledRenewal:
     """The lease's store, whose next renewal the database leaves unanswered: cut off at its
-    deadline (lease_call_timeout, a sixth of a lease), as core/deadline.py would."""
+    deadline (lease_call_timeout, a sixth of a lease), as core/jobstore/deadline.py would."""
 
     def __init__(self, store: SqliteStore, stall: float) -> None:
         self._store = store

@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from core import pg_store
 from core.errors import DatabaseUnavailable, SubmissionOutcomeUnknown
-from core.pg_store import PostgresStore, abort_connection
+from core.jobstore.postgres import store as pg_store
+from core.jobstore.postgres.store import PostgresStore, abort_connection
 from harness.postgres import PostgresServer
 from tests.test_pg_store import own_server, sql, submission  # noqa: F401 - a fixture
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from core.callback import CallbackLimits, CallbackSender
-from core.urlguard import AddressPolicy
+from core.images.urlguard import AddressPolicy
 from harness.imageserver import ImageServer
 
 FAST = CallbackLimits(attempts=3, backoff=0.01, timeout=5)

@@ -1,4 +1,4 @@
-"""Deadlines of job store calls (core/deadline.py), on a clock the tests move."""
+"""Deadlines of job store calls (core/jobstore/deadline.py), on a clock the tests move."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.deadline import StoreDeadlines, Watchdog
 from core.errors import DatabaseUnavailable, StorageError
-from core.storage import SqliteStore
+from core.jobstore.deadline import StoreDeadlines, Watchdog
+from core.jobstore.sqlite.store import SqliteStore
 
 
 class Clock:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from core.clients import client_id_for_key
 from core.errors import DatabaseUnavailable
-from core.pg_store import PostgresStore
+from core.jobstore.postgres.store import PostgresStore
 from core.settings import Settings
 from harness.asgi import App, call, store_with_jobs
 from service import status_source

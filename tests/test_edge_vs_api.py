@@ -13,9 +13,9 @@ import pytest
 from ray.serve._private.http_util import _apply_middlewares
 
 from core.clients import client_id_for_key
+from core.jobstore.sqlite.store import SqliteStore
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import SqliteStore
 from harness.asgi import App, ScriptedTracker, api_with, call, request, store_with_jobs
 from service.app import api
 from service.edge import FastStatus, middlewares

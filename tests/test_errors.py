@@ -23,8 +23,8 @@ from core.errors import (
     SubmissionTooLarge,
     TooManyOpenJobs,
 )
+from core.jobstore.sqlite.store import SqliteStore
 from core.models import JobSubmission, Visit
-from core.storage import SqliteStore
 from harness.asgi import answer_to
 
 

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from core.fetch import Downloader, FetchLimits, ImageDownloadError, redact_url
+from core.images.fetch import Downloader, FetchLimits, ImageDownloadError, redact_url
+from core.images.urlguard import AddressPolicy
 from core.settings import Settings
-from core.urlguard import AddressPolicy
 from harness.imageserver import ImageServer
 
 FAST = FetchLimits.from_settings(Settings(retry_backoff=0.01, max_image_bytes=100_000))

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from core.fetch import Downloader, FetchLimits
+from core.images.fetch import Downloader, FetchLimits
+from core.images.processing import process_image
+from core.images.urlguard import AddressPolicy
+from core.jobstore.sqlite.store import SqliteStore
 from core.models import ImageOutcome, ImageTask
-from core.processing import process_image
 from core.settings import Settings
-from core.storage import SqliteStore
 from core.submission import SubmissionLimits, parse_submission
-from core.urlguard import AddressPolicy
 from harness.imageserver import ImageServer
 
 NODE_ID = "1d84a03c9d82b143b22303da377061772d38ec25dd640db2c23cd276"  # as Ray names a node

@@ -1,4 +1,4 @@
-"""`core.hostlock.HostLock`: one holder at a time among the processes of a host, and a holder
+"""`core.images.hostlock.HostLock`: one holder at a time among the processes of a host, and a holder
 that is killed lets go."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.hostlock import HostLock
+from core.images.hostlock import HostLock
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(30)
 HOLDER = """
 import asyncio, sys
 from pathlib import Path
-from core.hostlock import HostLock
+from core.images.hostlock import HostLock
 
 async def main() -> None:
     async with HostLock(Path(sys.argv[1])).held():

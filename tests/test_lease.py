@@ -20,7 +20,6 @@ from actors.callbacks import CallbackDelivery
 from actors.pool import WorkerSlot
 from actors.tracker import JobTracker
 from core.clients import RateLimiter
-from core.dbthread import DatabaseThread
 from core.errors import (
     JobAlreadyFinished,
     NotDispatching,
@@ -29,10 +28,11 @@ from core.errors import (
     TooManyOpenJobs,
 )
 from core.jobs import JobBook, JobLimits
+from core.jobstore.dbthread import DatabaseThread
+from core.jobstore.sqlite.store import SqliteStore
 from core.lease import DispatchLease
 from core.models import ImageOutcome, JobStatus, JobSubmission, Visit
 from core.settings import Settings
-from core.storage import SqliteStore
 
 pytestmark = pytest.mark.timeout(60)
 

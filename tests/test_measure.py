@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import core.processing
-from core.measure import BrokenImageError, NotAnImageError, measure_image, open_image
+import core.images.processing
+from core.images.measure import BrokenImageError, NotAnImageError, measure_image, open_image
+from core.images.processing import Budget, Stages, process_image
 from core.models import ImageTask
-from core.processing import Budget, Stages, process_image
 from harness.imageserver import encode, gif_with_comments
 
 LIMIT = 10_000_000
@@ -111,7 +111,7 @@ def threads_opening(monkeypatch: pytest.MonkeyPatch, data: bytes) -> list[str]:
         threads.append(threading.current_thread().name)
         return open_image(data, max_pixels)
 
-    monkeypatch.setattr(core.processing, "open_image", recording_open)
+    monkeypatch.setattr(core.images.processing, "open_image", recording_open)
 
     class Fetcher:
         async def fetch(self, url: str) -> bytes:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+from core.jobstore.records import CancelMark
 from core.models import ImageOutcome
 from core.pending import PendingWrites
-from core.records import CancelMark
 
 
 def outcome(index: int) -> ImageOutcome:

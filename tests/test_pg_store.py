@@ -14,17 +14,17 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from core import pg_store
 from core.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     StorageError,
     SubmissionOutcomeUnknown,
 )
+from core.jobstore.postgres import store as pg_store
+from core.jobstore.postgres.schema import connection_options
+from core.jobstore.postgres.store import PostgresStore, abort_connection
+from core.jobstore.rows import UNSTORABLE_RESULT
 from core.models import ImageOutcome, JobState, JobSubmission, Visit
-from core.pg_schema import connection_options
-from core.pg_store import PostgresStore, abort_connection
-from core.rows import UNSTORABLE_RESULT
 from harness.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres

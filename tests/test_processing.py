@@ -9,9 +9,9 @@ from typing import Any
 
 from actors.pool import WorkerPool
 from actors.worker import WorkerShare
-from core.hostlock import HostLock
+from core.images.hostlock import HostLock
+from core.images.processing import Budget, DecodeBudget, Stages, process_image
 from core.models import ImageTask
-from core.processing import Budget, DecodeBudget, Stages, process_image
 from core.settings import Settings
 from harness.imageserver import encode
 

@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from core.errors import IdempotencyConflict, StorageError
+from core.jobstore import JobStore
+from core.jobstore.records import CancelMark
+from core.jobstore.rows import UNSTORABLE_RESULT
+from core.jobstore.sqlite.store import SqliteStore
 from core.models import (
     IMAGE_CANCELLED,
     JOB_CANCELLED,
@@ -21,10 +25,6 @@ from core.models import (
     StoreError,
     Visit,
 )
-from core.records import CancelMark
-from core.rows import UNSTORABLE_RESULT
-from core.storage import SqliteStore
-from core.store import JobStore
 from harness.stores import StoreDatabase
 
 

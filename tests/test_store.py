@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.pg_store import PostgresStore
+from core.jobstore import open_store
+from core.jobstore.postgres.store import PostgresStore
+from core.jobstore.sqlite.store import SqliteStore
 from core.settings import Settings
-from core.storage import SqliteStore
-from core.store import open_store
 
 
 def test_without_a_database_url_the_store_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:

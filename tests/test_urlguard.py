@@ -9,8 +9,13 @@ import socket
 import aiohappyeyeballs
 import pytest
 
+from core.images.urlguard import (
+    ALLOW_PRIVATE_HINT,
+    AddressPolicy,
+    BlockedAddressError,
+    is_public_address,
+)
 from core.settings import Settings
-from core.urlguard import ALLOW_PRIVATE_HINT, AddressPolicy, BlockedAddressError, is_public_address
 
 NOT_PUBLIC = [
     "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254",

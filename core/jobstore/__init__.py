@@ -1,6 +1,6 @@
 """The job store as the tracker and the API see it, whichever database holds it: SQLite on the
-head's disk (the default, `core/storage.py`) or PostgreSQL for clusters (`core/pg_store.py`,
-chosen by `IMAGE_SERVICE_DATABASE_URL`).
+head's disk (the default, `SqliteStore`) or PostgreSQL for clusters (`PostgresStore`, chosen by
+`IMAGE_SERVICE_DATABASE_URL`).
 
 Both give the same guarantees: a job is committed with all its images before its id is
 answered; each image has at most one result (its primary key), whatever retries, restarts or
@@ -13,13 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from core.deadline import PROBE_INTERVAL_SECONDS
+from core.jobstore.deadline import PROBE_INTERVAL_SECONDS
+from core.jobstore.records import CancelMark, DueCallback, UnfinishedJob
 from core.models import ImageOutcome, ImageResult, JobDetail, JobState, JobSubmission, JobView
-from core.pg_schema import POOL_MAX_SIZE
-from core.pg_store import PostgresStore
-from core.records import CancelMark, DueCallback, UnfinishedJob
 from core.settings import Settings
-from core.storage import SqliteStore
 
 
 class JobStore(Protocol):
@@ -99,14 +96,22 @@ class JobStore(Protocol):
 def open_store(
     settings: Settings,
     timeout: float | None = None,
-    max_connections: int = POOL_MAX_SIZE,
+    max_connections: int | None = None,
     probe_interval: float = PROBE_INTERVAL_SECONDS,
 ) -> JobStore:
     """The store the settings name: PostgreSQL when `database_url` is set, else SQLite. Its
     calls are cut off past `timeout` seconds (`database_timeout` unless given); while the
     database is not answering, one call every `probe_interval` seconds tries it (0: every
-    call); a PostgreSQL store opens at most `max_connections`."""
+    call); a PostgreSQL store opens at most `max_connections` (its pool's default unless given)."""
     seconds = settings.database_timeout if timeout is None else timeout
     if settings.database_url:
-        return PostgresStore(settings.database_url, seconds, max_connections, probe_interval)
+        # Imported here so that psycopg loads only where PostgreSQL is used.
+        from core.jobstore.postgres.schema import POOL_MAX_SIZE
+        from core.jobstore.postgres.store import PostgresStore
+
+        return PostgresStore(
+            settings.database_url, seconds, max_connections or POOL_MAX_SIZE, probe_interval
+        )
+    from core.jobstore.sqlite.store import SqliteStore
+
     return SqliteStore(settings.database_path, seconds, probe_interval)

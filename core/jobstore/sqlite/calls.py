@@ -1,4 +1,4 @@
-"""The deadline of a SQLite connection's calls (core/deadline.py for both backends).
+"""The deadline of a SQLite connection's calls (`StoreDeadlines` for both backends).
 
 SQLite offers two ways to stop a call, and a deadline needs both: `interrupt()` ends the
 statement running at that moment, and the progress handler ends one that starts after it (an
@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from core.deadline import StoreDeadlines
+from core.jobstore.deadline import StoreDeadlines
 
 # The progress handler runs every this many virtual machine steps: about 10 µs of work.
 PROGRESS_STEPS = 1000

@@ -15,8 +15,21 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from core.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
 from core.errors import StorageError
+from core.jobstore.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
+from core.jobstore.records import CancelMark, DueCallback, UnfinishedJob
+from core.jobstore.rows import (
+    IMAGES_WITH_VISITS,
+    JOB_DETAIL_COLUMNS,
+    UNSTORABLE_RESULT,
+    detail_from_row,
+    images_in_order,
+    job_of_key,
+    job_state,
+    store_errors,
+)
+from core.jobstore.sqlite.calls import SqliteCalls
+from core.jobstore.sqlite.schema import Transaction, open_database
 from core.models import (
     JOB_CANCELLED,
     ImageOutcome,
@@ -27,19 +40,6 @@ from core.models import (
     JobSubmission,
     JobView,
 )
-from core.records import CancelMark, DueCallback, UnfinishedJob
-from core.rows import (
-    IMAGES_WITH_VISITS,
-    JOB_DETAIL_COLUMNS,
-    UNSTORABLE_RESULT,
-    detail_from_row,
-    images_in_order,
-    job_of_key,
-    job_state,
-    store_errors,
-)
-from core.schema import Transaction, open_database
-from core.sqlite_calls import SqliteCalls
 from core.text import safe_text
 
 # An image keeps its first result. ON CONFLICT on the key, not OR IGNORE: that would also drop,
@@ -125,7 +125,7 @@ class SqliteStore:
         client_id: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[int, bool]:
-        """As `JobStore.create_job` (core/store.py) says."""
+        """As `JobStore.create_job` says."""
         now = time.time()
         with self._transaction(durable=True):
             known = _job_for_key(self._db, idempotency_key, request_hash)
@@ -181,7 +181,7 @@ class SqliteStore:
         started: Iterable[tuple[int, float]] = (),
         cancelled: Sequence[CancelMark] = (),
     ) -> list[ImageOutcome]:
-        """As `JobStore.save_outcomes` (core/store.py) says."""
+        """As `JobStore.save_outcomes` says."""
         unstorable: list[ImageOutcome] = []
         for node_id in {outcome.node_id for outcome in outcomes}:
             self._node_number(node_id)

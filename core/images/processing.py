@@ -13,9 +13,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.fetch import ImageDownloadError, redact_url
-from core.hostlock import HostLock
-from core.measure import BrokenImageError, NotAnImageError, check_image, open_image
+from core.images.fetch import ImageDownloadError, redact_url
+from core.images.hostlock import HostLock
+from core.images.measure import BrokenImageError, NotAnImageError, check_image, open_image
 from core.models import FailureReason, ImageOutcome, ImageTask
 from core.text import safe_text
 
@@ -108,7 +108,7 @@ class Stages:
 
 
 class ImageFetcher(Protocol):
-    """Downloads one image's bytes or raises `ImageDownloadError` (`core.fetch.Downloader`)."""
+    """Downloads one image's bytes or raises `ImageDownloadError` (as `Downloader` does)."""
 
     async def fetch(self, url: str) -> bytes: ...
 

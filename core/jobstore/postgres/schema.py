@@ -1,6 +1,6 @@
 """The PostgreSQL job database: its schema, numbered migrations, and the connection pool.
 
-The tables mirror the SQLite ones (core/schema.py), so both stores answer alike. Each migration
+The tables mirror the SQLite ones, so both stores answer alike. Each migration
 runs once, in order, recorded in `schema_version`; a later release appends to `MIGRATIONS`.
 """
 
@@ -89,7 +89,7 @@ CREATE TABLE leases (
 );
 """
 
-# A callback is claimed by the lease holder before it is sent (core/pg_store.py); the lease
+# A callback is claimed by the lease holder before it is sent (`claim_callback`); the lease
 # step's sweep for the callbacks due reads an index, not every job.
 CALLBACK_CLAIMS: LiteralString = """
 ALTER TABLE jobs ADD COLUMN callback_claimed_by text;
@@ -129,7 +129,7 @@ MIGRATION_LOCK = 0x696D_6A6F_6273  # "imjobs"
 CONNECT_TIMEOUT_SECONDS = 5
 # A peer that vanished (its host down, the link cut) is found by the kernel: an idle connection
 # by keepalives after 5 + 3 * 2 s, one with data unacknowledged after 10 s. A server that is
-# there but frozen keeps both alive: the call deadlines (core/deadline.py) cut those off.
+# there but frozen keeps both alive: the call deadlines (`StoreDeadlines`) cut those off.
 TCP_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -145,7 +145,7 @@ Pool = ConnectionPool[psycopg.Connection[tuple[Any, ...]]]
 
 def connection_options(url: str, timeout: float) -> dict[str, Any]:
     """What every connection to `url` is opened with, beside what the URL says itself."""
-    # Autocommit: the store opens a transaction where it needs one (see core/pg_store.py).
+    # Autocommit: the store opens a transaction where it needs one (`PostgresStore`).
     options: dict[str, Any] = {"autocommit": True}
     given = conninfo_to_dict(url)
     options["connect_timeout"] = given.get("connect_timeout", CONNECT_TIMEOUT_SECONDS)

@@ -1,5 +1,5 @@
 """Durable job state in PostgreSQL: the same jobs, images and one result per image as the
-SQLite store (core/storage.py), for clusters whose jobs must outlive the head node's disk.
+SQLite store (`SqliteStore`), for clusters whose jobs must outlive the head node's disk.
 
 Thread-safe: every call takes a connection from a small pool and is one transaction. The
 primary key of `results(job_id, idx)` with `ON CONFLICT DO NOTHING` is what makes each image
@@ -25,11 +25,29 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from core.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
 from core.errors import (
     DatabaseUnavailable,
     StorageError,
     SubmissionOutcomeUnknown,
+)
+from core.jobstore.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
+from core.jobstore.postgres.schema import POOL_MAX_SIZE, migrate, open_pool
+from core.jobstore.postgres.writes import (
+    Connection,
+    cancel_job,
+    finish_job,
+    insert_results,
+    insert_rows,
+    storable,
+)
+from core.jobstore.records import CancelMark, DueCallback, UnfinishedJob
+from core.jobstore.rows import (
+    JOB_DETAIL_COLUMNS,
+    detail_from_row,
+    images_in_order,
+    job_of_key,
+    job_state,
+    store_errors,
 )
 from core.models import (
     ImageOutcome,
@@ -40,17 +58,6 @@ from core.models import (
     JobSubmission,
     JobView,
 )
-from core.pg_schema import POOL_MAX_SIZE, migrate, open_pool
-from core.pg_writes import Connection, cancel_job, finish_job, insert_results, insert_rows, storable
-from core.records import CancelMark, DueCallback, UnfinishedJob
-from core.rows import (
-    JOB_DETAIL_COLUMNS,
-    detail_from_row,
-    images_in_order,
-    job_of_key,
-    job_state,
-    store_errors,
-)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,7 +67,7 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 
 
 def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """As core/storage.py's: a database error becomes a StorageError saying what could not be
+    """As `SqliteStore`'s: a database error becomes a StorageError saying what could not be
     done; every read and write goes through it."""
 
     def wrap(method: Callable[P, R]) -> Callable[P, R]:
@@ -162,7 +169,7 @@ class PostgresStore:
         client_id: str | None = None,
         request_hash: str | None = None,
     ) -> tuple[int, bool]:
-        """As `JobStore.create_job` (core/store.py) says."""
+        """As `JobStore.create_job` says."""
         timeout = self._deadlines.timeout + submission.image_count * CREATE_SECONDS_PER_IMAGE
         committing = False
         try:
@@ -274,7 +281,7 @@ class PostgresStore:
         started: Iterable[tuple[int, float]] = (),
         cancelled: Sequence[CancelMark] = (),
     ) -> list[ImageOutcome]:
-        """As `JobStore.save_outcomes` (core/store.py) says."""
+        """As `JobStore.save_outcomes` says."""
         self._number_nodes({o.node_id for o in outcomes if o.node_id is not None})
         unstorable: list[ImageOutcome] = []
         with self._connection() as db, db.transaction():

@@ -10,9 +10,9 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
+from core.images.urlguard import ALLOW_PRIVATE_HINT, AddressPolicy, BlockedAddressError
 from core.settings import Settings
 from core.text import is_utf8_text, safe_text
-from core.urlguard import ALLOW_PRIVATE_HINT, AddressPolicy, BlockedAddressError
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
