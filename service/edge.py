@@ -114,7 +114,8 @@ class ServeErrorsAsJson:
 async def send_json(
     send: Send, status: int, answer: object, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    # Byte for byte what the API sends, its headers in the same order (tests/test_edge_vs_api.py).
+    # Byte for byte what the API sends, its headers in the same order: a client cannot tell
+    # which of the two answered its poll.
     body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     await send(
         {
