@@ -1,7 +1,7 @@
 """The replica's calls to the JobTracker actor, typed: each waits at most `timeout` seconds and
 returns what the tracker's method returns. The one module of the service that knows Ray's
-errors: a call raises the tracker's own domain error, `TrackerUnavailable`, or a bug's error;
-never a Ray type."""
+errors: a call raises the tracker's own error (a domain error, or a bug's), `TrackerUnavailable`
+or `TrackerCallFailed`; never a Ray type."""
 
 from __future__ import annotations
 
