@@ -1,7 +1,7 @@
 """Domain errors, each answered with a status of its own (mapped once, at the HTTP edge).
 
-Each message is meant for the client. Ray re-raises an actor's exception as a subclass of it,
-so these keep their type across the tracker call.
+Each message is meant for the client. The tracker raises them; the service's client of the
+tracker raises them again as they were, free of Ray's wrapping.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class RateLimited(RuntimeError):
 
 class ServiceBusy(RuntimeError):
     """The service holds as many unsettled images as it may; a later retry can pass (503)."""
+
+
+class TrackerUnavailable(RuntimeError):
+    """The job tracker did not answer a call within its deadline, or is dead or restarting
+    (503 with Retry-After)."""
 
 
 class NotDispatching(RuntimeError):

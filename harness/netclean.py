@@ -1,6 +1,6 @@
-"""Nothing a network topology (harness/netns.py) makes outlives its run: the live ones are
-removed at exit and on SIGTERM or SIGHUP, and `sweep` removes what a run whose process is gone
-left behind (a SIGKILLed pytest), found by the names: PREFIX, then the maker's process id."""
+"""Nothing a network `Topology` makes outlives its run: the live ones are removed at exit and
+on SIGTERM or SIGHUP, and `sweep` removes what a run whose process is gone left behind (a
+SIGKILLed pytest), found by the names: PREFIX, then the maker's process id."""
 
 from __future__ import annotations
 

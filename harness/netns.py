@@ -3,7 +3,7 @@ its own, namespaces on it each with one veth and one address, and the faults a n
 a silent cut between two addresses, a slow and lossy link, a frozen process group.
 
 Needs root, iproute2 and iptables (`make netns-tools`). `Topology.remove` takes everything
-down; harness/netclean.py makes sure it happens however the run ends."""
+down; `netclean.register` makes sure it happens however the run ends."""
 
 from __future__ import annotations
 

@@ -239,8 +239,8 @@ class ServiceProcess:
         return json.loads(answer.removeprefix("PROBE "))
 
 
-# What the `service_with` fixture (tests/conftest.py) gives: start a service with these
-# environment overrides, in a data directory named after the first argument.
+# What the `service_with` fixture gives: start a service with these environment overrides,
+# in a data directory named after the first argument.
 StartService = Callable[[str, Mapping[str, str]], ServiceProcess]
 
 

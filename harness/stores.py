@@ -16,8 +16,8 @@ from core.jobstore.postgres.store import PostgresStore
 from core.jobstore.sqlite.store import SqliteStore
 
 BACKENDS = ("sqlite", "postgres")
-# A module marked so runs every test on services of each backend in turn (tests/conftest.py's
-# `backend` fixture); PostgreSQL's carries the `postgres` mark, so `make unit` leaves it out.
+# A module marked so runs every test on services of each backend in turn (the `backend`
+# fixture); PostgreSQL's carries the `postgres` mark, so `make unit` leaves it out.
 ON_BOTH_BACKENDS = pytest.mark.parametrize(
     "backend",
     ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],

@@ -1,5 +1,5 @@
 """The Serve ingress: translates HTTP to JobTracker calls and the tracker's answers to the
-contract's bodies; every error maps to its status once, in service/errors.py.
+contract's bodies; every error maps to its status once, in the handlers `errors.install` adds.
 
 A replica keeps no job or client state: jobs, the per-client rate-limit buckets, open-job counts
 and idempotency keys are the tracker's (and its database's), so the limits hold however many
@@ -24,7 +24,6 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from ray import serve
-from ray.exceptions import GetTimeoutError, RayActorError
 from ray.serve.config import BackpressureConfig
 
 from actors.tracker import tracker_handle
@@ -32,13 +31,21 @@ from core.clients import ApiKeys
 from core.errors import (
     InvalidSubmission,
     StorageError,
+    SubmissionOutcomeUnknown,
     SubmissionTooLarge,
+    TrackerUnavailable,
 )
 from core.models import JobView
 from core.settings import Settings
 from core.submission import SubmissionLimits, parse_submission, submission_fingerprint
 from service import errors
-from service.errors import JobNotFound, TrackerUnhealthy, Unauthorized, UnknownJob
+from service.errors import (
+    JobNotFound,
+    JobNotRecorded,
+    TrackerUnhealthy,
+    Unauthorized,
+    UnknownJob,
+)
 from service.params import parse_job_id, parse_limit, parse_offset
 from service.schemas import (
     ErrorBody,
@@ -161,9 +168,14 @@ class ImageServiceAPI:
             # Scoped by client: one client's key never finds another client's job.
             idempotency_key = f"idempotency:{client or ''}:{header}"
             fingerprint = submission_fingerprint(submission)
-        job_id = await self._tracker.submit(
-            submission, idempotency_key, client, fingerprint, caller
-        )
+        try:
+            job_id = await self._tracker.submit(
+                submission, idempotency_key, client, fingerprint, caller
+            )
+        except SubmissionOutcomeUnknown:
+            raise  # the job may be kept: its answer says a retry with the same key is safe
+        except StorageError as exc:
+            raise JobNotRecorded from exc
         return SubmitAccepted(job_id=job_id)
 
     def _idempotency_header(self, request: Request) -> str | None:
@@ -293,7 +305,7 @@ class ImageServiceAPI:
         """200 when this replica and the job tracker answer."""
         try:
             await self._tracker.ping(timeout=5)
-        except (TimeoutError, GetTimeoutError, RayActorError) as exc:
+        except TrackerUnavailable as exc:
             raise TrackerUnhealthy from exc
         return HealthBody(status="ok")
 

@@ -33,13 +33,13 @@ from core.clients import ApiKeys
 from core.errors import DatabaseUnavailable, StorageError
 from core.models import status_payload
 from core.settings import Settings
-from service.errors import UNAVAILABLE_RETRY_AFTER_SECONDS
+from service.errors import STORE_NOT_ANSWERING, UNAVAILABLE_RETRY_AFTER_SECONDS
 from service.params import parse_job_id
 from service.status_source import StatusSource
 
 CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "service.edge:middlewares"
-# As the API's answer when the job store does not answer (service/errors.py).
+# As the API answers when the job store does not answer.
 RETRY_AFTER = str(UNAVAILABLE_RETRY_AFTER_SECONDS).encode()
 
 
@@ -114,7 +114,8 @@ class ServeErrorsAsJson:
 async def send_json(
     send: Send, status: int, answer: object, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    # Byte for byte what the API sends, its headers in the same order (tests/test_edge_vs_api.py).
+    # Byte for byte what the API sends, its headers in the same order: a client cannot tell
+    # which of the two answered its poll.
     body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     await send(
         {
@@ -147,7 +148,7 @@ class FastStatus:
             try:
                 answer = await self._answer(scope)
             except DatabaseUnavailable:
-                status, answer = 503, {"error": "the job store is not answering; please retry"}
+                status, answer = 503, {"error": STORE_NOT_ANSWERING}
         if answer is None:
             await self._app(scope, receive, send)
             return

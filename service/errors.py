@@ -1,5 +1,6 @@
 """Every error the API answers, mapped to its status and body once: the domain errors
-(`core.errors`), the HTTP layer's own, and the tracker not answering."""
+(`core.errors`, the tracker not answering among them) and the HTTP layer's own. The tracker's
+errors arrive here as themselves: `TrackerClient` unwraps what Ray wraps them in."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray.exceptions import GetTimeoutError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
@@ -26,6 +26,7 @@ from core.errors import (
     SubmissionOutcomeUnknown,
     SubmissionTooLarge,
     TooManyOpenJobs,
+    TrackerUnavailable,
 )
 from service.schemas import ErrorBody, HealthBody
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 # A full service drains as jobs finish: minutes, not seconds.
 BUSY_RETRY_AFTER_SECONDS = 30
+# The answer, here and at the edge, when the job store does not answer a read.
+STORE_NOT_ANSWERING = "the job store is not answering; please retry"
 
 # Each handler takes the exception type it is registered for.
 Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
@@ -74,6 +77,14 @@ class JobNotFound(Exception):
         super().__init__(f"no job {job_id}")
 
 
+class JobNotRecorded(Exception):
+    """A submission the job store failed to record: nothing of it was kept, so a retry is
+    safe (503)."""
+
+    def __init__(self) -> None:
+        super().__init__("the job could not be recorded; nothing was kept, please retry")
+
+
 class TrackerUnhealthy(Exception):
     """`/healthz` while the job tracker does not answer."""
 
@@ -91,12 +102,6 @@ def unavailable(message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS
     return JSONResponse(
         {"error": message}, status_code=503, headers={"Retry-After": str(retry_after)}
     )
-
-
-def tracker_reason(exc: Exception) -> str:
-    """The message of an exception the tracker raised. Ray re-raises it as a subclass that
-    prints the remote traceback; the client gets the original message only."""
-    return str(getattr(exc, "cause", None) or exc)
 
 
 @handles(UnknownJob)
@@ -135,50 +140,53 @@ async def submission_too_large(_request: Request, exc: Exception) -> JSONRespons
 
 @handles(IdempotencyConflict, JobAlreadyFinished)
 async def conflict(_request: Request, exc: Exception) -> JSONResponse:
-    return error(409, tracker_reason(exc))
+    return error(409, str(exc))
 
 
 @handles(TooManyOpenJobs)
 async def too_many_open_jobs(_request: Request, exc: Exception) -> JSONResponse:
-    return error(429, f"too many open jobs: {tracker_reason(exc)}")
+    return error(429, f"too many open jobs: {exc}")
 
 
 @handles(RateLimited)
 async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
-    wait = getattr(exc, "cause", exc).retry_after
     return JSONResponse(
-        {"error": tracker_reason(exc)}, status_code=429, headers={"Retry-After": str(wait)}
+        {"error": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)}
     )
 
 
 @handles(NotDispatching, ServiceBusy)
 async def service_busy(_request: Request, exc: Exception) -> JSONResponse:
-    return unavailable(tracker_reason(exc), retry_after=BUSY_RETRY_AFTER_SECONDS)
+    return unavailable(str(exc), retry_after=BUSY_RETRY_AFTER_SECONDS)
 
 
 @handles(SubmissionOutcomeUnknown)
 async def submission_outcome_unknown(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s: %s", request.method, request.url.path, tracker_reason(exc))
-    return unavailable(tracker_reason(exc))
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return unavailable(str(exc))
 
 
 @handles(StorageError)
 async def storage_failed(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s: storage failed: %s", request.method, request.url.path, tracker_reason(exc))
-    if request.url.path.startswith("/api/submit"):
-        return unavailable("the job could not be recorded; nothing was kept, please retry")
-    return unavailable("the job store is not answering; please retry")
+    log.error("%s %s: storage failed: %s", request.method, request.url.path, exc)
+    return unavailable(STORE_NOT_ANSWERING)
+
+
+@handles(JobNotRecorded)
+async def job_not_recorded(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: storage failed: %s", request.method, request.url.path, exc.__cause__)
+    return unavailable(str(exc))
 
 
 @handles(StoreMasterError)
 async def store_master_unreadable(_request: Request, exc: Exception) -> JSONResponse:
-    log.error("store master: %s", tracker_reason(exc))
+    log.error("store master: %s", exc)
     return unavailable("the store master cannot be read; please retry later")
 
 
-@handles(TimeoutError, GetTimeoutError, RayActorError)
+@handles(TrackerUnavailable)
 async def tracker_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: the tracker did not answer: %r", request.method, request.url.path, exc)
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
     return unavailable("the job tracker is not answering; please retry")
 
 

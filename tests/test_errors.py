@@ -1,17 +1,20 @@
 """Every domain error reaches the client as its documented status and body, as the tracker
-raises it: across Ray (pickled, raised again as a subclass of RayTaskError and of itself).
-In process, through the API's real exception handlers, without a cluster."""
+raises it: across Ray (pickled, raised again as a subclass of RayTaskError and of itself), then
+through the API's tracker client, a route and its exception handlers. In process, without a
+cluster."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError
 
 from core.errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidSubmission,
     JobAlreadyFinished,
@@ -20,21 +23,36 @@ from core.errors import (
     ServiceBusy,
     StorageError,
     StoreMasterError,
+    SubmissionOutcomeUnknown,
     SubmissionTooLarge,
     TooManyOpenJobs,
+    TrackerUnavailable,
 )
 from core.jobstore.sqlite.store import SqliteStore
 from core.models import JobSubmission, Visit
-from harness.asgi import answer_to
+from harness.asgi import ScriptedTracker, answer_to, api_with, request
+from service.app import api
+from tests.test_tracker_client import across_ray
+
+SUBMISSION = (
+    b'{"count": 1, "visits": [{"store_id": "S1", "image_url": ["http://a.test/1.jpg"],'
+    b' "visit_time": "2025-03-11"}]}'
+)
 
 
-def across_ray(exc: Exception) -> Exception:
-    """What awaiting an actor call that raised `exc` raises in the caller."""
-    try:
-        raise exc
-    except Exception as raised:
-        error = RayTaskError("JobTracker.call", "Traceback (remote)", raised)
-    return RayError.from_bytes(error.to_bytes()).as_instanceof_cause()  # type: ignore[no-any-return]
+@pytest.fixture(autouse=True)
+def _no_overrides_left() -> Any:
+    yield
+    api.dependency_overrides.clear()
+
+
+def api_answer(tracker: ScriptedTracker, method: str, target: str) -> tuple[int, str | None, Any]:
+    """How the API answers a request whose tracker call answers as `tracker` does: status,
+    Retry-After, body."""
+    body = SUBMISSION if method == "POST" else b""
+    status, headers, raw = request(api_with(tracker), method, target, body)
+    retry_after = dict(headers).get(b"retry-after")
+    return status, None if retry_after is None else retry_after.decode(), json.loads(raw)
 
 
 @pytest.mark.parametrize(
@@ -57,15 +75,53 @@ def across_ray(exc: Exception) -> Exception:
 def test_a_tracker_error_across_ray_is_its_documented_answer(
     exc: Exception, status: int, retry_after: str | None, body: Any
 ) -> None:
-    assert answer_to(across_ray(exc)) == (status, retry_after, body)
+    tracker = ScriptedTracker(jobs=across_ray(exc))
+    assert api_answer(tracker, "GET", "/api/jobs") == (status, retry_after, body)
+
+
+@pytest.mark.parametrize(
+    ("exc", "body"),
+    [
+        (StorageError("disk I/O error"),
+         {"error": "the job could not be recorded; nothing was kept, please retry"}),
+        (DatabaseUnavailable("the job database did not answer within 5 s; please retry"),
+         {"error": "the job could not be recorded; nothing was kept, please retry"}),
+        (SubmissionOutcomeUnknown("it may have been kept: a retry with the same key is safe"),
+         {"error": "it may have been kept: a retry with the same key is safe"}),
+    ],
+)  # fmt: skip
+def test_a_storage_error_of_a_submit_says_whether_the_job_was_kept(
+    exc: Exception, body: Any
+) -> None:
+    for path in ("/api/submit/", "/api/submit"):
+        answer = api_answer(ScriptedTracker(submit=across_ray(exc)), "POST", path)
+        assert answer == (503, "5", body)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [GetTimeoutError("timed out"), ActorDiedError(), across_ray(TimeoutError("slow"))],
+    ids=["GetTimeoutError", "ActorDiedError", "TimeoutError-across-ray"],
+)
+def test_a_tracker_that_does_not_answer_is_503_on_every_route(exc: Exception) -> None:
+    unavailable = (503, "5", {"error": "the job tracker is not answering; please retry"})
+    for method, target, name in [
+        ("GET", "/api/status?jobid=7", "status"),
+        ("GET", "/api/results?jobid=7", "results"),
+        ("GET", "/api/jobs", "jobs"),
+        ("GET", "/api/jobs/7", "job_detail"),
+        ("POST", "/api/jobs/7/cancel", "cancel"),
+        ("POST", "/api/submit/", "submit"),
+    ]:
+        assert api_answer(ScriptedTracker(**{name: exc}), method, target) == unavailable, name
+    healthz = api_answer(ScriptedTracker(ping=exc), "GET", "/healthz")
+    assert healthz == (503, "5", {"status": "unavailable"})
 
 
 @pytest.mark.parametrize(
     ("exc", "status"),
     [
-        (TimeoutError(), 503),
-        (GetTimeoutError("timed out"), 503),
-        (RayActorError(), 503),
+        (TrackerUnavailable("the tracker did not answer: TimeoutError()"), 503),
         (InvalidSubmission("count must be a non-negative integer"), 400),
         (SubmissionTooLarge("a job may hold at most 5 images"), 413),
     ],

@@ -4,7 +4,8 @@ import pickle
 
 import pytest
 
-from core.settings import PACKAGE_ROOT, Settings, SettingsError, markdown_table
+from core.settings import PACKAGE_ROOT, Settings, SettingsError
+from core.settings_table import markdown_table
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,9 @@ def test_the_new_limits_are_read() -> None:
 def test_the_readme_table_is_the_one_the_declarations_give() -> None:
     readme = (PACKAGE_ROOT / "README.md").read_text()
     table = readme.split("checks it -->\n", 1)[1].split("\n<!-- end of settings table -->", 1)[0]
-    assert table == markdown_table(), "run `python -m core.settings` and paste it into README.md"
+    assert table == markdown_table(), (
+        "run `python -m core.settings_table` and paste it into README.md"
+    )
 
 
 def test_a_setting_given_in_a_mapping_ignores_the_process_environment(
@@ -89,6 +92,8 @@ def test_hostile_values_are_refused_naming_the_variable(name: str, value: str) -
 def test_settings_cross_to_ray_processes_whole() -> None:
     settings = Settings.from_env({"IMAGE_SERVICE_ALLOWED_HOSTS": "10.0.0.0/8"})
     assert pickle.loads(pickle.dumps(settings)) == settings
+    # Pickled by its import path: a rolling upgrade unpickles it in older and newer code alike.
+    assert (Settings.__module__, Settings.__qualname__) == ("core.settings", "Settings")
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:pw@db:5432/jobs", "postgres://u@db/jobs"])
