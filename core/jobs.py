@@ -22,6 +22,7 @@ from core.models import (
 )
 from core.pending import PendingWrites
 from core.scheduler import FairQueue
+from core.settings import Settings
 
 UNKNOWN_STORE = "store_id not in store master"
 
@@ -95,6 +96,14 @@ class JobLimits:
     max_open_jobs_per_client: int
     max_queued_images: int
     max_image_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobLimits:
+        return cls(
+            max_open_jobs_per_client=settings.max_open_jobs_per_client,
+            max_queued_images=settings.max_queued_images,
+            max_image_attempts=settings.max_image_attempts,
+        )
 
 
 class JobBook:

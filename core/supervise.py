@@ -11,6 +11,9 @@ from core.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
+# Pause after a failed iteration of a background loop, or a failed recovery, before the next.
+RETRY_PAUSE_SECONDS = 1.0
+
 # The event loop keeps only weak references to tasks: these keep the loops alive.
 _loops: set[asyncio.Task[None]] = set()
 
@@ -32,7 +35,7 @@ async def run_forever(name: str, step: Callable[[], Awaitable[None]], pause: flo
 
 
 def supervise(
-    name: str, step: Callable[[], Awaitable[None]], pause: float = 1.0
+    name: str, step: Callable[[], Awaitable[None]], pause: float = RETRY_PAUSE_SECONDS
 ) -> asyncio.Task[None]:
     """Run `step` forever in a task of the running loop; if that task ever ends other than by
     being cancelled (a BaseException got through), log it and start it again."""

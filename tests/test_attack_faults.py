@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
+from actors.parts import TrackerParts, open_lease_store
 from core.errors import DatabaseUnavailable
 from core.jobstore.deadline import StoreDeadlines, Watchdog
 from core.jobstore.sqlite.store import SqliteStore
-from core.lease import DispatchLease, LeaseChange
+from core.lease import LeaseChange
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
 from harness.service import free_port
 from service.status_source import StatusSource
-from tests.test_lease import LEASE, bare_tracker, one_image_job, settings_for
+from tests.test_lease import LEASE, one_image_job, settings_for, tracker_with
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,7 +197,7 @@ class OneStalledRenewal:
 
 
 def test_one_renewal_cut_off_at_its_deadline_leaves_no_dispatch_gap(tmp_path: Path) -> None:
-    """actors/tracker.lease_call_timeout: the deadline is "half a lease third, so that a
+    """actors/parts.lease_call_timeout: the deadline is "half a lease third, so that a
     renewal that overruns leaves the next its chance before dispatching must stop". But the
     lease step sleeps a whole third after the failed renewal: asked at L/3, cut off at L/2, the
     next is asked at 5L/6, after dispatching stopped at 2L/3. Here L = 1.2 s: a 0.2 s pause."""
@@ -205,16 +206,14 @@ def test_one_renewal_cut_off_at_its_deadline_leaves_no_dispatch_gap(tmp_path: Pa
 
     async def scenario() -> int:
         lease_store = OneStalledRenewal(SqliteStore(settings.database_path), stall=seconds / 6)
-        tracker = bare_tracker(
+        _, parts = await tracker_with(
             settings, SqliteStore(settings.database_path), "A", True, lease_store
-        )
-        tracker._lease = DispatchLease("A", seconds, tracker._hold_lease, tracker._release_lease)
-        assert await tracker._lease.renew() is LeaseChange.TAKEN
+        )  # recovered: the lease taken by its first renewal
         lease_store.stall_next = True
-        steps = asyncio.create_task(_lease_steps(tracker, 3))
+        steps = asyncio.create_task(_lease_steps(parts, 3))
         paused = 0
         while not steps.done():
-            paused += not tracker._lease.dispatching
+            paused += not parts.leadership.lease.dispatching
             await asyncio.sleep(0.01)
         await steps
         return paused
@@ -223,9 +222,9 @@ def test_one_renewal_cut_off_at_its_deadline_leaves_no_dispatch_gap(tmp_path: Pa
     assert paused == 0, f"dispatching paused for about {paused * 10} ms"
 
 
-async def _lease_steps(tracker: Any, count: int) -> None:
+async def _lease_steps(parts: TrackerParts, count: int) -> None:
     for _ in range(count):
-        await tracker._lease_step()
+        await parts.leadership.step()
 
 
 def test_a_short_lease_survives_one_renewal_that_tripped_the_breaker(tmp_path: Path) -> None:
@@ -236,25 +235,22 @@ def test_a_short_lease_survives_one_renewal_that_tripped_the_breaker(tmp_path: P
     settings = settings_for(tmp_path)  # LEASE = 0.3 s
 
     async def scenario() -> list[LeaseChange]:
-        from actors.tracker import open_lease_store
-
         lease_store: Any = open_lease_store(settings)
-        tracker = bare_tracker(
+        _, parts = await tracker_with(
             settings, SqliteStore(settings.database_path), "A", True, lease_store
-        )
-        assert lease_store.hold_lease("A", LEASE)
-        tracker._lease._renewed_at = time.monotonic()
+        )  # recovered: the lease held, renewed just now
+        lease = parts.leadership.lease
         lease_store._calls.deadlines.down()  # as after one renewal that overran its 0.05 s
         changes: list[LeaseChange] = []
-        real_renew = tracker._lease.renew
+        real_renew = lease.renew
 
         async def renew() -> LeaseChange:
             changes.append(await real_renew())
             return changes[-1]
 
-        tracker._lease.renew = renew
+        lease.renew = renew  # type: ignore[method-assign]
         for _ in range(4):  # about 0.4 s: more than a lease
-            await tracker._lease_step()
+            await parts.leadership.step()
         return changes
 
     changes = asyncio.run(scenario())
@@ -285,10 +281,10 @@ class BlockingJobImages:
 
 
 def test_a_lease_taken_again_during_a_takeover_reloads_the_jobs(tmp_path: Path) -> None:
-    """core/lease.py / actors/tracker.py: a renewal after a gap of a lease or more is TAKEN,
+    """core/lease.py / actors/leadership.py: a renewal after a gap of a lease or more is TAKEN,
     "another holder may have had it since we last knew: reload". When the gap falls while the
-    previous takeover (_lead) is still loading, _loaded is False so nothing steps down, and
-    _start(self._lead) does nothing since a lease work task still runs: the old load finishes
+    previous takeover (lead) is still loading, `loaded` is False so nothing steps down, and
+    _start(self.lead) does nothing since a lease work task still runs: the old load finishes
     with jobs read before the gap and the tracker dispatches them. Here job 1 was finished by
     the other cluster during the gap, and the tracker still holds its two images to dispatch."""
     settings = settings_for(tmp_path)
@@ -298,21 +294,22 @@ def test_a_lease_taken_again_during_a_takeover_reloads_the_jobs(tmp_path: Path) 
 
     async def scenario() -> tuple[Any, int]:
         store = BlockingJobImages(SqliteStore(settings.database_path), slow=second)
-        tracker = bare_tracker(settings, store, "A", False)
-        await tracker._lease_step()  # TAKEN: the takeover loads job 1, then waits on job 2
+        _, parts = await tracker_with(settings, store, "A", False)
+        leadership = parts.leadership
+        await leadership.step()  # TAKEN: the takeover loads job 1, then waits on job 2
         await asyncio.sleep(LEASE + 0.1)  # the lease lane stalls: no renewal for a lease
         other = SqliteStore(settings.database_path)  # another cluster takes over meanwhile
         assert other.hold_lease("B", LEASE)
         done = [ImageOutcome(first, i, processed_at=1.0, width=1, height=1) for i in range(2)]
         other.save_outcomes(done, [first])
         other.release_lease("B")
-        await tracker._lease_step()  # held again after the gap: TAKEN, a reload is due
+        await leadership.step()  # held again after the gap: TAKEN, a reload is due
         store.go.set()
-        while tracker._lease_work is not None and not tracker._lease_work.done():
+        while leadership.work is not None and not leadership.work.done():
             await asyncio.sleep(0.01)
-        if not tracker._loaded:  # give a reload started now its time
+        if not leadership.loaded:  # give a reload started now its time
             await asyncio.sleep(0.2)
-        return tracker._book.jobs.get(first), store.unfinished_reads
+        return parts.jobs.book.jobs.get(first), store.unfinished_reads
 
     stale, reads = asyncio.run(scenario())
     assert stale is None, (

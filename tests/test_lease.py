@@ -1,10 +1,10 @@
-"""The dispatch lease of actors/tracker.py, driven without Ray.
+"""The JobTracker's lease, driven without Ray.
 
-The tracker's own class (what `@ray.remote` wraps) is built with `object.__new__` and given
-the parts it uses: a real `SqliteStore` (two of them on one file stand for two clusters
-sharing the database), a real `JobBook` and `DatabaseThread`, and stand-ins for the worker
-pool, metrics and callbacks. Only the tracker's own methods run: `submit`, `status`,
-`_lease_step`, `_dispatch_step`.
+The tracker's plain class is built through its constructor, its parts wired as the actor wires
+them (`TrackerParts.wire`) around a real `SqliteStore` (two of them on one file stand for two
+clusters sharing the database), a real `JobBook` and `DatabaseThread`s, and stand-ins for the
+worker pool, metrics and callbacks. Nothing runs on its own: the tests call the tracker's API
+and its parts' steps (`Leadership.step`, `Dispatcher.step`, `Flusher.flush`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from actors.callbacks import CallbackDelivery
+from actors.parts import TrackerParts, dispatch_lease
 from actors.pool import WorkerSlot
-from actors.tracker import JobTracker
+from actors.tracker import Tracker
 from core.clients import RateLimiter
 from core.errors import (
     JobAlreadyFinished,
@@ -27,16 +28,12 @@ from core.errors import (
     StorageError,
     TooManyOpenJobs,
 )
-from core.jobs import JobBook, JobLimits
 from core.jobstore.dbthread import DatabaseThread
 from core.jobstore.sqlite.store import SqliteStore
-from core.lease import DispatchLease
 from core.models import ImageOutcome, JobStatus, JobSubmission, Visit
 from core.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
-
-TrackerClass: Any = JobTracker.__ray_metadata__.modified_class  # type: ignore[attr-defined]
 
 LEASE = 0.3  # seconds: the lease step sleeps LEASE / 3 before each renewal
 
@@ -121,44 +118,39 @@ def settings_for(data_dir: Path, **values: str) -> Settings:
     return Settings.from_env(env)
 
 
-def bare_tracker(
-    settings: Settings, store: Any, holder: str, leading: bool, lease_store: Any = None
-) -> Any:
-    """The tracker's own class with its parts in place, as after `_recover`; the lease on a
-    store connection of its own unless `lease_store` is given."""
-    tracker = object.__new__(TrackerClass)
-    tracker._settings = settings
-    tracker._store = store
-    tracker._db = DatabaseThread()
-    tracker._store_master = StoreMaster()
-    tracker._book = JobBook(
-        JobLimits(
-            max_open_jobs_per_client=settings.max_open_jobs_per_client,
-            max_queued_images=settings.max_queued_images,
-            max_image_attempts=settings.max_image_attempts,
-        )
+async def tracker_with(
+    settings: Settings,
+    store: Any,
+    holder: str,
+    leading: bool,
+    lease_store: Any = None,
+    sender: Any = None,
+) -> tuple[Tracker, TrackerParts]:
+    """The tracker around `store`, with its parts; the lease renewed through a store connection
+    of its own unless `lease_store` is given; callbacks that send nothing unless `sender` is
+    given (then the real delivery, over it). `leading`: recovered as the actor does at its
+    start, so holding the lease (free, or already `holder`'s) and its jobs loaded; otherwise
+    nothing has run yet, not even a first renewal."""
+    db = DatabaseThread()
+    lease = dispatch_lease(holder, settings, lease_store or SqliteStore(settings.database_path))
+    callbacks = Callbacks() if sender is None else CallbackDelivery(sender, store, db, lease)
+    parts = TrackerParts.wire(
+        settings,
+        store=store,
+        db=db,
+        lease=lease,
+        store_master=StoreMaster(),  # type: ignore[arg-type]
+        submit_limiter=RateLimiter(1000.0, 1000),
+        pool=Pool(),  # type: ignore[arg-type]
+        callbacks=callbacks,  # type: ignore[arg-type]
+        image_metrics=Metrics(),  # type: ignore[arg-type]
+        metrics=Metrics(),  # type: ignore[arg-type]
     )
-    tracker._submit_limiter = RateLimiter(1000.0, 1000)
-    tracker._flush_lock = asyncio.Lock()
-    tracker._wake = asyncio.Event()
-    tracker._pool = Pool()
-    tracker._helpers = set()
-    tracker._stopping = False
-    tracker._image_metrics = Metrics()
-    tracker._metrics = Metrics()
-    tracker._callbacks = Callbacks()
-    tracker._lease_store = lease_store or SqliteStore(settings.database_path)
-    tracker._lease_lane = DatabaseThread("lease")
-    tracker._lease = DispatchLease(holder, LEASE, tracker._hold_lease, tracker._release_lease)
-    tracker._loaded = leading
-    tracker._lease_work = None
-    if leading:  # as just after a renewal
-        tracker._lease.held = True
-        tracker._lease._renewed_at = time.monotonic()
-    recovered = asyncio.get_running_loop().create_future()
-    recovered.set_result(None)
-    tracker._recovered = recovered
-    return tracker
+    tracker = Tracker(settings, parts)
+    if leading:
+        await parts.leadership.recover()
+        assert parts.leadership.loaded, "the lease is another holder's"
+    return tracker, parts
 
 
 # ---- a standby tracker records jobs but counts none of them ---------------------------------
@@ -172,7 +164,9 @@ def test_a_standby_tracker_still_holds_a_client_to_its_open_jobs_limit(tmp_path:
     assert leader_store.hold_lease("leader", 60)
 
     async def scenario() -> None:
-        standby = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        standby, _ = await tracker_with(
+            settings, SqliteStore(settings.database_path), "standby", False
+        )
         await standby.submit(one_image_job(), "k1", "client", None, "client")
         with pytest.raises(TooManyOpenJobs):
             await standby.submit(one_image_job(), "k2", "client", None, "client")
@@ -187,7 +181,9 @@ def test_a_standby_tracker_still_holds_the_unsettled_images_limit(tmp_path: Path
     assert leader_store.hold_lease("leader", 60)
 
     async def scenario() -> None:
-        standby = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        standby, _ = await tracker_with(
+            settings, SqliteStore(settings.database_path), "standby", False
+        )
         await standby.submit(one_image_job(3), "k1", None, None, "a")
         with pytest.raises(ServiceBusy):
             await standby.submit(one_image_job(3), "k2", None, None, "a")
@@ -202,16 +198,16 @@ def _lose_the_lease_then_let_the_other_cluster_finish(tmp_path: Path, **values: 
     settings = settings_for(tmp_path, **values)
     other = SqliteStore(settings.database_path)
 
-    async def scenario() -> tuple[Any, int]:
+    async def scenario() -> tuple[Tracker, int]:
         store = SqliteStore(settings.database_path)
         assert store.hold_lease("A", LEASE)
-        tracker = bare_tracker(settings, store, "A", True)
+        tracker, parts = await tracker_with(settings, store, "A", True)
         job_id = await tracker.submit(one_image_job(), "k1", "client", None, "client")
-        assert job_id in tracker._book.jobs
+        assert job_id in parts.jobs.book.jobs
         await asyncio.sleep(LEASE + 0.05)  # A stalls past its lease (GC, a frozen loop)...
         assert other.hold_lease("B", 60)  # ...and the other cluster takes over
-        await tracker._lease_step()
-        assert tracker._loaded is False  # A noticed: "dispatching stops"
+        await parts.leadership.step()
+        assert parts.leadership.loaded is False  # A noticed: "dispatching stops"
         # B dispatches the job and finishes it.
         other.save_outcomes([ImageOutcome(job_id, 0, time.time(), width=2, height=3)], [job_id])
         assert other.job_view(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
@@ -261,16 +257,16 @@ def test_a_leader_that_cannot_renew_stops_dispatching_once_its_lease_has_expired
     async def scenario() -> None:
         store = FlakyStore(SqliteStore(settings.database_path))
         assert store.hold_lease("A", LEASE)
-        tracker = bare_tracker(settings, store, "A", True, lease_store=store)
+        tracker, parts = await tracker_with(settings, store, "A", True, lease_store=store)
         await tracker.submit(one_image_job(3), "k1", None, None, "a")
         store.failing = True
         deadline = time.monotonic() + LEASE * 2
         while time.monotonic() < deadline:
-            await tracker._lease_step()  # logged, and tried again
+            await parts.leadership.step()  # logged, and tried again
         assert other.hold_lease("B", 60)  # B leads now, as the database says
-        tracker._wake.set()
-        await tracker._dispatch_step()
-        assert tracker._pool.worker.in_flight == set(), "A dispatched without a lease"
+        parts.jobs.wake.set()
+        await parts.dispatcher.step()
+        assert parts.pool.worker.in_flight == set(), "A dispatched without a lease"
 
     asyncio.run(scenario())
 
@@ -286,23 +282,24 @@ def test_a_tracker_that_leads_again_does_not_dispatch_images_settled_meanwhile(
     async def scenario() -> None:
         store = SqliteStore(settings.database_path)
         assert store.hold_lease("A", LEASE)
-        tracker = bare_tracker(settings, store, "A", True)
+        tracker, parts = await tracker_with(settings, store, "A", True)
         job_id = await tracker.submit(one_image_job(3), "k1", None, None, "a")
         await asyncio.sleep(LEASE + 0.05)
         assert other.hold_lease("B", LEASE)
-        await tracker._lease_step()
-        assert tracker._loaded is False
+        await parts.leadership.step()
+        assert parts.leadership.loaded is False
         now = time.time()
         other.save_outcomes(
             [ImageOutcome(job_id, i, now, width=1, height=1) for i in range(3)], [job_id]
         )
         await asyncio.sleep(LEASE + 0.05)  # B dies; its lease runs out
-        await tracker._lease_step()
-        await tracker._lease_work
-        assert tracker._loaded is True
-        tracker._wake.set()
-        await tracker._dispatch_step()
-        assert tracker._pool.worker.in_flight == set(), "images already settled on disk"
+        await parts.leadership.step()
+        assert parts.leadership.work is not None
+        await parts.leadership.work
+        assert parts.leadership.loaded is True
+        parts.jobs.wake.set()
+        await parts.dispatcher.step()
+        assert parts.pool.worker.in_flight == set(), "images already settled on disk"
 
     asyncio.run(scenario())
 
@@ -321,7 +318,7 @@ def test_the_leader_cancels_a_job_the_standby_recorded_before_it_picked_it_up(
     async def scenario() -> None:
         store = SqliteStore(settings.database_path)
         assert store.hold_lease("A", 60)
-        leader = bare_tracker(settings, store, "A", True)
+        leader, _ = await tracker_with(settings, store, "A", True)
         job_id, created = standby_store.create_job(one_image_job(2), "k1", {})
         assert created
         detail = await leader.cancel(job_id, None)
@@ -343,7 +340,9 @@ def test_a_standby_answers_the_cancel_of_an_ended_job_with_409_not_retry(
     leader_store.save_outcomes([ImageOutcome(job_id, 0, time.time(), error="HTTP 404")], [job_id])
 
     async def scenario() -> None:
-        standby = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
+        standby, _ = await tracker_with(
+            settings, SqliteStore(settings.database_path), "standby", False
+        )
         with pytest.raises(JobAlreadyFinished):
             await standby.cancel(job_id, None)
 
@@ -361,18 +360,6 @@ class RecordingSender:
         return 1, None
 
 
-def recording_callbacks(tracker: Any) -> RecordingSender:
-    """Give the tracker its real callback delivery, over a recording sender."""
-    sender = RecordingSender()
-    tracker._callbacks = CallbackDelivery(
-        sender,  # type: ignore[arg-type]
-        tracker._store,
-        tracker._db,
-        tracker._lease,
-    )
-    return sender
-
-
 def test_a_callback_due_of_a_job_the_standby_finished_survives_its_restart(
     tmp_path: Path,
 ) -> None:
@@ -385,45 +372,26 @@ def test_a_callback_due_of_a_job_the_standby_finished_survives_its_restart(
         (Visit("NOT-A-STORE", "2025-01-01", ("http://a.test/1",)),),
         callback_url="http://hooks.test/done",
     )
-    # The standby recorded it (ended at once) and died before `mark_callback_done`.
-    job_id, _ = SqliteStore(settings.database_path).create_job(
-        unknown, "k1", {0: "store_id not in store master"}
-    )
-    assert [due.job_id for due in leader_store.callbacks_due(None)] == [job_id]
 
     async def scenario() -> None:
-        restarted = bare_tracker(settings, SqliteStore(settings.database_path), "standby", False)
-        from_standby = recording_callbacks(restarted)
-        await restarted._recover()
-        leader = bare_tracker(settings, leader_store, "leader", True)
-        from_leader = recording_callbacks(leader)
-        await leader._lease_step()
-        await asyncio.gather(*restarted._helpers, *leader._helpers)
+        from_leader, from_standby = RecordingSender(), RecordingSender()
+        _, leader = await tracker_with(settings, leader_store, "leader", True, sender=from_leader)
+        # The standby recorded it (ended at once) and died before `mark_callback_done`.
+        job_id, _ = SqliteStore(settings.database_path).create_job(
+            unknown, "k1", {0: "store_id not in store master"}
+        )
+        assert [due.job_id for due in leader_store.callbacks_due(None)] == [job_id]
+        _, restarted = await tracker_with(
+            settings, SqliteStore(settings.database_path), "standby", False, sender=from_standby
+        )
+        await restarted.leadership.recover()
+        await leader.leadership.step()
+        await asyncio.gather(*restarted.tasks.running(), *leader.tasks.running())
         delivered = from_standby.delivered + from_leader.delivered
         assert delivered == [job_id], "the callback is sent once, by the leader"
         assert leader_store.callbacks_due(None) == []
 
     asyncio.run(scenario())
-
-
-def test_a_failing_background_task_is_logged_not_lost(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = settings_for(tmp_path)
-
-    async def scenario() -> None:
-        tracker = bare_tracker(settings, SqliteStore(settings.database_path), "a", True)
-
-        async def fails() -> None:
-            raise StorageError("could not read the callbacks due: disk I/O error")
-
-        tracker._keep(asyncio.create_task(fails()))
-        await asyncio.sleep(0.01)
-        assert tracker._helpers == set()
-
-    asyncio.run(scenario())
-    assert "a background task failed" in caplog.text
-    assert "disk I/O error" in caplog.text
 
 
 # ---- the lease is never held back by client work ------------------------------------------------
@@ -451,13 +419,13 @@ def test_a_backlog_of_client_reads_never_pauses_dispatching(tmp_path: Path) -> N
 
     async def scenario() -> None:
         store = SlowReads(SqliteStore(settings.database_path))
-        tracker = bare_tracker(settings, store, "A", True)
+        tracker, parts = await tracker_with(settings, store, "A", True)
         assert SqliteStore(settings.database_path).hold_lease("A", LEASE)
         reads = asyncio.gather(*(tracker.job_detail(1, None) for _ in range(8)))
-        renewals = asyncio.create_task(_lease_steps(tracker, seconds=1.5))
+        renewals = asyncio.create_task(_lease_steps(parts, seconds=1.5))
         paused = 0
         while not renewals.done():
-            paused += not tracker._dispatching
+            paused += not parts.leadership.dispatching
             await asyncio.sleep(0.01)
         await renewals
         assert paused == 0, f"dispatching paused for {paused * 10} ms"
@@ -467,10 +435,10 @@ def test_a_backlog_of_client_reads_never_pauses_dispatching(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
-async def _lease_steps(tracker: Any, seconds: float) -> None:
+async def _lease_steps(parts: TrackerParts, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        await tracker._lease_step()
+        await parts.leadership.step()
 
 
 def test_a_cancel_after_the_lease_lapsed_is_left_to_the_holder(tmp_path: Path) -> None:
@@ -480,7 +448,7 @@ def test_a_cancel_after_the_lease_lapsed_is_left_to_the_holder(tmp_path: Path) -
 
     async def scenario() -> None:
         store = SqliteStore(settings.database_path)
-        tracker = bare_tracker(settings, store, "A", True)
+        tracker, _ = await tracker_with(settings, store, "A", True)
         job_id = await tracker.submit(one_image_job(2), "k1", None, None, "a")
         await asyncio.sleep(LEASE * 2 / 3 + 0.02)  # no renewal: the dispatch window closes
         with pytest.raises(NotDispatching):
@@ -517,11 +485,11 @@ def test_a_takeover_that_fails_half_way_holds_no_job(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         store = FailingJobLoads(SqliteStore(settings.database_path))
-        tracker = bare_tracker(settings, store, "A", False)
+        tracker, parts = await tracker_with(settings, store, "A", False)
         with pytest.raises(StorageError):
-            await tracker._lead()
-        assert tracker._book.jobs == {}
-        assert tracker._loaded is False
+            await parts.leadership.lead()
+        assert parts.jobs.book.jobs == {}
+        assert parts.leadership.loaded is False
         recorder.save_outcomes(
             [ImageOutcome(job_ids[0], 0, time.time(), width=1, height=1)], [job_ids[0]]
         )
@@ -546,14 +514,14 @@ def test_a_step_down_whose_save_fails_still_forgets_the_jobs(tmp_path: Path) -> 
     settings = settings_for(tmp_path)
 
     async def scenario() -> None:
-        tracker = bare_tracker(
+        tracker, parts = await tracker_with(
             settings, FailingSaves(SqliteStore(settings.database_path)), "A", True
         )
         job_id = await tracker.submit(one_image_job(), "k1", None, None, "a")
         await tracker.report("w", [ImageOutcome(job_id, 0, time.time(), width=1, height=1)])
-        await tracker._step_down("lost the dispatch lease to another cluster")
-        assert tracker._book.jobs == {}
-        assert tracker._loaded is False
+        await parts.leadership.step_down("lost the dispatch lease to another cluster")
+        assert parts.jobs.book.jobs == {}
+        assert parts.leadership.loaded is False
 
     asyncio.run(scenario())
 
@@ -570,15 +538,14 @@ def test_a_tracker_that_lost_the_lease_sends_no_callback_of_a_job_it_finishes(
 
     async def scenario() -> None:
         store = SqliteStore(settings.database_path)
-        tracker = bare_tracker(settings, store, "A", True)
-        assert tracker._lease_store.hold_lease("A", LEASE)
-        sent = recording_callbacks(tracker)
+        sent = RecordingSender()
+        tracker, parts = await tracker_with(settings, store, "A", True, sender=sent)
         job_id = await tracker.submit(hooked, "k1", None, None, "a")
         await tracker.report("w", [ImageOutcome(job_id, 0, time.time(), width=1, height=1)])
         await asyncio.sleep(LEASE + 0.02)
         assert SqliteStore(settings.database_path).hold_lease("B", 60)
-        await tracker._flush()
-        await asyncio.gather(*tracker._helpers)
+        await parts.flusher.flush()
+        await asyncio.gather(*parts.tasks.running())
         assert sent.delivered == []
         assert [due.job_id for due in store.callbacks_due(None)] == [job_id]
 

@@ -1,0 +1,79 @@
+"""Puts what the held jobs settled on disk: every write waiting (outcomes, starts, cancels,
+finished jobs) in one store call, put back in front if that call fails; then the finished
+jobs' callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from actors.callbacks import CallbackDelivery
+from actors.held_jobs import HeldJobs
+from core.jobstore import JobStore
+from core.jobstore.dbthread import DatabaseThread
+from core.models import FailureReason
+from core.tasks import BackgroundTasks
+
+if TYPE_CHECKING:  # the metrics are Ray's: this module stays free of Ray
+    from actors.metrics import ImageMetrics
+
+# "job finished" closes a job's lines with "job recorded" and "job cancelled": all three come
+# from the tracker's logger, which operators filter on (the README's log example shows it).
+log = logging.getLogger("actors.tracker")
+
+
+class Flusher:
+    """The held jobs' writes, saved one flush at a time and in order."""
+
+    def __init__(
+        self,
+        jobs: HeldJobs,
+        store: JobStore,
+        db: DatabaseThread,
+        callbacks: CallbackDelivery,
+        image_metrics: ImageMetrics,
+        tasks: BackgroundTasks,
+        interval: float,
+    ) -> None:
+        self._jobs = jobs
+        self._store = store
+        self._db = db
+        self._callbacks = callbacks
+        self._image_metrics = image_metrics
+        self._tasks = tasks
+        self._interval = interval
+        self._lock = asyncio.Lock()
+
+    async def step(self) -> None:
+        """One turn of the flush loop: wait the flush interval, then flush."""
+        await asyncio.sleep(self._interval)
+        await self.flush()
+
+    async def flush(self) -> int:
+        """Save every write waiting, one flush at a time; returns the outcomes saved."""
+        async with self._lock:
+            batch = self._jobs.book.pending.take()
+            if not batch:
+                return 0
+            try:
+                unstorable = await self._db.run(
+                    self._store.save_outcomes,
+                    batch.outcomes,
+                    batch.finished,
+                    batch.started,
+                    batch.cancels,
+                )
+            except BaseException:
+                self._jobs.book.pending.restore(batch)
+                raise
+            for outcome in unstorable:
+                log.error("the result of image %d could not be stored; it failed instead",
+                          outcome.index, extra={"job_id": outcome.job_id})  # fmt: skip
+            self._image_metrics.failed_at_once(FailureReason.INTERNAL, len(unstorable))
+            self._jobs.book.finished(batch.finished)
+            for job_id in batch.finished:
+                log.info("job finished", extra={"job_id": job_id})
+            if batch.finished:
+                self._tasks.spawn(self._callbacks.for_jobs(batch.finished))
+            return len(batch.outcomes)
