@@ -10,7 +10,7 @@ import threading
 from core.errors import DatabaseUnavailable
 from core.jobstore.deadline import StoreDeadlines
 from core.jobstore.postgres.store import PostgresStore
-from core.jobstore.sqlite.store import StatusReader
+from core.jobstore.sqlite.reader import SqliteStatusReader
 from core.models import JobView
 from core.settings import Settings
 
@@ -22,7 +22,7 @@ class StatusSource:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._sqlite: StatusReader | None = None
+        self._sqlite: SqliteStatusReader | None = None
         self._postgres: PostgresStore | None = None
         # Concurrent first reads each run in a thread of their own: one opens the pool. A
         # database that cannot be reached then is not tried again by every read in turn.
@@ -32,13 +32,13 @@ class StatusSource:
     async def job_view(
         self, job_id: int, client_id: str | None = None, exact: bool = False
     ) -> JobView | None:
-        """As `StatusReader.job_view`; StorageError when the store cannot be read (SQLite: not
-        on this node, or not created yet), DatabaseUnavailable when it does not answer within
-        `database_timeout`."""
+        """As `SqliteStatusReader.job_view`; StorageError when the store cannot be read
+        (SQLite: not on this node, or not created yet), DatabaseUnavailable when it does not
+        answer within `database_timeout`."""
         if self._settings.database_url:
             return await asyncio.to_thread(self._postgres_view, job_id, client_id, exact)
         if self._sqlite is None:
-            self._sqlite = StatusReader(
+            self._sqlite = SqliteStatusReader(
                 self._settings.database_path, self._settings.database_timeout
             )
         return self._sqlite.job_view(job_id, client_id, exact)

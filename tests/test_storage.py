@@ -175,6 +175,17 @@ def test_a_cancelled_job_that_lost_nothing_still_ends_failed(store: JobStore) ->
     assert view.errors == (StoreError("S1", JOB_CANCELLED), StoreError("S2", JOB_CANCELLED))
 
 
+def test_closing_a_job_the_database_does_not_hold_saves_the_batch(store: JobStore) -> None:
+    """A finished job with no row (a database restored from an older backup, say) is passed
+    over; the batch it came with is saved all the same."""
+    job_id, _ = store.create_job(submission(), None, {})
+    assert store.save_outcomes([done(job_id, 0)], [job_id + 1]) == []
+    _total, rows = store.results_page(job_id, 0, 10)
+    assert [r.width for r in rows] == [10, None, None]
+    assert store.job_view(job_id + 1) is None
+    assert store.job_view(job_id).status is JobStatus.ONGOING  # type: ignore[union-attr]
+
+
 def test_idempotency_conflict_when_the_body_differs(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), "key", {}, request_hash="a")
     assert store.create_job(submission(), "key", {}, request_hash="a") == (job_id, False)
