@@ -222,6 +222,7 @@ def test_a_database_from_before_job_totals_is_counted_on_opening(tmp_path: Path)
         store.create_job(submission(), None, {}, client_id=client)
     store._db.execute("DROP TRIGGER jobs_total")
     store._db.execute("DROP TABLE job_totals")
+    store._db.execute("DROP TABLE schema_version")  # a release before numbered migrations
     store.close()
     reopened = SqliteStore(path)
     assert (reopened.recent_jobs(None, 0, 1)[0], reopened.recent_jobs("a", 0, 1)[0]) == (3, 2)
@@ -323,7 +324,7 @@ def test_database_with_visit_fields_on_every_image_is_split_on_opening(tmp_path:
     store.close()
     with sqlite3.connect(path) as old:  # the layout before visits had a table
         old.executescript(
-            "DROP TABLE visits; DROP TABLE images;"
+            "DROP TABLE visits; DROP TABLE images; DROP TABLE schema_version;"
             "CREATE TABLE images (job_id INTEGER NOT NULL, idx INTEGER NOT NULL,"
             " store_id TEXT NOT NULL, visit_time TEXT NOT NULL, url TEXT NOT NULL,"
             " PRIMARY KEY (job_id, idx)) WITHOUT ROWID;"
