@@ -12,17 +12,11 @@ on, and a batch it lost would leave a job the tracker thinks finished `ongoing` 
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from core.errors import (
     DatabaseUnavailable,
@@ -34,10 +28,10 @@ from core.jobstore.deadline import (
     CREATE_SECONDS_PER_IMAGE,
     DEFAULT_TIMEOUT_SECONDS,
     PROBE_INTERVAL_SECONDS,
-    StoreDeadlines,
 )
-from core.jobstore.postgres.schema import POOL_MAX_SIZE, migrate, open_pool
-from core.jobstore.postgres.writes import Connection, PostgresWrites, storable
+from core.jobstore.postgres.connection import POOL_MAX_SIZE, Connection, PostgresConnections
+from core.jobstore.postgres.schema import migrate
+from core.jobstore.postgres.writes import PostgresWrites, storable
 from core.jobstore.postgres.writes import job_for_key as _job_for_key
 from core.jobstore.records import DueCallback, UnfinishedJob
 from core.jobstore.rows import (
@@ -76,66 +70,25 @@ class PostgresStore(JobStoreBase):
     ) -> None:
         """`DatabaseUnavailable` if the server does not answer within `timeout`. A
         `probe_interval` of 0: calls are never refused while the database is not answering."""
-        try:
-            conninfo_to_dict(url)
-        except psycopg.Error:
-            # Its message may quote the URL, password and all.
-            raise StorageError("could not open the job database: its URL is malformed") from None
-        self._deadlines = StoreDeadlines(timeout, probe_interval)
-        # When the call under way on this thread must end: the pool's check gets what is left.
-        self._call_ends = threading.local()
-        try:
-            self._pool = open_pool(url, timeout, self._check, max_connections)
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and _not_answering(exc):
-                raise DatabaseUnavailable(f"could not open the job database: {exc}") from exc
-            raise StorageError(f"could not open the job database: {exc}") from exc
+        self._connections = PostgresConnections(url, timeout, max_connections, probe_interval)
         try:
             with self._connection() as db:
                 migrate(db)
         except BaseException as exc:
-            self._pool.close()
+            self._connections.close()
             if isinstance(exc, psycopg.Error):
                 raise StorageError(f"could not open the job database: {exc}") from exc
             raise
         self._node_numbers: dict[str, int] = {}
 
     def close(self) -> None:
-        self._pool.close()
+        self._connections.close()
 
-    @contextmanager
     def _connection(
         self, timeout: float | None = None, probe: bool = False
-    ) -> Iterator[Connection]:
-        """A pooled connection for one call, cut off at the call's deadline (the wait for the
-        connection included). With `probe`, tried even while the database is not answering."""
-        if not probe:
-            self._deadlines.admit()
-        seconds = self._deadlines.timeout if timeout is None else timeout
-        ends = self._call_ends.at = time.monotonic() + seconds
-        try:
-            with self._pool.connection(timeout=seconds) as db:
-                left = max(0.0, ends - time.monotonic())
-                with self._deadlines.call(lambda: abort_connection(db), left):
-                    yield db
-        except PoolTimeout as exc:
-            self._deadlines.down()
-            raise DatabaseUnavailable(
-                f"the job database did not answer within {seconds:g} s; please retry"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            if _not_answering(exc):
-                self._deadlines.down()
-                raise DatabaseUnavailable(f"the job database is not answering: {exc}") from exc
-            raise
-        self._deadlines.up()
-
-    def _check(self, db: Connection) -> None:
-        """Vet a pooled connection before use, within what is left of the call's deadline: the
-        server may have dropped it (a restart, a failover), or be frozen."""
-        ends = getattr(self._call_ends, "at", time.monotonic() + self._deadlines.timeout)
-        with self._deadlines.call(lambda: abort_connection(db), max(0.0, ends - time.monotonic())):
-            ConnectionPool.check_connection(db)
+    ) -> AbstractContextManager[Connection]:
+        """As `PostgresConnections.connection`."""
+        return self._connections.connection(timeout, probe)
 
     @database_errors("record the job")
     def create_job(
@@ -147,7 +100,9 @@ class PostgresStore(JobStoreBase):
         request_hash: str | None = None,
     ) -> tuple[int, bool]:
         """As `JobStore.create_job` says."""
-        timeout = self._deadlines.timeout + submission.image_count * CREATE_SECONDS_PER_IMAGE
+        timeout = (
+            self._connections.deadlines.timeout + submission.image_count * CREATE_SECONDS_PER_IMAGE
+        )
         committing = False
         try:
             with self._connection(timeout) as db:
@@ -412,17 +367,3 @@ class PostgresStore(JobStoreBase):
     def release_lease(self, holder: str) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM leases WHERE name = 'dispatch' AND holder = %s", (holder,))
-
-
-def abort_connection(db: Connection) -> None:
-    """Cut a connection off where it waits: its socket shut down, the blocked call returns
-    with the connection closed. (A cancel request would go to the same frozen server.)"""
-    fd = db.pgconn.socket
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _not_answering(exc: psycopg.OperationalError) -> bool:
-    """A connection failure (the server gone, a socket cut off), or a statement the server
-    cancelled at its statement_timeout (the deadline), not an answer of its own (a full disk)."""
-    return exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate == "57014"

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import psycopg
 
 from core.jobstore.base import JobWrites
+from core.jobstore.postgres.connection import Connection
 from core.jobstore.rows import IMAGES_WITH_VISITS, UNSTORABLE_RESULT, images_in_order, job_of_key
 from core.models import ImageOutcome, JobStatus, JobSubmission
 from core.text import is_utf8_text, safe_text
 
-Connection = psycopg.Connection[tuple[Any, ...]]
 ResultRow = tuple[int, int, int | None, int | None, str | None, float, int | None]
 
 # A whole batch in one statement: its columns bound as arrays (binary) and unnested into rows.
