@@ -13,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.jobstore import JobStore
-from core.jobstore.postgres.store import PostgresStore
-from core.jobstore.sqlite.store import SqliteStore
+from core.jobstore import JobStore, open_store
 from core.models import ImageOutcome, JobSubmission, Visit
+from core.settings import Settings
 from harness.postgres import PostgresServer
 from harness.service import ROOT
 
@@ -85,12 +84,12 @@ def measure(store: JobStore) -> dict[str, float]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        sqlite = SqliteStore(Path(scratch) / "jobs.sqlite3")
+        sqlite = open_store(Settings(data_dir=Path(scratch), database_url=""))
         results = {"sqlite": measure(sqlite)}
         sqlite.close()
     server = PostgresServer(durable=True).start()
     try:
-        postgres = PostgresStore(server.empty_database("bench"))
+        postgres = open_store(Settings(database_url=server.empty_database("bench")))
         results["postgres"] = measure(postgres)
         postgres.close()
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from core.clients import ApiKeys
-from core.jobstore.sqlite.store import SqliteStore
+from core.jobstore import open_store
 from core.models import ImageOutcome, JobSubmission, Visit
 from core.settings import Settings
 from core.submission import SubmissionLimits
@@ -63,7 +63,7 @@ class App:
 
 def store_with_jobs(data_dir: Path, client: str | None = None) -> tuple[int, int]:
     """An ongoing job and a failed one, in the database the service keeps under `data_dir`."""
-    store = SqliteStore(Settings(data_dir=data_dir).database_path)
+    store = open_store(Settings(data_dir=data_dir, database_url=""))
     submission = JobSubmission((Visit("S\u00e9", "2025-01-01", ("http://a.test/1",)),))
     ongoing, _ = store.create_job(submission, None, {}, client)
     failed, _ = store.create_job(submission, None, {}, client)

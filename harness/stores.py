@@ -11,9 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from core.jobstore import JobStore
-from core.jobstore.postgres.store import PostgresStore
-from core.jobstore.sqlite.store import SqliteStore
+from core.jobstore import JobStore, open_store
+from core.settings import Settings
 
 BACKENDS = ("sqlite", "postgres")
 # A module marked so runs every test on services of each backend in turn (the `backend`
@@ -35,12 +34,19 @@ class StoreDatabase:
     location: str  # the SQLite file, or the PostgreSQL URL
     opened: list[JobStore] = field(default_factory=list)
 
+    @property
+    def settings(self) -> Settings:
+        """The settings of a service whose store is this database."""
+        if self.backend == "postgres":
+            return Settings(database_url=self.location)
+        settings = Settings(data_dir=Path(self.location).parent, database_url="")
+        if settings.database_path != Path(self.location).resolve():
+            raise ValueError(f"a service keeps its SQLite jobs in {settings.database_path.name}")
+        return settings
+
     def open(self) -> JobStore:
-        store: JobStore = (
-            SqliteStore(Path(self.location))
-            if self.backend == "sqlite"
-            else PostgresStore(self.location)
-        )
+        """A store on it, opened as the service opens its own."""
+        store = open_store(self.settings)
         self.opened.append(store)
         return store
 

@@ -132,13 +132,14 @@ class ImageServiceAPI:
         poll a round trip through the tracker, which is what bounds status throughput. SQLite
         when this replica runs beside it; PostgreSQL from any node (a SQLite file left beside
         the replica would be stale then)."""
-        if not self._settings.database_url:
+        statuses = StatusSource(self._settings)
+        if statuses.local:
             tracker_node = ray.get(
                 tracker.ping.remote(), timeout=max(60, self._settings.tracker_timeout)
             )
             if tracker_node != ray.get_runtime_context().get_node_id():
                 return None
-        return StatusSource(self._settings)
+        return statuses
 
     @api.post(
         "/api/submit/",

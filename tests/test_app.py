@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from ray.exceptions import GetTimeoutError
 
-from core.errors import JobAlreadyFinished
-from core.jobstore.sqlite.store import StorageError
+from core.errors import JobAlreadyFinished, StorageError
 from core.models import (
     ImageResult,
     JobDetail,

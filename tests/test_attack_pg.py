@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from core.errors import DatabaseUnavailable, SubmissionOutcomeUnknown
-from core.jobstore.postgres import store as pg_store
-from core.jobstore.postgres.store import PostgresStore, abort_connection
+from core.jobstore.postgres import connection as pg_connection
+from core.jobstore.postgres.connection import abort_connection
+from core.jobstore.postgres.store import PostgresStore
 from harness.postgres import PostgresServer
 from tests.test_pg_store import own_server, sql, submission  # noqa: F401 - a fixture
 
@@ -101,14 +102,14 @@ def test_a_late_abort_never_cuts_off_the_call_that_got_the_connection_next(
     descheduled between its lock and the abort, or slow in logging a previous abort)."""
     store = PostgresStore(postgres_url, timeout=0.3, max_connections=1)
     aborting, go = threading.Event(), threading.Event()
-    real_abort = pg_store.abort_connection
+    real_abort = pg_connection.abort_connection
 
     def held_back(db: Any) -> None:
         aborting.set()
         go.wait(5)
         real_abort(db)
 
-    monkeypatch.setattr(pg_store, "abort_connection", held_back)
+    monkeypatch.setattr(pg_connection, "abort_connection", held_back)
     try:
         with store._connection() as db, db.transaction():
             db.execute("SET LOCAL statement_timeout = 0")  # the server's own cut-off aside

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 
 from core.clients import client_id_for_key
 from core.errors import DatabaseUnavailable
+from core.jobstore.postgres import reader as pg_reader
+from core.jobstore.postgres.connection import PostgresConnections
 from core.jobstore.postgres.store import PostgresStore
 from core.settings import Settings
 from harness.asgi import App, call, store_with_jobs
@@ -132,16 +134,17 @@ def test_status_while_the_database_does_not_answer_is_a_503_with_retry_after(
 def test_concurrent_first_status_reads_open_one_pool(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each concurrent first read runs in a thread of its own: one opens the store, and the
+    """Each concurrent first read runs in a thread of its own: one opens the pool, and the
     others wait for it, instead of each opening a pool of its own and leaking it."""
-    opened: list[PostgresStore] = []
+    opened: list[PostgresConnections] = []
 
-    class Counted(PostgresStore):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
+    class Counted(PostgresConnections):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
             opened.append(self)
 
-    monkeypatch.setattr(status_source, "PostgresStore", Counted)
+    PostgresStore(postgres_url).close()  # the tracker's store creates the tables; readers never
+    monkeypatch.setattr(pg_reader, "PostgresConnections", Counted)
     source = status_source.StatusSource(Settings(database_url=postgres_url))
 
     async def first_reads() -> list[Any]:
@@ -149,8 +152,8 @@ def test_concurrent_first_status_reads_open_one_pool(
 
     assert asyncio.run(first_reads()) == [None] * 32
     assert len(opened) == 1
-    for store in opened:
-        store.close()
+    for connections in opened:
+        connections.close()
 
 
 class QueueFull:

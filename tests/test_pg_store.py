@@ -21,8 +21,8 @@ from core.errors import (
     SubmissionOutcomeUnknown,
 )
 from core.jobstore.postgres import store as pg_store
-from core.jobstore.postgres.schema import connection_options
-from core.jobstore.postgres.store import PostgresStore, abort_connection
+from core.jobstore.postgres.connection import abort_connection, connection_options
+from core.jobstore.postgres.store import PostgresStore
 from core.jobstore.rows import UNSTORABLE_RESULT
 from core.models import ImageOutcome, JobState, JobSubmission, Visit
 from harness.postgres import PostgresServer

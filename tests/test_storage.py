@@ -175,6 +175,17 @@ def test_a_cancelled_job_that_lost_nothing_still_ends_failed(store: JobStore) ->
     assert view.errors == (StoreError("S1", JOB_CANCELLED), StoreError("S2", JOB_CANCELLED))
 
 
+def test_closing_a_job_the_database_does_not_hold_saves_the_batch(store: JobStore) -> None:
+    """A finished job with no row (a database restored from an older backup, say) is passed
+    over; the batch it came with is saved all the same."""
+    job_id, _ = store.create_job(submission(), None, {})
+    assert store.save_outcomes([done(job_id, 0)], [job_id + 1]) == []
+    _total, rows = store.results_page(job_id, 0, 10)
+    assert [r.width for r in rows] == [10, None, None]
+    assert store.job_view(job_id + 1) is None
+    assert store.job_view(job_id).status is JobStatus.ONGOING  # type: ignore[union-attr]
+
+
 def test_idempotency_conflict_when_the_body_differs(store: JobStore) -> None:
     job_id, _ = store.create_job(submission(), "key", {}, request_hash="a")
     assert store.create_job(submission(), "key", {}, request_hash="a") == (job_id, False)
@@ -211,6 +222,7 @@ def test_a_database_from_before_job_totals_is_counted_on_opening(tmp_path: Path)
         store.create_job(submission(), None, {}, client_id=client)
     store._db.execute("DROP TRIGGER jobs_total")
     store._db.execute("DROP TABLE job_totals")
+    store._db.execute("DROP TABLE schema_version")  # a release before numbered migrations
     store.close()
     reopened = SqliteStore(path)
     assert (reopened.recent_jobs(None, 0, 1)[0], reopened.recent_jobs("a", 0, 1)[0]) == (3, 2)
@@ -312,7 +324,7 @@ def test_database_with_visit_fields_on_every_image_is_split_on_opening(tmp_path:
     store.close()
     with sqlite3.connect(path) as old:  # the layout before visits had a table
         old.executescript(
-            "DROP TABLE visits; DROP TABLE images;"
+            "DROP TABLE visits; DROP TABLE images; DROP TABLE schema_version;"
             "CREATE TABLE images (job_id INTEGER NOT NULL, idx INTEGER NOT NULL,"
             " store_id TEXT NOT NULL, visit_time TEXT NOT NULL, url TEXT NOT NULL,"
             " PRIMARY KEY (job_id, idx)) WITHOUT ROWID;"

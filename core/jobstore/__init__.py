@@ -1,6 +1,7 @@
 """The job store as the tracker and the API see it, whichever database holds it: SQLite on the
 head's disk (the default, `SqliteStore`) or PostgreSQL for clusters (`PostgresStore`, chosen by
-`IMAGE_SERVICE_DATABASE_URL`).
+`IMAGE_SERVICE_DATABASE_URL`). The backend is chosen here only (`open_store`,
+`open_status_reader`), and imported only when chosen: a SQLite deployment never loads psycopg.
 
 Both give the same guarantees: a job is committed with all its images before its id is
 answered; each image has at most one result (its primary key), whatever retries, restarts or
@@ -93,6 +94,27 @@ class JobStore(Protocol):
         ...
 
 
+class StatusReader(Protocol):
+    """Job statuses for the processes beside the tracker (the edge, the API replicas): reads
+    only, never a migration."""
+
+    # True: the database is a file on this node, read in microseconds (on the caller's event
+    # loop), and only by a process on the tracker's node. False: a server, read from any node
+    # in a round trip (in a thread).
+    local: bool
+
+    def job_view(
+        self, job_id: int, client_id: str | None = None, exact: bool = False
+    ) -> JobView | None:
+        """The job's status; None if unknown, or if `client_id` is given and the job is
+        another's. With `exact`, a `client_id` of None matches only a job submitted without
+        API keys. StorageError when the database cannot be read (a SQLite file not on this
+        node, or not created yet), DatabaseUnavailable when it does not answer in time."""
+        ...
+
+    def close(self) -> None: ...
+
+
 def open_store(
     settings: Settings,
     timeout: float | None = None,
@@ -106,7 +128,7 @@ def open_store(
     seconds = settings.database_timeout if timeout is None else timeout
     if settings.database_url:
         # Imported here so that psycopg loads only where PostgreSQL is used.
-        from core.jobstore.postgres.schema import POOL_MAX_SIZE
+        from core.jobstore.postgres.connection import POOL_MAX_SIZE
         from core.jobstore.postgres.store import PostgresStore
 
         return PostgresStore(
@@ -115,3 +137,15 @@ def open_store(
     from core.jobstore.sqlite.store import SqliteStore
 
     return SqliteStore(settings.database_path, seconds, probe_interval)
+
+
+def open_status_reader(settings: Settings) -> StatusReader:
+    """The statuses of the store the settings name, read-only, its calls cut off past
+    `database_timeout`. Opens nothing yet: the first read does."""
+    if settings.database_url:
+        from core.jobstore.postgres.reader import PostgresStatusReader
+
+        return PostgresStatusReader(settings.database_url, settings.database_timeout)
+    from core.jobstore.sqlite.reader import SqliteStatusReader
+
+    return SqliteStatusReader(settings.database_path, settings.database_timeout)

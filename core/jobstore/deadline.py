@@ -26,6 +26,9 @@ WATCH_INTERVAL_SECONDS = 0.05
 # Recording a job takes longer the more images it has: 275 ms for 10,000 on PostgreSQL,
 # 165 ms on SQLite (make bench), so its deadline grows by about 7 times that per image.
 CREATE_SECONDS_PER_IMAGE = 0.0002
+# A call's deadline where no setting gives one (IMAGE_SERVICE_DATABASE_TIMEOUT sets the
+# tracker's and the API's).
+DEFAULT_TIMEOUT_SECONDS = 5.0
 # While the database is not answering, one call this often tries it.
 PROBE_INTERVAL_SECONDS = 1.0
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from core.errors import IdempotencyConflict
-from core.models import JobDetail, JobState, JobStatus, JobSubmission, StoreError
+from core.models import JobDetail, JobState, JobStatus, JobSubmission, JobView, StoreError
 
 # An image with its visit's fields, as the stores' queries read it.
 IMAGES_WITH_VISITS = "images i JOIN visits v ON v.job_id = i.job_id AND v.visit = i.visit"
@@ -17,6 +17,8 @@ JOB_DETAIL_COLUMNS = (
     "id, status, errors, image_count, settled_count, failed_count,"
     " created_at, started_at, finished_at, cancelled_at"
 )
+
+JOB_VIEW_COLUMNS = "status, errors, client_id"
 
 UNSTORABLE_RESULT = "internal error: the image's result could not be stored"
 
@@ -39,6 +41,17 @@ def detail_from_row(row: Sequence[Any]) -> JobDetail:
         cancelled_at=cancelled,
         errors=() if status == JobStatus.ONGOING.value else store_errors(errors),
     )
+
+
+def view_from_row(
+    job_id: int, row: Sequence[Any] | None, client_id: str | None, exact: bool
+) -> JobView | None:
+    """A row of `JOB_VIEW_COLUMNS` as the job's status; None if there is no row, or if
+    `client_id` is given and the job is another's. With `exact`, a `client_id` of None matches
+    only a job submitted without API keys."""
+    if row is None or ((client_id is not None or exact) and row[2] != client_id):
+        return None
+    return JobView(job_id=job_id, status=JobStatus(row[0]), errors=store_errors(row[1]))
 
 
 def store_errors(errors_json: str | None) -> tuple[StoreError, ...]:

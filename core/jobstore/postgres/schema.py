@@ -1,4 +1,4 @@
-"""The PostgreSQL job database: its schema, numbered migrations, and the connection pool.
+"""The PostgreSQL job database: its schema as numbered migrations.
 
 The tables mirror the SQLite ones, so both stores answer alike. Each migration
 runs once, in order, recorded in `schema_version`; a later release appends to `MIGRATIONS`.
@@ -6,12 +6,9 @@ runs once, in order, recorded in `schema_version`; a later release appends to `M
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, LiteralString
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
 
 # Times are Unix seconds (double precision) as in SQLite, given by the caller, except the
 # lease's, which the database's own clock sets (see `leases`).
@@ -124,66 +121,6 @@ MIGRATIONS: tuple[LiteralString, ...] = (SCHEMA_V1, CALLBACK_CLAIMS, JOB_TOTALS)
 # Held while migrating, so that two processes opening a new database at once take turns (two
 # CREATE TABLE IF NOT EXISTS racing can both pass the check and one fail on the catalog).
 MIGRATION_LOCK = 0x696D_6A6F_6273  # "imjobs"
-
-# Without a timeout, libpq waits for a server that does not answer as long as TCP does.
-CONNECT_TIMEOUT_SECONDS = 5
-# A peer that vanished (its host down, the link cut) is found by the kernel: an idle connection
-# by keepalives after 5 + 3 * 2 s, one with data unacknowledged after 10 s. A server that is
-# there but frozen keeps both alive: the call deadlines (`StoreDeadlines`) cut those off.
-TCP_OPTIONS = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-}
-POOL_MIN_SIZE = 1
-POOL_MAX_SIZE = 4
-
-Pool = ConnectionPool[psycopg.Connection[tuple[Any, ...]]]
-
-
-def connection_options(url: str, timeout: float) -> dict[str, Any]:
-    """What every connection to `url` is opened with, beside what the URL says itself."""
-    # Autocommit: the store opens a transaction where it needs one (`PostgresStore`).
-    options: dict[str, Any] = {"autocommit": True}
-    given = conninfo_to_dict(url)
-    options["connect_timeout"] = given.get("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-    options.update({name: given.get(name, value) for name, value in TCP_OPTIONS.items()})
-    # The server gives up a statement at the call's deadline too (one stuck behind another
-    # session's lock, say), so that it does not run on after the caller has given up. The URL's
-    # own `options` are kept: a statement_timeout there wins.
-    own = str(given.get("options", ""))
-    if "statement_timeout" not in own:
-        timeout_ms = max(1, round(timeout * 1000))
-        options["options"] = f"{own} -c statement_timeout={timeout_ms}".strip()
-    return options
-
-
-def open_pool(
-    url: str,
-    timeout: float,
-    check: Callable[[psycopg.Connection[Any]], None],
-    max_size: int = POOL_MAX_SIZE,
-) -> Pool:
-    """A pool of connections to `url`, opened. A server that cannot be reached raises
-    psycopg.OperationalError within `timeout`; `check` vets a pooled connection before use."""
-    pool: Pool = ConnectionPool(
-        url,
-        min_size=min(POOL_MIN_SIZE, max_size),
-        max_size=max_size,
-        timeout=timeout,
-        kwargs=connection_options(url, timeout),
-        check=check,
-        open=False,
-        name="jobstore",
-    )
-    try:
-        pool.open(wait=True, timeout=timeout)
-    except BaseException:
-        pool.close()
-        raise
-    return pool
 
 
 def migrate(db: psycopg.Connection[Any]) -> None:

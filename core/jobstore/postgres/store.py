@@ -12,45 +12,37 @@ on, and a batch it lost would leave a job the tracker thinks finished `ongoing` 
 
 from __future__ import annotations
 
-import functools
-import os
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from core.errors import (
     DatabaseUnavailable,
     StorageError,
     SubmissionOutcomeUnknown,
 )
-from core.jobstore.deadline import CREATE_SECONDS_PER_IMAGE, PROBE_INTERVAL_SECONDS, StoreDeadlines
-from core.jobstore.postgres.schema import POOL_MAX_SIZE, migrate, open_pool
-from core.jobstore.postgres.writes import (
-    Connection,
-    cancel_job,
-    finish_job,
-    insert_results,
-    insert_rows,
-    storable,
+from core.jobstore.base import JobStoreBase, database_errors, record_job
+from core.jobstore.deadline import (
+    CREATE_SECONDS_PER_IMAGE,
+    DEFAULT_TIMEOUT_SECONDS,
+    PROBE_INTERVAL_SECONDS,
 )
-from core.jobstore.records import CancelMark, DueCallback, UnfinishedJob
+from core.jobstore.postgres.connection import POOL_MAX_SIZE, Connection, PostgresConnections
+from core.jobstore.postgres.schema import migrate
+from core.jobstore.postgres.writes import PostgresWrites, storable
+from core.jobstore.postgres.writes import job_for_key as _job_for_key
+from core.jobstore.records import DueCallback, UnfinishedJob
 from core.jobstore.rows import (
     JOB_DETAIL_COLUMNS,
+    JOB_VIEW_COLUMNS,
     detail_from_row,
-    images_in_order,
-    job_of_key,
     job_state,
     store_errors,
+    view_from_row,
 )
 from core.models import (
-    ImageOutcome,
     ImageResult,
     JobDetail,
     JobState,
@@ -59,36 +51,15 @@ from core.models import (
     JobView,
 )
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
-# A call's deadline (IMAGE_SERVICE_DATABASE_TIMEOUT sets the tracker's and the API's).
-DEFAULT_TIMEOUT_SECONDS = 5.0
-
-
-def database_errors(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """As `SqliteStore`'s: a database error becomes a StorageError saying what could not be
-    done; every read and write goes through it."""
-
-    def wrap(method: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return method(*args, **kwargs)
-            except psycopg.Error as exc:
-                raise StorageError(f"could not {action}: {exc}") from exc
-
-        return call
-
-    return wrap
-
-
-class PostgresStore:
+class PostgresStore(JobStoreBase):
     """The job store in a PostgreSQL database (`IMAGE_SERVICE_DATABASE_URL`).
 
     Each call takes a pooled connection in autocommit: a write of several statements is one
     explicit transaction, rolled back on any error; a read needs none, each statement seeing
     the latest commits as SQLite's reads do, without the round trips of BEGIN and COMMIT."""
+
+    database_error: ClassVar[type[Exception]] = psycopg.Error
 
     def __init__(
         self,
@@ -99,66 +70,25 @@ class PostgresStore:
     ) -> None:
         """`DatabaseUnavailable` if the server does not answer within `timeout`. A
         `probe_interval` of 0: calls are never refused while the database is not answering."""
-        try:
-            conninfo_to_dict(url)
-        except psycopg.Error:
-            # Its message may quote the URL, password and all.
-            raise StorageError("could not open the job database: its URL is malformed") from None
-        self._deadlines = StoreDeadlines(timeout, probe_interval)
-        # When the call under way on this thread must end: the pool's check gets what is left.
-        self._call_ends = threading.local()
-        try:
-            self._pool = open_pool(url, timeout, self._check, max_connections)
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and _not_answering(exc):
-                raise DatabaseUnavailable(f"could not open the job database: {exc}") from exc
-            raise StorageError(f"could not open the job database: {exc}") from exc
+        self._connections = PostgresConnections(url, timeout, max_connections, probe_interval)
         try:
             with self._connection() as db:
                 migrate(db)
         except BaseException as exc:
-            self._pool.close()
+            self._connections.close()
             if isinstance(exc, psycopg.Error):
                 raise StorageError(f"could not open the job database: {exc}") from exc
             raise
         self._node_numbers: dict[str, int] = {}
 
     def close(self) -> None:
-        self._pool.close()
+        self._connections.close()
 
-    @contextmanager
     def _connection(
         self, timeout: float | None = None, probe: bool = False
-    ) -> Iterator[Connection]:
-        """A pooled connection for one call, cut off at the call's deadline (the wait for the
-        connection included). With `probe`, tried even while the database is not answering."""
-        if not probe:
-            self._deadlines.admit()
-        seconds = self._deadlines.timeout if timeout is None else timeout
-        ends = self._call_ends.at = time.monotonic() + seconds
-        try:
-            with self._pool.connection(timeout=seconds) as db:
-                left = max(0.0, ends - time.monotonic())
-                with self._deadlines.call(lambda: abort_connection(db), left):
-                    yield db
-        except PoolTimeout as exc:
-            self._deadlines.down()
-            raise DatabaseUnavailable(
-                f"the job database did not answer within {seconds:g} s; please retry"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            if _not_answering(exc):
-                self._deadlines.down()
-                raise DatabaseUnavailable(f"the job database is not answering: {exc}") from exc
-            raise
-        self._deadlines.up()
-
-    def _check(self, db: Connection) -> None:
-        """Vet a pooled connection before use, within what is left of the call's deadline: the
-        server may have dropped it (a restart, a failover), or be frozen."""
-        ends = getattr(self._call_ends, "at", time.monotonic() + self._deadlines.timeout)
-        with self._deadlines.call(lambda: abort_connection(db), max(0.0, ends - time.monotonic())):
-            ConnectionPool.check_connection(db)
+    ) -> AbstractContextManager[Connection]:
+        """As `PostgresConnections.connection`."""
+        return self._connections.connection(timeout, probe)
 
     @database_errors("record the job")
     def create_job(
@@ -170,7 +100,9 @@ class PostgresStore:
         request_hash: str | None = None,
     ) -> tuple[int, bool]:
         """As `JobStore.create_job` says."""
-        timeout = self._deadlines.timeout + submission.image_count * CREATE_SECONDS_PER_IMAGE
+        timeout = (
+            self._connections.deadlines.timeout + submission.image_count * CREATE_SECONDS_PER_IMAGE
+        )
         committing = False
         try:
             with self._connection(timeout) as db:
@@ -222,47 +154,14 @@ class PostgresStore:
         client_id: str | None,
         request_hash: str | None,
     ) -> tuple[int, bool]:
-        now = time.time()
-        known = _job_for_key(db, idempotency_key, request_hash)
-        if known is not None:
-            return known, False
-        row = db.execute(
-            "INSERT INTO jobs (submission_key, request_hash, status, image_count,"
-            " created_at, client_id, callback_url) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (submission_key) DO NOTHING RETURNING id",
-            (
-                idempotency_key,
-                request_hash,
-                JobStatus.ONGOING.value,
-                submission.image_count,
-                now,
-                client_id,
-                submission.callback_url,
-            ),
-        ).fetchone()
-        if row is None:
-            # The same key was committed by another call meanwhile (the insert waited for
-            # it): answer its job, as a repeat after it would be answered.
-            raced = _job_for_key(db, idempotency_key, request_hash)
-            if raced is None:
-                raise StorageError("could not record the job: its key vanished")
-            return raced, False
-        job_id = int(row[0])
-        with db.cursor().copy(
-            "COPY visits (job_id, visit, store_id, visit_time) FROM STDIN"
-        ) as copy:
-            for position, visit in enumerate(submission.visits):
-                copy.write_row((job_id, position, visit.store_id, visit.visit_time))
-        with db.cursor().copy("COPY images (job_id, idx, visit, url) FROM STDIN") as copy:
-            for index, (position, url) in enumerate(images_in_order(submission)):
-                copy.write_row((job_id, index, position, url))
-        insert_rows(
-            db,
-            [(job_id, i, None, None, reason, now, None) for i, reason in failed_images.items()],
+        return record_job(
+            PostgresWrites(db, self._node_numbers),
+            submission,
+            idempotency_key,
+            failed_images,
+            client_id,
+            request_hash,
         )
-        if len(failed_images) == submission.image_count:
-            finish_job(db, job_id)
-        return job_id, True
 
     @database_errors("read the job of an idempotency key")
     def job_for_key(self, idempotency_key: str | None, request_hash: str | None) -> int | None:
@@ -273,31 +172,11 @@ class PostgresStore:
         with self._connection() as db:
             return _job_for_key(db, idempotency_key, request_hash)
 
-    @database_errors("save results")
-    def save_outcomes(
-        self,
-        outcomes: Sequence[ImageOutcome],
-        finished_jobs: Iterable[int],
-        started: Iterable[tuple[int, float]] = (),
-        cancelled: Sequence[CancelMark] = (),
-    ) -> list[ImageOutcome]:
-        """As `JobStore.save_outcomes` says."""
-        self._number_nodes({o.node_id for o in outcomes if o.node_id is not None})
-        unstorable: list[ImageOutcome] = []
+    @contextmanager
+    def _writing(self, durable: bool) -> Iterator[PostgresWrites]:
+        # Every commit here is durable (see the module's docstring): `durable` changes nothing.
         with self._connection() as db, db.transaction():
-            db.cursor().executemany(
-                "UPDATE jobs SET started_at = %s WHERE id = %s AND started_at IS NULL",
-                [(when, job_id) for job_id, when in started],
-            )
-            done = 0
-            for mark in sorted(cancelled, key=lambda mark: mark.position):
-                unstorable += insert_results(db, outcomes[done : mark.position], self._node_numbers)
-                done = max(done, mark.position)
-                cancel_job(db, mark.job_id, mark.when)
-            unstorable += insert_results(db, outcomes[done:], self._node_numbers)
-            for job_id in finished_jobs:
-                finish_job(db, job_id)
-        return unstorable
+            yield PostgresWrites(db, self._node_numbers)
 
     def _number_nodes(self, node_ids: set[str]) -> None:
         """Number the nodes not numbered yet, in a commit of their own (before any batch that
@@ -325,11 +204,9 @@ class PostgresStore:
         API keys."""
         with self._connection() as db:
             row = db.execute(
-                "SELECT status, errors, client_id FROM jobs WHERE id = %s", (job_id,)
+                f"SELECT {JOB_VIEW_COLUMNS} FROM jobs WHERE id = %s", (job_id,)
             ).fetchone()
-        if row is None or ((client_id is not None or exact) and row[2] != client_id):
-            return None
-        return JobView(job_id=job_id, status=JobStatus(row[0]), errors=store_errors(row[1]))
+        return view_from_row(job_id, row, client_id, exact)
 
     @database_errors("read a job")
     def job_detail(self, job_id: int, client_id: str | None = None) -> JobDetail | None:
@@ -490,26 +367,3 @@ class PostgresStore:
     def release_lease(self, holder: str) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM leases WHERE name = 'dispatch' AND holder = %s", (holder,))
-
-
-def _job_for_key(
-    db: Connection, idempotency_key: str | None, request_hash: str | None
-) -> int | None:
-    if idempotency_key is None:
-        return None
-    query = "SELECT id, request_hash FROM jobs WHERE submission_key = %s"
-    return job_of_key(db.execute(query, (idempotency_key,)).fetchone(), request_hash)
-
-
-def abort_connection(db: Connection) -> None:
-    """Cut a connection off where it waits: its socket shut down, the blocked call returns
-    with the connection closed. (A cancel request would go to the same frozen server.)"""
-    fd = db.pgconn.socket
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _not_answering(exc: psycopg.OperationalError) -> bool:
-    """A connection failure (the server gone, a socket cut off), or a statement the server
-    cancelled at its statement_timeout (the deadline), not an answer of its own (a full disk)."""
-    return exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate == "57014"
