@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install postgres-server netns-tools run images test unit lint format bench bench-stores soak screenshot clean
+.PHONY: install postgres-server netns-tools prometheus monitor run images test unit lint format bench bench-stores soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,23 @@ netns-tools:
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 		iproute2 iptables; }
 
+# Prometheus 2.42 from Debian's package and the scripts its web UI loads, unpacked under
+# .tools/prometheus (nothing installed system-wide, no daemon started): the monitoring tests
+# and `make monitor` run it from there (launcher/prometheus.py).
+PROMETHEUS_DEBS := prometheus libjs-bootstrap4 libjs-eonasdan-bootstrap-datetimepicker libjs-jquery \
+	libjs-jquery-hotkeys libjs-moment libjs-moment-timezone libjs-mustache libjs-popper.js \
+	libjs-rickshaw fonts-glyphicons-halflings
+PROMETHEUS := .tools/prometheus/usr/bin/prometheus
+
+$(PROMETHEUS):
+	rm -rf .tools/prometheus.part && mkdir -p .tools/prometheus.part/debs
+	cd .tools/prometheus.part/debs && { apt-get download $(PROMETHEUS_DEBS) || \
+		{ apt-get update && apt-get download $(PROMETHEUS_DEBS); }; }
+	for deb in .tools/prometheus.part/debs/*.deb; do dpkg-deb -x "$$deb" .tools/prometheus.part; done
+	rm -rf .tools/prometheus.part/debs .tools/prometheus && mv .tools/prometheus.part .tools/prometheus
+
+prometheus: $(PROMETHEUS)
+
 run: install
 	$(BIN)/python -m launcher
 
@@ -45,7 +62,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint postgres-server netns-tools
+test: lint postgres-server netns-tools prometheus
 	$(BIN)/python -m pytest
 
 # The tests that start no Ray cluster, no service and no PostgreSQL server (tests/conftest.py
@@ -68,4 +85,4 @@ screenshot: install
 	$(BIN)/python -m scripts.dashboard_screenshot
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .tools
