@@ -48,6 +48,11 @@ prometheus: $(PROMETHEUS)
 run: install
 	$(BIN)/python -m launcher
 
+# `make run` with a Prometheus beside it (launcher/monitor.py) on RAY_PROMETHEUS_HOST
+# (default http://127.0.0.1:9090), the rules of deploy/monitoring loaded.
+monitor: install prometheus
+	$(BIN)/python -m launcher.monitor
+
 # The images the README's examples ask for (examples/imagehost.py), on 127.0.0.1:9000 until
 # Ctrl-C: run it beside `IMAGE_SERVICE_ALLOW_PRIVATE_URLS=1 make run`.
 images: install
@@ -81,7 +86,7 @@ soak: install
 	$(BIN)/python -m bench.soak
 
 # Needs Debian's chromium package (apt-get install chromium).
-screenshot: install
+screenshot: install prometheus
 	$(BIN)/python -m scripts.dashboard_screenshot
 
 clean:

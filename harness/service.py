@@ -70,6 +70,8 @@ class ServiceProcess:
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     own_ports: dict[str, str] = field(default_factory=lambda: host_ports(head=True))
+    # What runs it: `launcher` is `make run`, `launcher.monitor` is `make monitor`.
+    module: str = "launcher"
 
     @property
     def url(self) -> str:
@@ -113,7 +115,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "service.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            in_namespace(self.netns, [sys.executable, "-m", "launcher"]),
+            in_namespace(self.netns, [sys.executable, "-m", self.module]),
             cwd=ROOT,
             env=self.environment(),
             stdout=log,

@@ -30,7 +30,7 @@ from core.settings import IMAGE_SLOTS, Settings, SettingsError
 from launcher.address import DEFAULT_NODE_ADDRESS
 from launcher.hint import join_hint
 from launcher.ports import first_refusal
-from launcher.sessionlogs import link_logs
+from launcher.sessionlogs import link_logs, link_service_discovery
 from service.app import build_app
 from service.edge import CALLBACK, CALLBACK_VARIABLE
 
@@ -45,7 +45,9 @@ EXIT_BAD_SETTING = 2
 EXIT_PORT_BUSY = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For `preexec_fn`: the child gets a process group of its own and SIGTERM when the
+    launcher dies."""
     os.setsid()
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -92,7 +94,7 @@ def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     (settings.data_dir / "ray-head.pgid").write_text(str(process.pid))
     return process
@@ -226,6 +228,11 @@ def main() -> None:
             log.info("logs linked as %s", link_logs(settings.data_dir, session_logs))
         except FileExistsError as exc:
             log.warning("%s", exc)
+        if settings.include_dashboard:
+            try:
+                link_service_discovery(settings.data_dir, session_logs.parent)
+            except FileExistsError as exc:
+                log.warning("%s", exc)
         # HeadOnly: the API's state is on the head, and nodes sharing a host (as in the tests)
         # would otherwise each start a proxy on the same port.
         serve.start(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from launcher.sessionlogs import link_logs
+from launcher.sessionlogs import link_logs, link_service_discovery
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,3 +53,18 @@ def test_the_operators_own_logs_directory_stays(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="is not a link"):
         link_logs(data, _session(tmp_path, "session_d"))
     assert (data / "logs" / "mine.txt").read_text() == "keep"
+
+
+def test_prometheus_finds_the_sessions_endpoints_through_the_data_directory(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    session = tmp_path / "session_e"
+    link = link_service_discovery(data, session)
+    assert not link.exists()  # the dashboard writes it a moment later: the link waits for it
+    session.mkdir()
+    (session / "prom_metrics_service_discovery.json").write_text('[{"targets": ["a:1"]}]')
+    assert json.loads(link.read_text()) == [{"targets": ["a:1"]}]
+    link_service_discovery(data, tmp_path / "session_f")
+    assert os.readlink(link) == str(tmp_path / "session_f" / link.name)

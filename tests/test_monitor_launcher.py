@@ -1,0 +1,112 @@
+"""`make monitor`'s own part, without Ray: the address it gives Prometheus, the scrape
+configuration (checked by promtool), and its refusals before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.settings import Settings
+from launcher.monitor import monitor_config, prometheus_listen_address
+from launcher.prometheus import RULES, binary, scrape_config
+from launcher.sessionlogs import SERVICE_DISCOVERY_NAME
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "listen"),
+    [
+        ("http://127.0.0.1:9090", ("127.0.0.1", 9090)),
+        ("http://localhost:19090/", ("localhost", 19090)),
+        ("http://[::1]:9091", ("::1", 9091)),
+    ],
+)
+def test_the_dashboards_prometheus_url_is_where_prometheus_listens(
+    url: str, listen: tuple[str, int]
+) -> None:
+    assert prometheus_listen_address(url) == listen
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["127.0.0.1:9090", "https://127.0.0.1:9090", "http://127.0.0.1", "http://h:99999",
+     "http://h:9090/prom", "http://:9090", "", "http://h:90\udc80", "http://u:p@h:9090"],
+)  # fmt: skip
+def test_a_url_prometheus_cannot_listen_at_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ValueError, match="RAY_PROMETHEUS_HOST"):
+        prometheus_listen_address(url)
+
+
+def _check_config(config: dict[str, object], tmp_path: Path) -> None:
+    path = tmp_path / "prometheus.yml"
+    path.write_text(json.dumps(config))
+    checked = subprocess.run(
+        [str(binary("promtool")), "check", "config", str(path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_scrape_config_follows_rays_discovery_file_and_loads_the_rules(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env({"IMAGE_SERVICE_DATA_DIR": str(tmp_path)})
+    config = monitor_config(settings)
+    [job] = config["scrape_configs"]  # type: ignore[misc]
+    assert job["file_sd_configs"][0]["files"] == [str(tmp_path / SERVICE_DISCOVERY_NAME)]
+    assert config["rule_files"] == [str(RULES)]
+    _check_config(config, tmp_path)
+
+
+def test_without_the_dashboard_the_head_alone_is_scraped_and_the_user_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings.from_env(
+        {"IMAGE_SERVICE_DATA_DIR": str(tmp_path), "IMAGE_SERVICE_INCLUDE_DASHBOARD": "0",
+         "IMAGE_SERVICE_METRICS_PORT": "18080"}
+    )  # fmt: skip
+    config = monitor_config(settings)
+    [job] = config["scrape_configs"]  # type: ignore[misc]
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:18080"]}]
+    assert "scrapes the head's metrics alone" in capsys.readouterr().err
+    _check_config(config, tmp_path)
+
+
+def test_scrape_interval_is_written_as_prometheus_reads_it() -> None:
+    config = scrape_config(None, "h:1", 0.5)
+    assert config["global"] == {"scrape_interval": "0.5s", "evaluation_interval": "0.5s"}
+
+
+def _monitor(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.monitor"],
+        cwd=ROOT, capture_output=True, text=True, timeout=45, check=False,
+        env={**os.environ, "IMAGE_SERVICE_DATA_DIR": str(tmp_path), **env},
+    )  # fmt: skip
+
+
+def test_a_busy_prometheus_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ran = _monitor({"RAY_PROMETHEUS_HOST": f"http://127.0.0.1:{port}"}, tmp_path)
+    assert ran.returncode == 1
+    assert f"port {port} on 127.0.0.1 (Prometheus) is already in use" in ran.stderr
+    assert "RAY_PROMETHEUS_HOST" in ran.stderr
+    assert not (tmp_path / "prometheus").exists()
+    assert not (tmp_path / "ray-head.pgid").exists()
+
+
+def test_a_bad_prometheus_url_exits_2_naming_it(tmp_path: Path) -> None:
+    ran = _monitor({"RAY_PROMETHEUS_HOST": "prometheus:9090"}, tmp_path)
+    assert ran.returncode == 2
+    assert "RAY_PROMETHEUS_HOST='prometheus:9090'" in ran.stderr
