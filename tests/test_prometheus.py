@@ -18,8 +18,7 @@ import pytest
 from harness.client import Client, job
 from harness.imageserver import ImageServer
 from harness.prometheus import PrometheusApi
-from harness.service import ServiceProcess
-from harness.sockets import free_port
+from harness.service import ServiceProcess, free_port
 from launcher.prometheus import MONITORING, RULES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
