@@ -8,10 +8,12 @@ import time
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-from core.images.processing import ImageFetcher
+from core.images.processing import ImageFetcher, Slots
 from core.models import FailureReason, ImageOutcome
 
 LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+# Pillow's work on one image: ~0.1 ms for a small PNG's header, up to seconds for the largest.
+DECODE_BOUNDARIES = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
 
 
 class ImageMetrics:
@@ -51,19 +53,56 @@ class ImageMetrics:
             self.failed.inc(count, tags={"reason": reason.value})
 
 
-class TimedFetcher:
-    """A downloader that records each download's time in the latency histogram."""
+class WorkerMetrics:
+    """Recorded by the image workers only.
 
-    def __init__(self, inner: ImageFetcher, histogram: Histogram) -> None:
+    Slots: each worker reports its own share of its node's `image_slots` (`WorkerShare`,
+    the shares of a node add up to its capacity), so `sum(ray_image_service_slots_busy) /
+    sum(ray_image_service_slots_total)` is the cluster's utilisation, per node with `by
+    (NodeAddress)`."""
+
+    def __init__(self) -> None:
+        self.downloaded_bytes = Counter(
+            "image_service_downloaded_bytes",
+            description="Bytes of image bodies downloaded.",
+        )
+        self.decode_seconds = Histogram(
+            "image_service_decode_seconds",
+            description="Time Pillow took over one image: identify, decode, check.",
+            boundaries=DECODE_BOUNDARIES,
+        )
+        self.slots_busy = Gauge(
+            "image_service_slots_busy",
+            description="Simulated GPU slots in use: this worker's share of its node's.",
+        )
+        self.slots_total = Gauge(
+            "image_service_slots_total",
+            description="Simulated GPU slots: this worker's share of its node's.",
+        )
+
+    def slots(self, slots: Slots) -> None:
+        self.slots_busy.set(slots.busy)
+        self.slots_total.set(slots.total)
+
+
+class TimedFetcher:
+    """A downloader that records each download's time in the latency histogram, and the
+    bytes of each body it got whole (a download that fails counts none)."""
+
+    def __init__(self, inner: ImageFetcher, histogram: Histogram, downloaded: Counter) -> None:
         self._inner = inner
         self._histogram = histogram
+        self._downloaded = downloaded
 
     async def fetch(self, url: str) -> bytes:
         start = time.perf_counter()
         try:
-            return await self._inner.fetch(url)
+            body = await self._inner.fetch(url)
         finally:
             self._histogram.observe(time.perf_counter() - start)
+        if body:
+            self._downloaded.inc(len(body))
+        return body
 
 
 class TrackerMetrics:
