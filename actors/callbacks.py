@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from core.callback import CallbackSender, CallbackStopped
 from core.errors import StorageError
@@ -21,17 +22,26 @@ from core.jobstore.records import DueCallback
 from core.lease import DispatchLease
 from core.models import status_payload
 
+if TYPE_CHECKING:  # the metrics are Ray's: this module stays free of Ray
+    from actors.metrics import TrackerMetrics
+
 log = logging.getLogger(__name__)
 
 
 class CallbackDelivery:
     def __init__(
-        self, sender: CallbackSender, store: JobStore, db: DatabaseThread, lease: DispatchLease
+        self,
+        sender: CallbackSender,
+        store: JobStore,
+        db: DatabaseThread,
+        lease: DispatchLease,
+        metrics: TrackerMetrics | None = None,
     ) -> None:
         self._sender = sender
         self._store = store
         self._db = db
         self._lease = lease
+        self._metrics = metrics
         self._sending: set[int] = set()  # job ids: a callback is never sent twice at once
 
     async def for_jobs(self, job_ids: list[int] | None) -> None:
@@ -63,6 +73,8 @@ class CallbackDelivery:
         except CallbackStopped:
             log.warning("callback left to the next holder of the dispatch lease", extra=context)
             return
+        if self._metrics is not None:
+            self._metrics.callback_sent(delivered=failure is None)
         if failure is None:
             log.info("callback delivered", extra={**context, "attempts": attempts})
         else:

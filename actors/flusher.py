@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from actors.callbacks import CallbackDelivery
 from actors.held_jobs import HeldJobs
 from core.jobstore import JobStore
 from core.jobstore.dbthread import DatabaseThread
-from core.models import FailureReason
+from core.models import FailureReason, JobState
 from core.tasks import BackgroundTasks
 
 if TYPE_CHECKING:  # the metrics are Ray's: this module stays free of Ray
-    from actors.metrics import ImageMetrics
+    from actors.metrics import ImageMetrics, TrackerMetrics
+
+ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 # "job finished" closes a job's lines with "job recorded" and "job cancelled": all three come
 # from the tracker's logger, which operators filter on (the README's log example shows it).
@@ -33,6 +36,7 @@ class Flusher:
         db: DatabaseThread,
         callbacks: CallbackDelivery,
         image_metrics: ImageMetrics,
+        metrics: TrackerMetrics,
         tasks: BackgroundTasks,
         interval: float,
     ) -> None:
@@ -41,6 +45,7 @@ class Flusher:
         self._db = db
         self._callbacks = callbacks
         self._image_metrics = image_metrics
+        self._metrics = metrics
         self._tasks = tasks
         self._interval = interval
         self._lock = asyncio.Lock()
@@ -56,6 +61,7 @@ class Flusher:
             batch = self._jobs.book.pending.take()
             if not batch:
                 return 0
+            start = time.perf_counter()
             try:
                 unstorable = await self._db.run(
                     self._store.save_outcomes,
@@ -67,6 +73,8 @@ class Flusher:
             except BaseException:
                 self._jobs.book.pending.restore(batch)
                 raise
+            finally:
+                self._metrics.flushed(time.perf_counter() - start)
             for outcome in unstorable:
                 log.error("the result of image %d could not be stored; it failed instead",
                           outcome.index, extra={"job_id": outcome.job_id})  # fmt: skip
@@ -76,4 +84,20 @@ class Flusher:
                 log.info("job finished", extra={"job_id": job_id})
             if batch.finished:
                 self._tasks.spawn(self._callbacks.for_jobs(batch.finished))
+                self._tasks.spawn(self._durations(batch.finished))
             return len(batch.outcomes)
+
+    async def _durations(self, job_ids: list[int]) -> None:
+        """Each ended job's time from submission to its final state, read back from the store
+        (a job recovered after a restart has its times there only)."""
+
+        def read() -> list[tuple[JobState, float]]:
+            details = (self._store.job_detail(job_id) for job_id in job_ids)
+            return [
+                (detail.state, detail.finished_at - detail.created_at)
+                for detail in details
+                if detail is not None and detail.state in ENDED and detail.finished_at
+            ]
+
+        for state, seconds in await self._db.run(read):
+            self._metrics.job_ended(state, max(0.0, seconds))

@@ -3,6 +3,7 @@ from the settings for the real actor, tests wire the same graph around fakes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
@@ -61,7 +62,9 @@ class TrackerParts:
         that reach out of it (the stores, the lease, the workers, callbacks and metrics)."""
         tasks = BackgroundTasks()
         jobs = HeldJobs(JobLimits.from_settings(settings), image_metrics)
-        flusher = Flusher(jobs, store, db, callbacks, image_metrics, tasks, settings.flush_interval)
+        flusher = Flusher(
+            jobs, store, db, callbacks, image_metrics, metrics, tasks, settings.flush_interval
+        )
         leadership = Leadership(lease, jobs, store, db, flusher, callbacks, tasks)
         dispatcher = Dispatcher(
             jobs, pool, leadership, image_metrics, tasks, settings.node_refresh_interval
@@ -87,14 +90,18 @@ def tracker_parts(settings: Settings) -> TrackerParts:
     """The parts of the tracker running as the cluster's actor (called inside it: the lease's
     holder and the handle the image workers report to come from Ray's runtime context)."""
     store = open_store(settings)
-    db = DatabaseThread()
+    metrics = TrackerMetrics()
+    db = DatabaseThread(failed=metrics.store_failed)
     context = ray.get_runtime_context()
     # The lease is held in the name of this cluster (its GCS address), so a tracker that Ray
     # restarts in the same cluster takes it back at once instead of waiting for it to expire.
     # The head node's id tells two clusters apart that share an address (two `make run`s on
     # their own hosts, both 127.0.0.1:6379).
     lease = dispatch_lease(
-        f"{context.gcs_address} {context.get_node_id()}", settings, open_lease_store(settings)
+        f"{context.gcs_address} {context.get_node_id()}",
+        settings,
+        open_lease_store(settings),
+        metrics.store_failed,
     )
     sender = CallbackSender(
         CallbackLimits.from_settings(settings),
@@ -108,17 +115,23 @@ def tracker_parts(settings: Settings) -> TrackerParts:
         store_master=StoreMasterCache(settings.store_master),
         submit_limiter=RateLimiter(settings.submit_rate, settings.submit_burst),
         pool=WorkerPool(settings, context.current_actor),
-        callbacks=CallbackDelivery(sender, store, db, lease),
+        callbacks=CallbackDelivery(sender, store, db, lease, metrics),
         image_metrics=ImageMetrics(),
-        metrics=TrackerMetrics(),
+        metrics=metrics,
     )
 
 
-def dispatch_lease(holder: str, settings: Settings, lease_store: JobStore) -> DispatchLease:
+def dispatch_lease(
+    holder: str,
+    settings: Settings,
+    lease_store: JobStore,
+    store_failed: Callable[[str], None] | None = None,
+) -> DispatchLease:
     """The dispatch lease in `holder`'s name, renewed through `lease_store` on a thread of its
     own: no client read, job load or stalled call queued on the job store's thread can hold a
-    renewal back past the point where dispatching must stop."""
-    lane = DatabaseThread("lease")
+    renewal back past the point where dispatching must stop. `store_failed` is told of each
+    renewal the store failed, by kind."""
+    lane = DatabaseThread("lease", failed=store_failed)
 
     async def hold(holder: str, seconds: float) -> bool:
         return await lane.run(lease_store.hold_lease, holder, seconds)

@@ -119,9 +119,12 @@ class Tracker:
             if self._leadership.loaded:
                 self._jobs.activate(ActiveJob.submitted(job_id, submission, failed, client_id))
             # Otherwise the dispatching cluster's tracker picks it up from the store.
-        elif self._leadership.loaded:
-            self._parts.tasks.spawn(self._parts.callbacks.for_jobs([job_id]))
-        # Otherwise the leader sends its callback with the others due.
+        else:
+            # Every image failed at once (unknown stores): the job ended as it was recorded.
+            self._parts.metrics.job_ended(JobState.FAILED, 0.0)
+            if self._leadership.loaded:
+                self._parts.tasks.spawn(self._parts.callbacks.for_jobs([job_id]))
+            # Otherwise the leader sends its callback with the others due.
         log.info(
             "job recorded",
             extra={"job_id": job_id, "images": submission.image_count, "state": "ongoing"},
@@ -241,9 +244,12 @@ class Tracker:
 
     async def _metrics_step(self) -> None:
         await asyncio.sleep(self._settings.metrics_interval)
-        metrics = self._parts.metrics
+        metrics, book = self._parts.metrics, self._jobs.book
         metrics.in_flight.set(self._pool.in_flight)
-        metrics.queue_depth.set(self._jobs.book.waiting)
+        metrics.queue_depth.set(book.waiting)
+        metrics.oldest_queued_seconds.set(book.oldest_waiting(time.monotonic()))
+        metrics.flush_backlog.set(len(book.pending.outcomes))
+        metrics.dispatch_lease.set(int(self._leadership.lease.dispatching))
         counts = await self._db.run(self._store.job_counts)
         for state in JobState:
             metrics.jobs.set(counts.get(state, 0), tags={"state": state.value})

@@ -20,10 +20,17 @@ from dataclasses import dataclass
 import ray
 from ray.actor import ActorHandle
 
-from actors.metrics import ImageMetrics, TimedFetcher
+from actors.metrics import ImageMetrics, TimedFetcher, WorkerMetrics
 from core.images.fetch import Downloader, FetchLimits
 from core.images.hostlock import HostLock, node_lock_path
-from core.images.processing import Budget, DecodeBudget, Stages, failed_outcome, process_image
+from core.images.processing import (
+    Budget,
+    DecodeBudget,
+    Slots,
+    Stages,
+    failed_outcome,
+    process_image,
+)
 from core.images.urlguard import AddressPolicy
 from core.logs import use_json_logs
 from core.models import FailureReason, ImageOutcome, ImageTask
@@ -33,6 +40,9 @@ from core.supervise import supervise
 
 # After a report the tracker did not take (it is restarting, say), the wait before the next try.
 REPORT_RETRY_SECONDS = 0.5
+# How often the slot gauges are set: slots change with every image, and a gauge is read only
+# when Ray exports it (every 10 s), so a look a second keeps it fresh for two gauge sets.
+SLOTS_REFRESH_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +68,16 @@ class ImageWorker:
         self._node_id = ray.get_runtime_context().get_node_id()
         policy = AddressPolicy.from_entries(settings.allow_private_urls, settings.allowed_hosts)
         self._metrics = ImageMetrics()
+        self._worker_metrics = WorkerMetrics()
         self._downloader = TimedFetcher(
             Downloader(FetchLimits.from_settings(settings), policy, pool_size=share.fetches),
             self._metrics.download_seconds,
+            self._worker_metrics.downloaded_bytes,
         )
+        self._gpu = Slots(share.gpu_slots)
         self._stages = Stages(
             fetching=asyncio.Semaphore(share.fetches),
-            gpu=asyncio.Semaphore(share.gpu_slots),
+            gpu=self._gpu,
             pixels=DecodeBudget(
                 Budget(share.decode_pixels), HostLock(node_lock_path("decode", self._node_id))
             ),
@@ -72,6 +85,7 @@ class ImageWorker:
         self._outbox = Outbox(self._report, settings.report_interval)
         self._running: set[asyncio.Task[None]] = set()
         self._reporter = supervise("report", self._outbox.report_step, REPORT_RETRY_SECONDS)
+        self._slot_gauges = supervise("slots", self._slots_step)
 
     async def accept(self, tasks: list[ImageTask]) -> None:
         """Start the images; their outcomes come back through `JobTracker.report`."""
@@ -101,6 +115,7 @@ class ImageWorker:
                 gpu_delay=self._settings.gpu_delay,
                 node_id=self._node_id,
                 stages=self._stages,
+                decode_seconds=self._worker_metrics.decode_seconds.observe,
             )
         except Exception:
             # A bug, not a property of the image: log it loudly, and still settle the image so
@@ -115,6 +130,10 @@ class ImageWorker:
         self._metrics.processing_seconds.observe(time.perf_counter() - start)
         self._metrics.settled(outcome)
         self._outbox.add(outcome)
+
+    async def _slots_step(self) -> None:
+        self._worker_metrics.slots(self._gpu)
+        await asyncio.sleep(SLOTS_REFRESH_SECONDS)
 
     async def _report(self, outcomes: list[ImageOutcome]) -> None:
         await self._tracker.report.remote(self._key, outcomes)

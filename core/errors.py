@@ -36,6 +36,11 @@ class DatabaseUnavailable(StorageError):
     call was cut off, or not tried (503 with Retry-After)."""
 
 
+class DatabaseTimedOut(DatabaseUnavailable):
+    """The call was cut off at its deadline (the database is slow or frozen, where a plain
+    `DatabaseUnavailable` says it refuses or is known to be down)."""
+
+
 class SubmissionOutcomeUnknown(StorageError):
     """The database stopped answering while a job's commit was under way, and could not be
     asked afterwards whether it was kept (503: a retry with the same Idempotency-Key is safe)."""

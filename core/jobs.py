@@ -119,6 +119,7 @@ class JobBook:
         # cannot take the others down with it again and again.
         self._deaths: dict[ImageKey, int] = {}
         self._suspects: deque[ImageKey] = deque()
+        self._suspect_since: dict[ImageKey, float] = {}  # monotonic: when each was put back
         # Submissions between their admission and their job's activation, by client id
         # (None: no API keys), with their images: counted against the limits meanwhile.
         self._admitted: dict[str | None, int] = {}
@@ -128,6 +129,18 @@ class JobBook:
     def waiting(self) -> int:
         """Images waiting for a worker."""
         return len(self.queue) + len(self._suspects)
+
+    def oldest_waiting(self, now: float) -> float:
+        """Seconds the longest-waiting image has waited for a worker by `now` (the monotonic
+        clock); 0 when none waits."""
+        times = [
+            since
+            for (job_id, index), since in self._suspect_since.items()
+            if (job := self.jobs.get(job_id)) is not None and not job.settled[index]
+        ]
+        queued = self.queue.oldest_since()
+        since = min([*times, *([] if queued is None else [queued])], default=now)
+        return max(0.0, now - since)
 
     @contextlib.contextmanager
     def admission(
@@ -219,7 +232,9 @@ class JobBook:
         batch: list[ImageTask] = []
         if self._suspects and not any(key in self._deaths for key in held):
             while len(batch) < free and self._suspects:
-                if self._add(self._suspects.popleft(), batch):
+                suspect = self._suspects.popleft()
+                self._suspect_since.pop(suspect, None)
+                if self._add(suspect, batch):
                     break
         while len(batch) < free and (taken := self.queue.take()) is not None:
             self._add(taken, batch)
@@ -260,6 +275,7 @@ class JobBook:
                 failed.append(outcome)
             else:
                 self._suspects.append(key)
+                self._suspect_since[key] = time.monotonic()
         return failed, cancelled
 
     def finished(self, job_ids: Iterable[int]) -> None:

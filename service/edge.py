@@ -3,6 +3,7 @@ which run before Serve reads the request. Serve installs them from the environme
 `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.edge:middlewares`, which the launcher, the
 Dockerfile and the README's cluster commands set for every Ray process.
 
+- `RequestMetrics` (`service.request_metrics`): every request counted and timed, outermost.
 - `ServeHeaderGuard`: Serve decodes the headers it interprets itself (the request id, session
   and model ids, the request timeout) as UTF-8 and answers a plain-text 500 when one is not;
   this answers the contract's `400 {"error": ...}` instead.
@@ -35,6 +36,7 @@ from core.models import status_payload
 from core.settings import Settings
 from service.errors import STORE_NOT_ANSWERING, UNAVAILABLE_RETRY_AFTER_SECONDS
 from service.params import parse_job_id
+from service.request_metrics import RequestMetrics
 from service.status_source import StatusSource
 
 CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
@@ -185,6 +187,7 @@ class FastStatus:
 
 
 def middlewares() -> list[Middleware]:
-    """What Serve calls, by the import path in `CALLBACK_VARIABLE`: the header guard runs
-    first (it is applied last, outermost)."""
-    return [Middleware(FastStatus), Middleware(ServeHeaderGuard)]
+    """What Serve calls, by the import path in `CALLBACK_VARIABLE`, innermost first (Serve
+    wraps them in this order): the request metrics run first and see every answer, the
+    header guard's and the status answered here included; then the header guard."""
+    return [Middleware(FastStatus), Middleware(ServeHeaderGuard), Middleware(RequestMetrics)]

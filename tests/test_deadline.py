@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import DatabaseUnavailable, StorageError
+from core.errors import DatabaseTimedOut, DatabaseUnavailable, StorageError
 from core.jobstore.deadline import StoreDeadlines, Watchdog
 from core.jobstore.sqlite.store import SqliteStore
 
@@ -28,7 +28,7 @@ def test_a_call_past_its_deadline_is_aborted_and_fails_as_unavailable() -> None:
     deadlines = StoreDeadlines(2.0, probe_interval=1.0, clock=clock, watchdog=watchdog)
     aborted: list[str] = []
     with (
-        pytest.raises(DatabaseUnavailable, match="within 2 s"),
+        pytest.raises(DatabaseTimedOut, match="within 2 s"),
         deadlines.call(lambda: aborted.append("cut")),
     ):
         clock.now += 1.9
@@ -55,8 +55,9 @@ def test_while_not_answering_calls_fail_at_once_but_one_probe_a_second() -> None
     clock = Clock()
     deadlines = StoreDeadlines(2.0, probe_interval=1.0, clock=clock, watchdog=Watchdog(clock))
     deadlines.down()
-    with pytest.raises(DatabaseUnavailable, match="has not answered for 0 s"):
+    with pytest.raises(DatabaseUnavailable, match="has not answered for 0 s") as refused:
         deadlines.admit()
+    assert not isinstance(refused.value, DatabaseTimedOut)  # refused, not cut off
     clock.now += 1.0
     deadlines.admit()  # the probe goes through...
     with pytest.raises(DatabaseUnavailable):

@@ -1,5 +1,6 @@
 """The Flusher (actors/flusher.py) over a scripted store: a failed save loses and reorders
-nothing; a saved finish forgets the job and sends its callback."""
+nothing; a saved finish forgets the job, sends its callback and times it; every flush is
+timed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from actors.flusher import Flusher
 from actors.held_jobs import HeldJobs
 from core.errors import StorageError
 from core.jobs import ActiveJob, JobLimits
-from core.models import ImageOutcome
+from core.models import ImageOutcome, JobDetail, JobState
 from core.tasks import BackgroundTasks
 
 pytestmark = pytest.mark.timeout(10)
@@ -31,6 +32,14 @@ class Store:
         self.saves.append(([outcome.index for outcome in outcomes], list(finished)))
         return []
 
+    def job_detail(self, job_id: int) -> JobDetail | None:
+        """Job 1 completed 90 s after it was submitted; job 2 was cancelled; 3 is unknown."""
+        states = {1: (JobState.COMPLETED, 90.0), 2: (JobState.CANCELLED, 4.5)}
+        if job_id not in states:
+            return None
+        state, took = states[job_id]
+        return JobDetail(job_id, state, 2, 1, 1, 1000.0, 1000.0, 1000.0 + took, None, ())
+
 
 class Inline:
     async def run(self, function: Any, *args: Any) -> Any:
@@ -46,8 +55,18 @@ class Callbacks:
 
 
 class Metrics:
+    def __init__(self) -> None:
+        self.flushes: list[float] = []
+        self.ended: list[tuple[JobState, float]] = []
+
     def failed_at_once(self, *_args: Any) -> None:
         pass
+
+    def flushed(self, seconds: float) -> None:
+        self.flushes.append(seconds)
+
+    def job_ended(self, state: JobState, seconds: float) -> None:
+        self.ended.append((state, seconds))
 
 
 def done(index: int) -> ImageOutcome:
@@ -57,13 +76,14 @@ def done(index: int) -> ImageOutcome:
 def test_a_failed_save_is_saved_again_first_then_the_job_is_forgotten() -> None:
     async def scenario() -> None:
         jobs = HeldJobs(JobLimits(10, 1000, 3), Metrics())  # type: ignore[arg-type]
-        store, callbacks, tasks = Store(), Callbacks(), BackgroundTasks()
+        store, callbacks, tasks, metrics = Store(), Callbacks(), BackgroundTasks(), Metrics()
         flusher = Flusher(
             jobs,
             store,  # type: ignore[arg-type]
             Inline(),  # type: ignore[arg-type]
             callbacks,  # type: ignore[arg-type]
             Metrics(),  # type: ignore[arg-type]
+            metrics,  # type: ignore[arg-type]
             tasks,
             interval=0,
         )
@@ -80,5 +100,37 @@ def test_a_failed_save_is_saved_again_first_then_the_job_is_forgotten() -> None:
         assert jobs.book.jobs == {}
         assert callbacks.asked == [[1]]
         assert await flusher.flush() == 0
+        # Two flushes went to the store, the failed one too; the empty one did not.
+        assert len(metrics.flushes) == 2
+        assert metrics.ended == [(JobState.COMPLETED, 90.0)]
 
     asyncio.run(scenario())
+
+
+def test_each_job_ended_in_a_flush_is_timed_once_with_its_final_state() -> None:
+    async def scenario() -> Metrics:
+        jobs = HeldJobs(JobLimits(10, 1000, 3), Metrics())  # type: ignore[arg-type]
+        metrics, tasks = Metrics(), BackgroundTasks()
+        flusher = Flusher(
+            jobs,
+            Store(),  # type: ignore[arg-type]
+            Inline(),  # type: ignore[arg-type]
+            Callbacks(),  # type: ignore[arg-type]
+            Metrics(),  # type: ignore[arg-type]
+            metrics,  # type: ignore[arg-type]
+            tasks,
+            interval=0,
+        )
+        for job_id in (1, 2, 3, 4):
+            jobs.activate(ActiveJob(job_id, ["http://a.test/0"], bytearray(1)))
+        for job_id in (1, 2, 3):  # job 3 is not in the store; job 4 has not ended
+            jobs.book.record(ImageOutcome(job_id, 0, 1.0, width=1, height=1))
+        await flusher.flush()
+        await asyncio.gather(*tasks.running())
+        await flusher.flush()
+        await asyncio.gather(*tasks.running())
+        return metrics
+
+    metrics = asyncio.run(scenario())
+    assert metrics.ended == [(JobState.COMPLETED, 90.0), (JobState.CANCELLED, 4.5)]
+    assert len(metrics.flushes) == 1

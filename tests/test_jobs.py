@@ -3,6 +3,7 @@ cancels and live progress."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -155,3 +156,17 @@ def test_live_progress_adds_what_is_not_yet_written() -> None:
     assert (live.done, live.failed, live.in_flight) == (2, 1, 2)
     finished = replace(stored, state=JobState.COMPLETED)
     assert book.with_live_progress(finished, in_flight=2) == finished
+
+
+def test_the_oldest_wait_counts_queued_images_and_those_put_back_after_a_lost_worker() -> None:
+    book = JobBook(LIMITS)
+    now = time.monotonic()
+    assert book.oldest_waiting(now) == 0.0
+    active(book, 1, 2)
+    batch = book.take_batch(2, set())
+    assert book.oldest_waiting(time.monotonic() + 60) == 0.0  # nothing waits
+    book.worker_lost({(task.job_id, task.index) for task in batch})  # both become suspects
+    assert 59 < book.oldest_waiting(time.monotonic() + 60) < 61
+    book.record(done(1, 0))
+    book.record(done(1, 1))  # the suspects settled after all (their worker was not dead)
+    assert book.oldest_waiting(time.monotonic() + 60) == 0.0

@@ -255,3 +255,57 @@ def test_metrics_reach_the_prometheus_endpoint(
     assert 'state="failed"' in metric_values(text, "ray_image_service_jobs")
     for gauge in ("ray_image_service_images_in_flight", "ray_image_service_queue_depth"):
         assert "" in metric_values(text, gauge)
+
+
+def labelled_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s lines (every worker process has its own) that carry `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_status_answered_at_the_edge_is_counted_by_ours_and_not_by_serve(
+    client: Client, service: ServiceProcess, image_server: ImageServer, backend: str
+) -> None:
+    """FastStatus answers a known job's status in the proxy, before Serve's request handling
+    (with SQLite, the proxy on the head node reads the file beside it): our request counter
+    sees those answers and the header guard's 400s; Serve's own never does."""
+    if backend != "sqlite":
+        pytest.skip("on PostgreSQL the edge answers too; SQLite is enough to show the gap")
+    job_id = client.submit_ok(job((STORE, [image_server.url("img/blue.webp")])))
+    client.wait(job_id)
+    endpoint = f"http://127.0.0.1:{service.metrics_port}/metrics"
+    ours = "ray_image_service_http_requests_total"
+    serves = "ray_serve_num_http_requests_total"
+
+    def counts() -> tuple[float, float, float]:
+        text = requests.get(endpoint, timeout=10).text
+        return (
+            labelled_sum(text, ours, route="/api/status", code="200"),
+            labelled_sum(text, ours, route="/api/status", code="400"),
+            labelled_sum(text, serves, route="/api/status"),
+        )
+
+    def settled(least: tuple[float, float]) -> tuple[float, float, float] | None:
+        now = counts()
+        return now if now[0] >= least[0] and now[1] >= least[1] else None
+
+    # Ray exports every few seconds: start from what it shows once it has shown the polls.
+    before = wait_for(lambda: settled((1, 0)), timeout=60, every=2)
+    for _ in range(20):
+        assert client.status(job_id).status_code == 200
+    bad = requests.get(
+        f"{client.base_url}/api/status",
+        params={"jobid": job_id},
+        headers={"X-Request-ID": b"\xff"},  # type: ignore[dict-item]
+        timeout=10,
+    )
+    assert bad.status_code == 400
+    after = wait_for(lambda: settled((before[0] + 20, before[1] + 1)), timeout=60, every=2)
+    assert after[2] == before[2], f"Serve counted edge answers: {before} -> {after}"
+    # A status the edge leaves to the API (an unknown job) is Serve's to count, and ours.
+    assert client.status(job_id + 1000).status_code == 400  # the contract: unknown is 400 {}
+    wait_for(lambda: counts()[2] > after[2] or None, timeout=60, every=2)

@@ -49,9 +49,36 @@ class StoreMaster:
         return frozenset({"S1"})
 
 
+class Gauge:
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.values[",".join((tags or {}).values())] = value
+
+
 class Metrics:
+    """Image and tracker metrics: what each part is told is kept."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[Any, float]] = []
+        self.callbacks: list[bool] = []
+        self.jobs, self.in_flight, self.queue_depth = Gauge(), Gauge(), Gauge()
+        self.oldest_queued_seconds, self.flush_backlog, self.dispatch_lease = (
+            Gauge(), Gauge(), Gauge()
+        )  # fmt: skip
+
     def failed_at_once(self, *_args: Any) -> None:
         pass
+
+    def flushed(self, _seconds: float) -> None:
+        pass
+
+    def job_ended(self, state: Any, seconds: float) -> None:
+        self.ended.append((state, seconds))
+
+    def callback_sent(self, delivered: bool) -> None:
+        self.callbacks.append(delivered)
 
 
 class Callbacks:
@@ -84,6 +111,10 @@ class Pool:
 
     def __init__(self) -> None:
         self.worker = WorkerSlot("w", "node", 0, Handle(), gpu_slots=10, capacity=10, ready=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.worker.in_flight)
 
     def in_flight_of(self, job_id: int) -> set[int]:
         return {index for held, index in self.worker.in_flight if held == job_id}
@@ -133,7 +164,10 @@ async def tracker_with(
     nothing has run yet, not even a first renewal."""
     db = DatabaseThread()
     lease = dispatch_lease(holder, settings, lease_store or SqliteStore(settings.database_path))
-    callbacks = Callbacks() if sender is None else CallbackDelivery(sender, store, db, lease)
+    metrics = Metrics()
+    callbacks = (
+        Callbacks() if sender is None else CallbackDelivery(sender, store, db, lease, metrics)  # type: ignore[arg-type]
+    )
     parts = TrackerParts.wire(
         settings,
         store=store,
@@ -144,7 +178,7 @@ async def tracker_with(
         pool=Pool(),  # type: ignore[arg-type]
         callbacks=callbacks,  # type: ignore[arg-type]
         image_metrics=Metrics(),  # type: ignore[arg-type]
-        metrics=Metrics(),  # type: ignore[arg-type]
+        metrics=metrics,  # type: ignore[arg-type]
     )
     tracker = Tracker(settings, parts)
     if leading:
@@ -566,3 +600,58 @@ def test_only_the_lease_holder_claims_a_callback(tmp_path: Path) -> None:
     assert store.claim_callback(job_id, "A")
     store.mark_callback_done(job_id, time.time())
     assert not store.claim_callback(job_id, "A"), "claimed a callback already delivered"
+
+
+# ---- the tracker's metrics -------------------------------------------------------------------
+
+
+def test_a_job_all_of_unknown_stores_ends_at_submit_and_is_timed_and_called_back(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    hooked = JobSubmission(
+        (Visit("NOT-A-STORE", "2025-01-01", ("http://a.test/1",)),),
+        callback_url="http://hooks.test/",
+    )
+
+    async def scenario() -> Metrics:
+        sent = RecordingSender()
+        tracker, parts = await tracker_with(
+            settings, SqliteStore(settings.database_path), "A", True, sender=sent
+        )
+        job_id = await tracker.submit(hooked, "k1", None, None, "a")
+        assert await tracker.submit(hooked, "k1", None, None, "a") == job_id  # a repeat
+        await asyncio.gather(*parts.tasks.running())
+        assert sent.delivered == [job_id]
+        return parts.metrics  # type: ignore[return-value]
+
+    metrics = asyncio.run(scenario())
+    assert [(str(state), seconds) for state, seconds in metrics.ended] == [("failed", 0.0)]
+    assert metrics.callbacks == [True]
+
+
+def test_the_metrics_step_sets_the_queue_backlog_and_lease_gauges(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, metrics_interval="1", lease_seconds="30")
+
+    async def scenario() -> tuple[Metrics, Metrics]:
+        store = SqliteStore(settings.database_path)
+        tracker, parts = await tracker_with(settings, store, "A", True)
+        job_id = await tracker.submit(one_image_job(12), None, None, None, "a")
+        await parts.dispatcher.step()  # 10 go to the worker, 2 wait
+        await tracker.report("w", [ImageOutcome(job_id, 0, time.time(), width=1, height=1)])
+        await tracker._metrics_step()
+        leader = parts.metrics
+        standby, standby_parts = await tracker_with(
+            settings, SqliteStore(settings.database_path), "B", False
+        )
+        await standby_parts.leadership.recover()
+        await standby._metrics_step()
+        return leader, standby_parts.metrics  # type: ignore[return-value]
+
+    leader, standby = asyncio.run(scenario())
+    assert leader.queue_depth.values[""] == 2
+    assert 1.0 <= leader.oldest_queued_seconds.values[""] < 5.0  # queued before the 1 s sleep
+    assert leader.flush_backlog.values[""] == 1
+    assert leader.in_flight.values[""] == 9
+    assert (leader.dispatch_lease.values[""], standby.dispatch_lease.values[""]) == (1, 0)
+    assert standby.oldest_queued_seconds.values[""] == 0.0

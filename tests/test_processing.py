@@ -4,13 +4,16 @@ alone, and downloads run ahead while every slot is busy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
 from actors.pool import WorkerPool
 from actors.worker import WorkerShare
 from core.images.hostlock import HostLock
-from core.images.processing import Budget, DecodeBudget, Stages, process_image
+from core.images.measure import open_image
+from core.images.processing import Budget, DecodeBudget, Slots, Stages, process_image
 from core.models import ImageTask
 from core.settings import Settings
 from harness.imageserver import encode
@@ -181,3 +184,94 @@ def test_a_large_part_is_not_passed_by_smaller_ones_that_ask_after_it() -> None:
     and the large one (holding its fetch slot all the while) would wait until they stopped."""
     order = asyncio.run(acquisition_order())
     assert order.index("large") <= 1, order
+
+
+def test_the_slots_a_node_s_workers_report_add_up_to_its_use_and_capacity() -> None:
+    """Each worker reports its own share (`WorkerMetrics.slots`): summed over a node's
+    workers, busy over total is the node's utilisation, whatever the split."""
+    pool = WorkerPool(settings(concurrency=64), tracker=None)  # type: ignore[arg-type]
+    node = {"Resources": {"CPU": 3.0, "image_slots": 32.0}}
+    workers = [Slots(share.gpu_slots) for share in pool.worker_shares(node)]
+    release = asyncio.Event()
+    looks: list[tuple[int, int]] = []
+
+    async def image(slots: Slots) -> None:
+        async with slots:
+            await release.wait()
+
+    async def main() -> None:
+        # 12 images on a worker of 11 slots, 3 on one, none on the third: one waits.
+        running = [asyncio.create_task(image(workers[0])) for _ in range(12)]
+        running += [asyncio.create_task(image(workers[1])) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        looks.append((sum(s.busy for s in workers), sum(s.total for s in workers)))
+        release.set()
+        await asyncio.gather(*running)
+        looks.append((sum(s.busy for s in workers), sum(s.total for s in workers)))
+
+    asyncio.run(main())
+    assert looks == [(14, 32), (0, 32)]
+
+
+def test_a_slot_given_up_while_waiting_for_it_never_counts_as_busy() -> None:
+    slots = Slots(1)
+
+    async def main() -> int:
+        async with slots:
+            waiting = asyncio.create_task(slots.acquire())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            return slots.busy
+
+    assert (asyncio.run(main()), slots.busy) == (1, 0)
+
+
+def test_decode_time_is_pillow_s_alone_not_the_download_or_the_budget_wait() -> None:
+    """One image waits 50 ms for its download, the next 50 ms for the pixel budget another
+    holds: neither wait is in the decode time. A file that is no image is timed too."""
+    told: list[float] = []
+    budget = Budget(600)  # the PNG is 30 x 20 pixels: it waits for the whole budget
+    with contextlib.suppress(Exception):
+        open_image(b"warm up", 10)  # Pillow loads its plugins once, at the first unknown file
+
+    class Origin:
+        def __init__(self, body: bytes, delay: float) -> None:
+            self._body, self._delay = body, delay
+
+        async def fetch(self, url: str) -> bytes:
+            await asyncio.sleep(self._delay)
+            return self._body
+
+    async def main() -> list[Any]:
+        stages = Stages(asyncio.Semaphore(2), Slots(2), budget)
+
+        async def measure(origin: Origin) -> Any:
+            return await process_image(
+                ImageTask(1, 0, "http://a.test/x"), origin, max_pixels=10**8,
+                gpu_delay=(0, 0), stages=stages, decode_seconds=told.append,
+            )  # fmt: skip
+
+        async def hold_budget() -> None:
+            async with budget.hold(600):
+                await asyncio.sleep(0.05)
+
+        outcomes = [await measure(Origin(PNG, 0.05))]
+        holder = asyncio.create_task(hold_budget())
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        outcomes.append(await measure(Origin(PNG, 0)))
+        assert time.perf_counter() - start >= 0.04  # it did wait for the budget
+        await holder
+        outcomes.append(await measure(Origin(b"not an image at all", 0)))
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert [(o.width, o.reason) for o in outcomes] == [
+        (30, None),
+        (30, None),
+        (None, "not_an_image"),
+    ]
+    assert len(told) == 3
+    assert all(0 < seconds < 0.02 for seconds in told), told

@@ -42,3 +42,20 @@ def test_drop_job() -> None:
     assert queue.drop_job(1) == 3
     assert len(queue) == 2 and queue.drop_job(1) == 0
     assert drain(queue) == [(2, 0), (2, 1)]
+
+
+def test_the_oldest_wait_is_that_of_the_longest_waiting_job_still_queued() -> None:
+    now = [100.0]
+    queue = FairQueue(clock=lambda: now[0])
+    assert queue.oldest_since() is None
+    queue.add(1, [0, 1])
+    now[0] = 105.0
+    queue.add(2, [0])
+    queue.requeue(3, 7)  # put back after a lost worker, at 105 too
+    assert queue.oldest_since() == 100.0
+    queue.take(), queue.take()  # job 1's image 0, then job 2's only one
+    assert queue.oldest_since() == 100.0  # job 1 still has image 1 waiting
+    queue.drop_job(1)
+    assert queue.oldest_since() == 105.0
+    queue.take()
+    assert (len(queue), queue.oldest_since()) == (0, None)

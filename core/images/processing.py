@@ -8,9 +8,10 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Protocol
 
 from core.images.fetch import ImageDownloadError, redact_url
@@ -74,6 +75,29 @@ class Budget:
                 self._changed.notify_all()
 
 
+class Slots(asyncio.Semaphore):
+    """A semaphore over `total` slots that says how many are held now (`busy`): the simulated
+    GPU slots of an image worker, which its metrics report."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(total)
+        self.total = total
+        self.busy = 0
+
+    async def __aenter__(self) -> None:
+        await super().__aenter__()
+        self.busy += 1
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.busy -= 1
+        await super().__aexit__(exc_type, exc, traceback)
+
+
 class PixelBudget(Protocol):
     """What bounds the pixels being decoded: a `Budget`, or a worker's `DecodeBudget`."""
 
@@ -121,13 +145,17 @@ async def process_image(
     gpu_delay: tuple[float, float],
     node_id: str | None = None,
     stages: Stages | None = None,
+    decode_seconds: Callable[[float], None] | None = None,
 ) -> ImageOutcome:
     """Settle one image. Every failure the image itself can cause becomes an outcome with a
-    reason; anything else is a bug and propagates. Without `stages`, nothing bounds it."""
+    reason; anything else is a bug and propagates. Without `stages`, nothing bounds it.
+    `decode_seconds` is told the time Pillow took over the image (identify, decode, check),
+    the wait for the pixel budget left out, whether the image turned out good or not."""
     async with stages.fetching if stages else contextlib.nullcontext():
         measured = await _download_and_measure(
-            task, downloader, max_pixels, node_id, stages.pixels if stages else None
-        )
+            task, downloader, max_pixels, node_id, stages.pixels if stages else None,
+            decode_seconds,
+        )  # fmt: skip
     if isinstance(measured, ImageOutcome):
         return measured
     width, height = measured
@@ -151,6 +179,7 @@ async def _download_and_measure(
     max_pixels: int,
     node_id: str | None,
     pixels: PixelBudget | None,
+    decode_seconds: Callable[[float], None] | None,
 ) -> tuple[int, int] | ImageOutcome:
     """`(width, height)`, or the image's failure."""
     shown_url = redact_url(task.url)
@@ -161,7 +190,7 @@ async def _download_and_measure(
             task, FailureReason.DOWNLOAD, f"image download failed: {shown_url}: {exc}", node_id
         )
     try:
-        return await _measure(data, max_pixels, pixels)
+        return await _measure(data, max_pixels, pixels, decode_seconds)
     except NotAnImageError as exc:
         return failed_outcome(
             task, FailureReason.NOT_AN_IMAGE, f"not an image: {shown_url}: {exc}", node_id
@@ -172,20 +201,47 @@ async def _download_and_measure(
         )
 
 
-async def _measure(data: bytes, max_pixels: int, pixels: PixelBudget | None) -> tuple[int, int]:
-    if len(data) > INLINE_OPEN_BYTES:
-        image = await asyncio.to_thread(open_image, data, max_pixels)
-    else:
-        image = open_image(data, max_pixels)
-    width, height = image.size
-    # Every decode counts, a small one on the loop too, so the node's bound is a bound; taking
-    # an uncontended budget costs ~7 us, measured here, against 0.78 ms of CPU per image in all
-    # (README, Performance).
-    async with pixels.hold(width * height) if pixels else contextlib.nullcontext():
-        if len(data) <= INLINE_DECODE_BYTES and width * height < INLINE_DECODE_PIXELS:
-            return check_image(image)
-        # Decoding a large image takes milliseconds: keep the event loop free meanwhile.
-        return await asyncio.to_thread(check_image, image)
+class Stopwatch:
+    """Time spent in the `running` blocks, added up."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent += time.perf_counter() - start
+
+
+async def _measure(
+    data: bytes,
+    max_pixels: int,
+    pixels: PixelBudget | None,
+    decode_seconds: Callable[[float], None] | None,
+) -> tuple[int, int]:
+    watch = Stopwatch()
+    try:
+        with watch.running():
+            if len(data) > INLINE_OPEN_BYTES:
+                image = await asyncio.to_thread(open_image, data, max_pixels)
+            else:
+                image = open_image(data, max_pixels)
+        width, height = image.size
+        # Every decode counts, a small one on the loop too, so the node's bound is a bound;
+        # taking an uncontended budget costs ~7 us, measured here, against 0.78 ms of CPU per
+        # image in all (README, Performance).
+        async with pixels.hold(width * height) if pixels else contextlib.nullcontext():
+            with watch.running():
+                if len(data) <= INLINE_DECODE_BYTES and width * height < INLINE_DECODE_PIXELS:
+                    return check_image(image)
+                # Decoding a large image takes milliseconds: keep the event loop free meanwhile.
+                return await asyncio.to_thread(check_image, image)
+    finally:
+        if decode_seconds is not None:
+            decode_seconds(watch.spent)
 
 
 def failed_outcome(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from core.errors import DatabaseUnavailable
+from core.errors import DatabaseTimedOut, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class StoreDeadlines:
         except BaseException as exc:
             if self._watchdog.unwatch(token):
                 self.down()
-                raise DatabaseUnavailable(
+                raise DatabaseTimedOut(
                     f"the job database did not answer within {seconds:g} s; please retry"
                 ) from exc
             raise

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from core.errors import DatabaseUnavailable, StorageError
+from core.errors import DatabaseTimedOut, DatabaseUnavailable, StorageError
 from core.jobstore.deadline import StoreDeadlines
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -134,7 +134,7 @@ class PostgresConnections:
                     yield db
         except PoolTimeout as exc:
             self.deadlines.down()
-            raise DatabaseUnavailable(
+            raise DatabaseTimedOut(
                 f"the job database did not answer within {seconds:g} s; please retry"
             ) from exc
         except psycopg.OperationalError as exc:
