@@ -71,8 +71,8 @@ test: lint postgres-server netns-tools prometheus
 	$(BIN)/python -m pytest
 
 # The tests that start no Ray cluster, no service and no PostgreSQL server (tests/conftest.py
-# marks the rest `cluster` or `postgres`).
-unit: install
+# marks the rest `cluster` or `postgres`); tests/test_monitoring.py runs promtool.
+unit: install prometheus
 	$(BIN)/python -m pytest -m "not cluster and not postgres"
 
 bench: install postgres-server

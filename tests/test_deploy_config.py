@@ -11,11 +11,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
 from core.settings import ENV_PREFIX, Settings
+from harness import manifests
+from harness.manifests import Document, crd_schema, load_documents, load_documents_text
 from service.app import build_app
 from service.edge import CALLBACK, CALLBACK_VARIABLE
 
@@ -31,13 +32,6 @@ TOKEN_SECRET = "image-job-service-ray-auth"
 # The job store's URL (it holds the password): every node reads it from this Secret's key.
 DATABASE_SECRET = "image-job-service-database"
 DATABASE_URL_KEY = "url"
-
-Document = dict[str, Any]
-
-
-def load_documents(path: Path) -> list[Document]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return [document for document in yaml.load_all(path.read_text(), Loader=loader) if document]
 
 
 def applied_documents() -> list[Document]:
@@ -59,38 +53,12 @@ def the_rayservice() -> Document:
 
 @functools.cache
 def rayservice_schema() -> Document:
-    """The RayService v1 schema, strict as `kubectl apply` is (its server-side field validation
-    rejects a field the schema does not declare; plain JSON Schema would let it through)."""
-    [crd] = load_documents(RAYSERVICE_CRD)
-    [v1] = [version for version in crd["spec"]["versions"] if version["name"] == "v1"]
-    schema = copy.deepcopy(v1["schema"]["openAPIV3Schema"])
-    forbid_undeclared_fields(schema)
-    jsonschema.Draft7Validator.check_schema(schema)
-    return schema
-
-
-def forbid_undeclared_fields(schema: Document) -> None:
-    open_by_design = "additionalProperties" in schema or schema.get(
-        "x-kubernetes-preserve-unknown-fields"
-    )
-    if "properties" in schema and not open_by_design:
-        schema["additionalProperties"] = False
-    for child in schema.get("properties", {}).values():
-        forbid_undeclared_fields(child)
-    for key in ("items", "additionalProperties"):
-        if isinstance(schema.get(key), dict):
-            forbid_undeclared_fields(schema[key])
-    for key in ("anyOf", "allOf", "oneOf"):
-        for child in schema.get(key, []):
-            forbid_undeclared_fields(child)
+    """The RayService v1 schema, strict as `kubectl apply` is."""
+    return crd_schema(RAYSERVICE_CRD)
 
 
 def schema_errors(document: Document) -> list[str]:
-    validator = jsonschema.Draft7Validator(rayservice_schema())
-    return [
-        f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(document)
-    ]
+    return manifests.schema_errors(rayservice_schema(), document)
 
 
 def with_fault_tolerance_uncommented(text: str) -> str:
@@ -254,11 +222,10 @@ def test_schema_validation_rejects_a_broken_rayservice(
 
 def test_the_commented_gcs_fault_tolerance_example_validates_when_uncommented() -> None:
     text = (KUBERAY / "rayservice.yaml").read_text()
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     [enabled] = [
         doc
-        for doc in yaml.load_all(with_fault_tolerance_uncommented(text), Loader=loader)
-        if doc and doc["kind"] == "RayService"
+        for doc in load_documents_text(with_fault_tolerance_uncommented(text))
+        if doc["kind"] == "RayService"
     ]
     options = enabled["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
     assert "gcsFaultToleranceOptions" not in the_rayservice()["spec"]["rayClusterConfig"]
