@@ -286,7 +286,7 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "Flush time",
         "Flush backlog",
         "Job store errors per second by kind",
-        "Completion callbacks per second",
+        "Completion callbacks",
     ):
         assert wanted in titles
     download = next(panel for panel in panels() if panel["title"] == "Download time")

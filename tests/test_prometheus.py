@@ -45,9 +45,10 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servic
             "IMAGE_SERVICE_DASHBOARD_PORT": str(free_port()),
             # Ray's metrics reach the agent every second rather than every ten.
             "RAY_metrics_report_interval_ms": "1000",
-            # A job of a few hundred images that lasts long enough for several scrapes.
+            # A job of a few hundred images that lasts ~20 s, several scrapes: a rate needs two
+            # samples of a counter that has moved between them.
             "IMAGE_SERVICE_CONCURRENCY": "8",
-            "IMAGE_SERVICE_GPU_DELAY": "0.1-0.3",
+            "IMAGE_SERVICE_GPU_DELAY": "0.5-0.9",
         },
     ).start()
     try:
@@ -188,9 +189,10 @@ def test_every_series_and_panel_has_data_and_every_rule_evaluates(
     ran_job: dict[str, Any], monitored: tuple[ServiceProcess, str]
 ) -> None:
     api: PrometheusApi = ran_job["prometheus"]
-    # Wait for two scrapes past the job's end, then ask about the moment it ended.
-    time.sleep(12)
-    at = ran_job["ended"]
+    # Two scrapes and rule evaluations past the job's end, its whole run within the last minute.
+    time.sleep(max(0.0, ran_job["ended"] + 12 - time.time()))
+    at = time.time()
+    assert at - ran_job["started"] < 55, "the job took too long for the panels' 1m windows"
     series = readme_series()
     assert len(series) >= 20, series
     missing = []

@@ -152,13 +152,15 @@ def rows() -> list[Row]:
                 ),
                 Panel(
                     "Job duration by final state",
-                    "From submission to the last image settled, of the jobs that ended in "
-                    "the last 5 minutes.",
+                    "From submission to the last image settled, of the jobs that ended since "
+                    "the tracker started. Not a rate: Ray exports a histogram from its first "
+                    "observation, so a rate never sees the first job of each state, and jobs "
+                    "end too seldom to lose one.",
                     "s",
                     [
                         Target(
-                            f"histogram_quantile({q}, sum by (state, le) (rate("
-                            f"ray_image_service_job_duration_seconds_bucket{FILTERED}[5m])))",
+                            f"histogram_quantile({q}, sum by (state, le) "
+                            f"(ray_image_service_job_duration_seconds_bucket{FILTERED}))",
                             f"p{round(q * 100)} {{{{state}}}}",
                         )
                         for q in QUANTILES
@@ -199,13 +201,14 @@ def rows() -> list[Row]:
                     max=1,
                 ),
                 Panel(
-                    "Completion callbacks per second",
-                    "Callback POSTs delivered, and given up on after every attempt.",
-                    "ops",
+                    "Completion callbacks",
+                    "Callback POSTs delivered, and given up on after every attempt, since the "
+                    "tracker started (a count, not a rate: a rate misses a series' first "
+                    "increment, and callbacks are few).",
+                    "short",
                     [
                         Target(
-                            "sum by (outcome) "
-                            f"(rate(ray_image_service_callbacks_total{FILTERED}[5m]))",
+                            f"sum by (outcome) (ray_image_service_callbacks_total{FILTERED})",
                             "{{outcome}}",
                         )
                     ],
