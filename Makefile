@@ -33,14 +33,16 @@ netns-tools:
 # and `make monitor` run it from there (launcher/prometheus.py).
 PROMETHEUS_DEBS := prometheus libjs-bootstrap4 libjs-eonasdan-bootstrap-datetimepicker libjs-jquery \
 	libjs-jquery-hotkeys libjs-moment libjs-moment-timezone libjs-mustache libjs-popper.js \
-	libjs-rickshaw fonts-glyphicons-halflings
-PROMETHEUS := .tools/prometheus/usr/bin/prometheus
+	libjs-rickshaw libjs-d3 fonts-glyphicons-halflings
+# Named for the list above: a new list unpacks afresh.
+PROMETHEUS := .tools/prometheus/.unpacked-2
 
 $(PROMETHEUS):
 	rm -rf .tools/prometheus.part && mkdir -p .tools/prometheus.part/debs
 	cd .tools/prometheus.part/debs && { apt-get download $(PROMETHEUS_DEBS) || \
 		{ apt-get update && apt-get download $(PROMETHEUS_DEBS); }; }
 	for deb in .tools/prometheus.part/debs/*.deb; do dpkg-deb -x "$$deb" .tools/prometheus.part; done
+	touch .tools/prometheus.part/$(notdir $(PROMETHEUS))
 	rm -rf .tools/prometheus.part/debs .tools/prometheus && mv .tools/prometheus.part .tools/prometheus
 
 prometheus: $(PROMETHEUS)
@@ -85,8 +87,10 @@ bench-stores: install postgres-server
 soak: install
 	$(BIN)/python -m bench.soak
 
-# Needs Debian's chromium package (apt-get install chromium).
+# Debian's headless Chromium takes them; installed here, as root, when missing.
 screenshot: install prometheus
+	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends chromium; }
 	$(BIN)/python -m scripts.dashboard_screenshot
 
 clean:

@@ -1,8 +1,10 @@
-"""Screenshots of the Ray dashboard with the service running a job, for the README.
+"""Screenshots of the Ray dashboard and of Prometheus with the service running a job, for the
+README.
 
-Starts a service (its own Ray head with the dashboard on), an image server and a job, then
-drives Debian's headless Chromium over the DevTools protocol: the dashboard wants Ray's auth
-token as a cookie, which Chromium's command line cannot set. Loopback only.
+Starts the service as `make monitor` does (its own Ray head with the dashboard on, and a
+Prometheus beside it), an image server and a job, then drives Debian's headless Chromium over
+the DevTools protocol: the dashboard wants Ray's auth token as a cookie, which Chromium's
+command line cannot set. Loopback only.
 
     .venv/bin/python -m scripts.dashboard_screenshot   (or: make screenshot)
 """
@@ -20,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import requests
@@ -30,11 +33,21 @@ from harness.service import ROOT, ServiceProcess, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"
-PAGES = {
+DASHBOARD_PAGES = {
     "dashboard-overview.png": "#/overview",
     "dashboard-actors.png": "#/actors",
     "dashboard-serve.png": "#/serve",
+    "dashboard-metrics.png": "#/metrics",
 }
+THROUGHPUT = "image_service:images_settled:rate1m or image_service:images_processed:rate1m"
+PROMETHEUS_PAGES = {
+    # Debian's Prometheus has the classic UI alone, under /classic.
+    "prometheus-throughput.png": "/classic/graph?"
+    + urlencode({"g0.expr": THROUGHPUT, "g0.tab": "0", "g0.range_input": "5m"}),
+    "prometheus-alerts.png": "/classic/alerts",
+}
+# Prometheus' graph of the job wants a few minutes of it.
+JOB_SECONDS_BEFORE_GRAPH = 150
 # Without the background-networking flags Chromium keeps dialling out and fails here.
 CHROMIUM_FLAGS = (
     "--headless",
@@ -69,7 +82,9 @@ class DevTools:
         raise RuntimeError("DevTools connection closed")
 
 
-async def capture(debug_port: int, dashboard: str, token: str, out_dir: Path) -> None:
+async def capture(
+    debug_port: int, dashboard: str, prometheus: str, token: str, out_dir: Path, started: float
+) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as response:
             targets = await response.json()
@@ -80,22 +95,33 @@ async def capture(debug_port: int, dashboard: str, token: str, out_dir: Path) ->
             await tools.call(
                 "Network.setCookie", name="ray-authentication-token", value=token, url=dashboard
             )
-            for name, fragment in PAGES.items():
-                await tools.call("Page.navigate", url=f"{dashboard}/{fragment}")
-                await asyncio.sleep(12)  # the dashboard polls its APIs before it draws
-                shot = await tools.call("Page.captureScreenshot", format="png")
-                (out_dir / name).write_bytes(base64.b64decode(shot["data"]))
-                print(f"wrote {out_dir / name}")
+            for name, fragment in DASHBOARD_PAGES.items():
+                # the dashboard polls its APIs before it draws
+                await shoot(tools, f"{dashboard}/{fragment}", out_dir / name, 12)
+            await asyncio.sleep(max(0.0, started + JOB_SECONDS_BEFORE_GRAPH - time.time()))
+            for name, path in PROMETHEUS_PAGES.items():
+                await shoot(tools, f"{prometheus}{path}", out_dir / name, 5)
+
+
+async def shoot(tools: DevTools, url: str, out: Path, settle_seconds: float) -> None:
+    await tools.call("Page.navigate", url=url)
+    await asyncio.sleep(settle_seconds)
+    shot = await tools.call("Page.captureScreenshot", format="png")
+    out.write_bytes(base64.b64decode(shot["data"]))
+    print(f"wrote {out}")
 
 
 def main() -> None:
     out_dir = ROOT / "docs"
     out_dir.mkdir(exist_ok=True)
     dashboard_port = free_port()
+    prometheus = f"http://127.0.0.1:{free_port()}"
     images = ImageServer().start()
     service = ServiceProcess(
         data_dir=Path(tempfile.mkdtemp(prefix="screenshot-")),
+        module="launcher.monitor",
         env_overrides={
+            "RAY_PROMETHEUS_HOST": prometheus,
             "IMAGE_SERVICE_INCLUDE_DASHBOARD": "1",
             "IMAGE_SERVICE_DASHBOARD_PORT": str(dashboard_port),
             "IMAGE_SERVICE_GPU_DELAY": "0.1-0.4",
@@ -105,6 +131,7 @@ def main() -> None:
     try:
         urls = [images.url(f"img/red.jpg?{i}") for i in range(20_000)]
         payload = job(("S00339218", urls[:10_000]), ("S01408764", urls[10_000:]))
+        started = time.time()
         requests.post(f"{service.url}/api/submit/", json=payload, timeout=60).raise_for_status()
         debug_port = free_port()
         browser = subprocess.Popen(
@@ -121,7 +148,8 @@ def main() -> None:
         )
         time.sleep(3)
         dashboard = f"http://127.0.0.1:{dashboard_port}"
-        asyncio.run(capture(debug_port, dashboard, TOKEN_FILE.read_text().strip(), out_dir))
+        token = TOKEN_FILE.read_text().strip()
+        asyncio.run(capture(debug_port, dashboard, prometheus, token, out_dir, started))
     finally:
         if browser is not None:
             os.killpg(browser.pid, signal.SIGTERM)

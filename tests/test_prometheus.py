@@ -17,8 +17,10 @@ import pytest
 
 from harness.client import Client, job
 from harness.imageserver import ImageServer
+from harness.procs import alive, descendants
 from harness.prometheus import PrometheusApi
 from harness.service import ServiceProcess, free_port
+from harness.sockets import listening_sockets
 from launcher.prometheus import MONITORING, RULES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -231,3 +233,24 @@ def test_every_series_and_panel_has_data_and_every_rule_evaluates(
     assert f"127.0.0.1:{service.metrics_port}" in scraped or any(
         instance.endswith(f":{service.metrics_port}") for instance in scraped
     ), scraped
+
+
+def test_prometheus_listens_on_loopback_alone_and_stops_with_the_service(
+    monitored: tuple[ServiceProcess, str], ran_job: dict[str, Any]
+) -> None:
+    """The README's Security table and `make monitor`'s promise: no daemon left behind. Runs
+    last: it stops the module's service."""
+    service, prometheus_url = monitored
+    assert service.process is not None
+    sockets = listening_sockets(descendants([service.process.pid]))
+    ours = [s for s in sockets if s.command == "prometheus"]
+    port = int(prometheus_url.rsplit(":", 1)[1])
+    assert {s.port for s in ours} == {port}, sockets
+    assert all(s.loopback_only for s in ours), ours
+    pids = {s.pid for s in ours}
+    service.stop()
+    deadline = time.monotonic() + 30
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pids)
+    assert not ran_job["prometheus"].ready()
