@@ -49,6 +49,13 @@ class Flusher:
         self._tasks = tasks
         self._interval = interval
         self._lock = asyncio.Lock()
+        self._saving = 0  # outcomes of the batch whose store call is under way
+
+    @property
+    def backlog(self) -> int:
+        """Settled images not yet written: those waiting, and those of the save under way (out
+        of the pending writes until it fails, which may take the store's whole deadline)."""
+        return len(self._jobs.book.pending.outcomes) + self._saving
 
     async def step(self) -> None:
         """One turn of the flush loop: wait the flush interval, then flush."""
@@ -62,6 +69,7 @@ class Flusher:
             if not batch:
                 return 0
             start = time.perf_counter()
+            self._saving = len(batch.outcomes)
             try:
                 unstorable = await self._db.run(
                     self._store.save_outcomes,
@@ -74,6 +82,7 @@ class Flusher:
                 self._jobs.book.pending.restore(batch)
                 raise
             finally:
+                self._saving = 0
                 self._metrics.flushed(time.perf_counter() - start)
             for outcome in unstorable:
                 log.error("the result of image %d could not be stored; it failed instead",

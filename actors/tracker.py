@@ -248,7 +248,7 @@ class Tracker:
         metrics.in_flight.set(self._pool.in_flight)
         metrics.queue_depth.set(book.waiting)
         metrics.oldest_queued_seconds.set(book.oldest_waiting(time.monotonic()))
-        metrics.flush_backlog.set(len(book.pending.outcomes))
+        metrics.flush_backlog.set(self._parts.flusher.backlog)
         metrics.dispatch_lease.set(int(self._leadership.lease.dispatching))
         counts = await self._db.run(self._store.job_counts)
         for state in JobState:

@@ -134,3 +134,54 @@ def test_each_job_ended_in_a_flush_is_timed_once_with_its_final_state() -> None:
     metrics = asyncio.run(scenario())
     assert metrics.ended == [(JobState.COMPLETED, 90.0), (JobState.CANCELLED, 4.5)]
     assert len(metrics.flushes) == 1
+
+
+class Hanging:
+    """A job store thread whose call hangs until released, as a frozen database's does until
+    its deadline (5 s, and each probe after it)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def run(self, function: Any, *args: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        raise StorageError("could not save results: the job database did not answer")
+
+
+def test_the_flush_backlog_counts_the_images_whose_save_is_still_under_way() -> None:
+    """`ray_image_service_flush_backlog`: "settled images waiting to be written to the job
+    store". A flush takes the batch out of the pending writes before its store call; while a
+    call to a frozen database waits its deadline, those images are still unwritten, and the
+    "Flush backlog" panel, which "grows while the job store fails", must not drop to 0."""
+
+    async def scenario() -> tuple[int, int]:
+        jobs = HeldJobs(JobLimits(10, 1000, 3), Metrics())  # type: ignore[arg-type]
+        db = Hanging()
+        flusher = Flusher(
+            jobs,
+            Store(),  # type: ignore[arg-type]
+            db,  # type: ignore[arg-type]
+            Callbacks(),  # type: ignore[arg-type]
+            Metrics(),  # type: ignore[arg-type]
+            Metrics(),  # type: ignore[arg-type]
+            BackgroundTasks(),
+            interval=0,
+        )
+        jobs.activate(ActiveJob(1, [f"http://a.test/{n}" for n in range(5)], bytearray(5)))
+        for index in range(5):
+            jobs.book.record(done(index))
+        before = flusher.backlog
+        flushing = asyncio.create_task(flusher.flush())
+        await db.entered.wait()
+        during = flusher.backlog  # what the metrics loop reads now
+        db.release.set()
+        with pytest.raises(StorageError):
+            await flushing
+        return before, during, flusher.backlog
+
+    before, during, after = asyncio.run(scenario())
+    assert before == 5
+    assert during == 5, "the backlog gauge reads 0 while the 5 images' save hangs"
+    assert after == 5  # put back in front, counted once
