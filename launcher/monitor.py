@@ -18,12 +18,15 @@ from core.settings import Settings
 from launcher import EXIT_BAD_SETTING, EXIT_PORT_BUSY, die_with_parent, load_settings
 from launcher import main as run_service
 from launcher.ports import Listener, bind_error, refusal
-from launcher.prometheus import Prometheus, scrape_config
+from launcher.prometheus import Prometheus, PrometheusNotReady, scrape_config
 from launcher.sessionlogs import SERVICE_DISCOVERY_NAME
 
 PROMETHEUS_HOST_VARIABLE = "RAY_PROMETHEUS_HOST"
 DEFAULT_PROMETHEUS_HOST = "http://127.0.0.1:9090"
 SCRAPE_INTERVAL_SECONDS = 5.0
+# It replays its write-ahead log first: seconds for a few days of one service's series.
+READY_TIMEOUT_SECONDS = 60.0
+EXIT_PROMETHEUS_FAILED = 1
 
 
 def prometheus_listen_address(url: str) -> tuple[str, int]:
@@ -80,7 +83,15 @@ def main() -> None:
     prometheus = Prometheus(settings.data_dir / "prometheus", listen)
     # Started before the service replaces this process with itself (`launcher.main`); the
     # parent-death signal goes with the process, so Prometheus stops when the service does.
-    prometheus.start(monitor_config(settings), preexec_fn=die_with_parent)
+    process = prometheus.start(monitor_config(settings), preexec_fn=die_with_parent)
+    try:
+        prometheus.wait_ready(process, READY_TIMEOUT_SECONDS)
+    except PrometheusNotReady as exc:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PROMETHEUS_FAILED) from None
     print(f"prometheus at {prometheus.url} (its log: {prometheus.home / 'prometheus.log'})",
           file=sys.stderr, flush=True)  # fmt: skip
     run_service()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,10 @@ MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "rules.yaml"
 WEB_ASSETS = TOOLS / "usr" / "share" / "prometheus" / "web"
 JOB_NAME = "ray"
+
+
+class PrometheusNotReady(RuntimeError):
+    pass
 
 
 def binary(name: str) -> Path:
@@ -85,3 +92,22 @@ class Prometheus:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=preexec_fn,
             )
+
+    def wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        """Return once the server answers `/-/ready`; a PrometheusNotReady, naming its log,
+        when it exits first or is not ready within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        log = self.home / "prometheus.log"
+        while process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise PrometheusNotReady(
+                    f"prometheus was not ready within {timeout:g} s; see {log}"
+                )
+            time.sleep(0.2)
+        raise PrometheusNotReady(f"prometheus exited with code {process.returncode}; see {log}")

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,33 @@ def test_a_bad_prometheus_url_exits_2_naming_it(tmp_path: Path) -> None:
     ran = _monitor({"RAY_PROMETHEUS_HOST": "prometheus:9090"}, tmp_path)
     assert ran.returncode == 2
     assert "RAY_PROMETHEUS_HOST='prometheus:9090'" in ran.stderr
+
+
+def test_a_prometheus_that_cannot_start_stops_make_monitor_naming_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make monitor` starts Prometheus and goes on to the service without looking at it again:
+    a Prometheus that exits at once (here its TSDB path is a file; likewise a port Ray took
+    meanwhile, a data directory it cannot write) leaves the user told "prometheus at http://..."
+    with nothing there, the Ray dashboard's charts empty and the alerts unevaluated, and the
+    cause only in prometheus.log. It should wait for Prometheus to be ready and refuse
+    otherwise, before the service starts."""
+    from harness.service import free_port
+    from launcher import monitor
+
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "data").write_text("not a directory\n")
+    monkeypatch.setenv("IMAGE_SERVICE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAY_PROMETHEUS_HOST", f"http://127.0.0.1:{free_port()}")
+    started: list[bool] = []
+
+    def service() -> None:  # stands for `make run`, which would run until Ctrl-C
+        started.append(True)
+        time.sleep(3)
+
+    monkeypatch.setattr(monitor, "run_service", service)
+    with pytest.raises(SystemExit) as exited:
+        monitor.main()
+    assert exited.value.code != 0
+    assert not started, "the service ran with its Prometheus dead"
+    assert "prometheus.log" in capsys.readouterr().err
