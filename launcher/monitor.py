@@ -10,6 +10,7 @@ is: it stops when the service stops.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from urllib.parse import urlsplit
@@ -51,6 +52,15 @@ def prometheus_listen_address(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def monitor_config(settings: Settings) -> dict[str, object]:
     if settings.include_dashboard:
         discovery = settings.data_dir / SERVICE_DISCOVERY_NAME
@@ -73,6 +83,12 @@ def main() -> None:
     except ValueError as exc:
         print(exc, file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_SETTING) from None
+    if not _loopback(host):
+        warning = (
+            f"prometheus listens on {host}, beyond this machine, with no authentication: "
+            "anyone who reaches it can query every series"
+        )
+        print(warning, file=sys.stderr, flush=True)
     error = bind_error(host, port)
     if error is not None:
         print(refusal(Listener("Prometheus", host, port, PROMETHEUS_HOST_VARIABLE), error),

@@ -141,3 +141,31 @@ def test_a_prometheus_that_cannot_start_stops_make_monitor_naming_its_log(
     assert exited.value.code != 0
     assert not started, "the service ran with its Prometheus dead"
     assert "prometheus.log" in capsys.readouterr().err
+
+
+def test_the_readme_tells_of_make_monitor_and_the_port_its_prometheus_takes() -> None:
+    """`make monitor` is told of in the README, its modules in "Layout", and the listener it
+    adds, Prometheus on RAY_PROMETHEUS_HOST (9090, no authentication), in the Security
+    section's ports table, which lists what guards each port."""
+    from harness.readme import section
+
+    readme = (ROOT / "README.md").read_text()
+    assert "make monitor" in readme
+    layout = section(readme, "Layout")
+    assert "`monitor.py`" in layout and "`prometheus.py`" in layout
+    security = section(readme, "Security").splitlines()
+    ports = [line for line in security if line.strip().startswith("| ")]
+    assert any("RAY_PROMETHEUS_HOST" in line and "9090" in line for line in ports)
+
+
+def test_prometheus_beyond_loopback_is_said_to_be_open(tmp_path: Path) -> None:
+    # 0.0.0.0 with a port held: the warning comes before the refusal, and nothing starts.
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ran = _monitor({"RAY_PROMETHEUS_HOST": f"http://0.0.0.0:{port}"}, tmp_path)
+    assert ran.returncode == 1
+    assert (
+        "prometheus listens on 0.0.0.0, beyond this machine, with no authentication" in ran.stderr
+    )
