@@ -174,8 +174,8 @@ def test_every_aggregation_says_which_labels_it_keeps() -> None:
         expr = rule["expr"]
         if expr.startswith("absent("):
             continue
-        assert not re.search(r"\b(sum|max|min|avg)\s*\(", expr), expr
-        assert re.search(r"\b(sum|max) by \(", expr), expr
+        assert not re.search(r"\b(sum|max|min|avg|count)\s*\(", expr), expr
+        assert re.search(r"\b(sum|max|count) by \(", expr), expr
 
 
 # ---- the dashboard -----------------------------------------------------------------------
@@ -425,3 +425,57 @@ def test_the_operator_manifests_name_the_same_release() -> None:
         only(kind)["metadata"]["labels"] for kind in ("PodMonitor", "PrometheusRule")
     ]
     assert labels[0] == labels[1] == {"release": "prometheus"}
+
+
+# ---- holes found in review ---------------------------------------------------------------------
+
+
+def test_tracker_absent_fires_for_a_namespace_whose_tracker_is_gone_beside_another(
+    tmp_path: Path,
+) -> None:
+    """The other alerts are per `namespace` (NoLeaseHolder's own tests put two services in two
+    namespaces), but ImageServiceTrackerAbsent is `absent(ray_image_service_queue_depth)` over
+    everything the Prometheus scrapes: with the service in `staging` and in `prod` (one
+    kube-prometheus-stack watching both), staging's tracker can be gone for good, its workers
+    still reporting, and the alert never fires because prod's tracker reports."""
+    [rule] = [r for r in rules_of("alert") if r["alert"] == "ImageServiceTrackerAbsent"]
+    labels = {"ray_io_cluster": "ijs-a", "WorkerId": "w", "Component": "core_worker"}
+
+    def series(name: str, namespace: str, session: str) -> str:
+        pairs = {**labels, "namespace": namespace, "SessionName": session}
+        return name + "{" + ", ".join(f'{k}="{v}"' for k, v in pairs.items()) + "}"
+
+    case = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {"series": series(name, namespace, session), "values": "5x40"}
+                    for name, namespace, session in (
+                        ("ray_image_service_queue_depth", "prod", "s1"),
+                        ("ray_image_service_images_in_flight", "prod", "s1"),
+                        # staging: the workers report, no tracker does.
+                        ("ray_image_service_images_processed_total", "staging", "s2"),
+                    )
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "6m",
+                        "alertname": "ImageServiceTrackerAbsent",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**rule["labels"], "namespace": "staging"},
+                                "exp_annotations": rule["annotations"],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "absent.test.yaml"
+    path.write_text(yaml.safe_dump(case))
+    tested = promtool("test", "rules", path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -16,6 +16,8 @@ from typing import Any
 
 CLUSTER = "namespace, ray_io_cluster, SessionName"
 SERVICE = "namespace"
+# Series the image workers report whether or not they hold images.
+WORKER_SERIES = '{__name__=~"ray_image_service_(slots_total|images_processed_total)"}'
 
 # Thresholds, each with the reason for its value.
 # Above this share of the images that were tried (not dropped by a cancel), by reason.
@@ -185,15 +187,24 @@ for internal, file a bug with the log lines.""",
         ),
         Alert(
             "ImageServiceTrackerAbsent",
-            "absent(ray_image_service_queue_depth)",
+            # Per namespace: the service's workers report there and no tracker does. absent()
+            # for a Prometheus that sees nothing of the service at all.
+            "(\n"
+            f"  count by ({SERVICE}) ({WORKER_SERIES})\n"
+            f"  unless on ({SERVICE}) count by ({SERVICE}) (ray_image_service_queue_depth)\n"
+            ")\nor (\n"
+            "  absent(ray_image_service_queue_depth)\n"
+            f"  unless on () count by () ({WORKER_SERIES})\n"
+            ")",
             "5m",
             "critical",
             "No job tracker reports metrics: the service, or its scraping, is down",
             """\
-What it means: no series ray_image_service_queue_depth has reached Prometheus for 5 minutes.
-Every JobTracker reports it every IMAGE_SERVICE_METRICS_INTERVAL seconds, whether or not it
-holds the dispatch lease; so either no tracker runs anywhere, or Prometheus scrapes none of
-the service's pods.
+What it means: no series ray_image_service_queue_depth has reached Prometheus for 5 minutes:
+from the alert's namespace, whose image workers do report, or (no namespace) from anywhere,
+with nothing else of the service seen either. Every JobTracker reports it every
+IMAGE_SERVICE_METRICS_INTERVAL seconds, whether or not it holds the dispatch lease; so either
+no tracker runs there, or Prometheus scrapes none of the service's pods (or not the head's).
 What to check: `kubectl get rayservice image-job-service` and its pods; GET /healthz on the
 Serve service (503 when the tracker does not answer); Prometheus' Targets page for the
 PodMonitor image-job-service (targets down, or none found: the pods' `metrics` port and

@@ -293,6 +293,20 @@ def tracker_absent_cases() -> list[Case]:
                 {
                     "eval_time": "6m",
                     "alertname": "ImageServiceTrackerAbsent",
+                    "exp_alerts": [
+                        expect("ImageServiceTrackerAbsent", {"namespace": "jobs"}, summary)
+                    ],
+                },
+            ],
+        },
+        {
+            "name": "TrackerAbsent fires, once, when nothing of the service reports at all",
+            "interval": INTERVAL,
+            "input_series": [series("up", 'job="other"', "1x40")],
+            "alert_rule_test": [
+                {
+                    "eval_time": "6m",
+                    "alertname": "ImageServiceTrackerAbsent",
                     "exp_alerts": [expect("ImageServiceTrackerAbsent", {}, summary)],
                 },
             ],
@@ -301,6 +315,19 @@ def tracker_absent_cases() -> list[Case]:
             "name": "TrackerAbsent stays quiet while one tracker reports, even a standby's 0",
             "interval": INTERVAL,
             "input_series": [series("ray_image_service_queue_depth", proc(B, "tracker"), "0x40")],
+            "alert_rule_test": [
+                {"eval_time": "6m", "alertname": "ImageServiceTrackerAbsent", "exp_alerts": []}
+            ],
+        },
+        {
+            "name": "TrackerAbsent stays quiet while each namespace's workers have its tracker",
+            "interval": INTERVAL,
+            "input_series": [
+                series("ray_image_service_queue_depth", proc(A, "tracker"), "0x40"),
+                series("ray_image_service_slots_total", proc(A, "w1"), "8x40"),
+                series("ray_image_service_queue_depth", proc(B, "tracker"), "3x40"),
+                series("ray_image_service_slots_total", proc(B, "w1"), "8x40"),
+            ],
             "alert_rule_test": [
                 {"eval_time": "6m", "alertname": "ImageServiceTrackerAbsent", "exp_alerts": []}
             ],
