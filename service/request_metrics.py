@@ -7,6 +7,7 @@ Labels stay bounded: a route is one of the API's route templates or `other`, nev
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -20,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 OTHER = "other"
+CLIENT_CLOSED_REQUEST = 499
+SERVER_ERROR = 500
 # The routes of `service.app`, by path: `/api/submit/` is the documented one, `/api/submit`
 # the same handler without the slash.
 EXACT_ROUTES = {
@@ -85,9 +88,10 @@ def process_recorder() -> RequestRecorder:
 
 class RequestMetrics:
     """Counts and times every HTTP request that passes through it. A request that ends
-    without a response started (the app raised, the client went away and the app was
-    cancelled) counts as a 500. Recording never breaks a request: a recorder that fails is
-    logged, once."""
+    without a response started counts as a 500 when the app raised, and as 499 (nginx's "client
+    closed request") when it was cancelled because its client went away: a client's short
+    timeout is not the service's error, and must not page anyone through the 5xx alert.
+    Recording never breaks a request: a recorder that fails is logged, once."""
 
     def __init__(
         self,
@@ -105,7 +109,7 @@ class RequestMetrics:
             await self._app(scope, receive, send)
             return
         start = self._clock()
-        code = 500
+        code: int | None = None
 
         async def sending(message: Message) -> None:
             nonlocal code
@@ -115,8 +119,12 @@ class RequestMetrics:
 
         try:
             await self._app(scope, receive, sending)
+        except asyncio.CancelledError:
+            code = CLIENT_CLOSED_REQUEST if code is None else code
+            raise
         finally:
-            self._record(route_of(scope["path"]), code, self._clock() - start)
+            answered = SERVER_ERROR if code is None else code
+            self._record(route_of(scope["path"]), answered, self._clock() - start)
 
     def _record(self, route: str, code: int, seconds: float) -> None:
         try:

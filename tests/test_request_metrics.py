@@ -98,7 +98,7 @@ def test_an_app_that_raises_after_answering_counts_with_the_code_sent() -> None:
     assert recorder.answers == [("/api/results", 200, 1)]
 
 
-def test_a_client_that_goes_away_mid_request_is_counted_as_a_500() -> None:
+def test_a_client_that_goes_away_mid_request_is_counted_as_a_499_not_a_500() -> None:
     """The server cancels the app's task when its client disconnects."""
     started = asyncio.Event()
 
@@ -116,7 +116,7 @@ def test_a_client_that_goes_away_mid_request_is_counted_as_a_500() -> None:
             await task
 
     asyncio.run(scenario())
-    assert recorder.answers == [("/api/status", 500, 1)]
+    assert recorder.answers == [("/api/status", 499, 1)]
 
 
 def test_a_send_that_fails_because_the_client_left_is_counted_and_raised() -> None:
