@@ -207,6 +207,8 @@ class Tracker:
             if worker is not None:
                 worker.in_flight.discard((outcome.job_id, outcome.index))
             self._jobs.book.record(outcome)
+        if self._jobs.book.pending.finished:
+            self._parts.flusher.job_ended()
         self._jobs.wake.set()
 
     async def shutdown(self) -> int:

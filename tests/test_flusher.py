@@ -185,3 +185,35 @@ def test_the_flush_backlog_counts_the_images_whose_save_is_still_under_way() -> 
     assert before == 5
     assert during == 5, "the backlog gauge reads 0 while the 5 images' save hangs"
     assert after == 5  # put back in front, counted once
+
+
+def test_a_job_that_ends_is_flushed_at_once_not_at_the_end_of_the_interval() -> None:
+    """A small job's client waits for its final write: an interval-long wait (0.2 s by
+    default) was a third of a 10-image job's whole time."""
+
+    async def scenario() -> tuple[list[tuple[list[int], list[int]]], float]:
+        jobs = HeldJobs(JobLimits(10, 1000, 3), Metrics())  # type: ignore[arg-type]
+        store = Store()
+        flusher = Flusher(
+            jobs,
+            store,  # type: ignore[arg-type]
+            Inline(),  # type: ignore[arg-type]
+            Callbacks(),  # type: ignore[arg-type]
+            Metrics(),  # type: ignore[arg-type]
+            Metrics(),  # type: ignore[arg-type]
+            BackgroundTasks(),
+            interval=60,
+        )
+        jobs.activate(ActiveJob(1, ["http://a.test/0"], bytearray(1)))
+        stepping = asyncio.create_task(flusher.step())
+        await asyncio.sleep(0.05)
+        assert store.saves == []  # nothing ended: the step waits out its interval
+        start = asyncio.get_running_loop().time()
+        jobs.book.record(done(0))
+        flusher.job_ended()
+        await asyncio.wait_for(stepping, 5)
+        return store.saves, asyncio.get_running_loop().time() - start
+
+    saves, took = asyncio.run(scenario())
+    assert saves == [([0], [1])]
+    assert took < 1

@@ -655,3 +655,20 @@ def test_the_metrics_step_sets_the_queue_backlog_and_lease_gauges(tmp_path: Path
     assert leader.in_flight.values[""] == 9
     assert (leader.dispatch_lease.values[""], standby.dispatch_lease.values[""]) == (1, 0)
     assert standby.oldest_queued_seconds.values[""] == 0.0
+
+
+def test_the_report_that_ends_a_job_has_it_flushed_at_once(tmp_path: Path) -> None:
+    """The flush loop waits its interval unless a job ended: then its client sees it at once."""
+    settings = settings_for(tmp_path, flush_interval="30")
+
+    async def scenario() -> None:
+        store = SqliteStore(settings.database_path)
+        tracker, parts = await tracker_with(settings, store, "A", True)
+        job_id = await tracker.submit(one_image_job(), "k1", None, None, "a")
+        stepping = asyncio.create_task(parts.flusher.step())
+        await tracker.report("w", [ImageOutcome(job_id, 0, time.time(), width=1, height=1)])
+        await asyncio.wait_for(stepping, 5)
+        view = store.job_view(job_id)
+        assert view is not None and view.status is JobStatus.COMPLETED
+
+    asyncio.run(scenario())
