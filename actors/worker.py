@@ -129,7 +129,8 @@ class ImageWorker:
             )
         self._metrics.processing_seconds.observe(time.perf_counter() - start)
         self._metrics.settled(outcome)
-        self._outbox.add(outcome)
+        # This image's own task is still among those running until it returns.
+        self._outbox.add(outcome, now=len(self._running) <= 1)
 
     async def _slots_step(self) -> None:
         self._worker_metrics.slots(self._gpu)

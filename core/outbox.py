@@ -29,9 +29,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def add(self, outcome: ImageOutcome) -> None:
+    def add(self, outcome: ImageOutcome, *, now: bool = False) -> None:
+        """Keep `outcome` for the next report; `now`: send without waiting for the interval
+        (the worker holds nothing else, so no batch will grow: the job may be waiting on it)."""
         self._waiting.append(outcome)
-        if len(self._waiting) >= self._batch:
+        if now or len(self._waiting) >= self._batch:
             self._full.set()
 
     async def report_step(self) -> None:

@@ -75,3 +75,20 @@ def test_a_full_batch_goes_without_waiting_for_the_interval() -> None:
         return tracker.taken
 
     assert asyncio.run(run()) == [[0, 1, 2]]
+
+
+def test_an_outcome_sent_now_goes_without_waiting_for_the_interval_or_a_full_batch() -> None:
+    """The worker's last image: nothing more will fill the batch, and its job may be waiting."""
+
+    async def run() -> list[list[int]]:
+        tracker = Tracker()
+        outbox = Outbox(tracker.report, interval=3600, batch=100)
+        outbox.add(outcome(0))
+        step = asyncio.ensure_future(outbox.report_step())
+        await asyncio.sleep(0.05)
+        assert not step.done() and tracker.taken == []  # a lone outcome waits for the interval
+        outbox.add(outcome(1), now=True)  # ...until the worker holds nothing else
+        await asyncio.wait_for(step, timeout=5)
+        return tracker.taken
+
+    assert asyncio.run(run()) == [[0, 1]]
