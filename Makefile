@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install postgres-server netns-tools prometheus monitor run images test unit lint format bench bench-stores soak screenshot clean
+.PHONY: install postgres-server netns-tools prometheus monitor run autoscale images test unit lint format bench bench-stores soak screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ prometheus: $(PROMETHEUS)
 
 run: install
 	$(BIN)/python -m launcher
+
+# `make run` with Ray's autoscaler adding and removing nodes on this machine (README,
+# "Autoscaling"): a head of 4 GPU slots and up to two nodes of 8 (deploy/local/autoscaling.yaml).
+autoscale: install
+	IMAGE_SERVICE_AUTOSCALING_CONFIG=deploy/local/autoscaling.yaml IMAGE_SERVICE_CONCURRENCY=4 \
+		IMAGE_SERVICE_AUTOSCALE_MAX_SLOTS=20 IMAGE_SERVICE_AUTOSCALE_RETIRE_SECONDS=2 \
+		$(BIN)/python -m launcher
 
 # `make run` with a Prometheus beside it (launcher/monitor.py) on RAY_PROMETHEUS_HOST
 # (default http://127.0.0.1:9090), the rules of deploy/monitoring loaded.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import ray
 
+from actors.autoscale import Autoscaling
 from actors.callbacks import CallbackDelivery
 from actors.dispatcher import Dispatcher
 from actors.flusher import Flusher
@@ -42,6 +43,7 @@ class TrackerParts:
     flusher: Flusher
     leadership: Leadership
     dispatcher: Dispatcher
+    autoscaling: Autoscaling
 
     @classmethod
     def wire(
@@ -83,6 +85,7 @@ class TrackerParts:
             flusher=flusher,
             leadership=leadership,
             dispatcher=dispatcher,
+            autoscaling=Autoscaling(settings, jobs, pool, leadership),
         )
 
 

@@ -6,6 +6,10 @@ A node advertises its simulated GPU capacity as the custom resource `image_slots
 Its workers split the slots between them, so every core of the node works on downloads and
 image checks while the tracker still sees one capacity per node. Nodes that join are picked
 up on the next refresh; workers that die are dropped and replaced.
+
+Each worker reserves its share of its node's `image_slots` from Ray, so a node with image
+workers is busy to Ray's autoscaler (and to the dashboard's resource view), and one whose
+workers were retired (`retire`, when autoscaling) is idle, free for it to remove.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from core.jobs import ImageKey
 from core.settings import IMAGE_SLOTS, Settings
 
 log = logging.getLogger(__name__)
+
+# The resource only Ray's head node has.
+HEAD = "node:__internal_head__"
 
 
 @dataclass(eq=False)
@@ -56,6 +63,9 @@ class WorkerPool:
         self._tracker = tracker
         self._workers: dict[str, list[WorkerSlot]] = {}  # by node id
         self._by_key: dict[str, WorkerSlot] = {}
+        self._heads: set[str] = set()
+        # Worker nodes whose workers were retired: no workers start there until `recall`.
+        self._retired: set[str] = set()
 
     @property
     def capacity(self) -> int:
@@ -94,6 +104,10 @@ class WorkerPool:
             for node in nodes
             if node.get("Alive") and self.node_capacity(node) > 0
         }
+        self._heads = {
+            node_id for node_id, node in alive.items() if HEAD in node.get("Resources", {})
+        }
+        self._retired &= set(alive)
         for node_id in list(self._workers):
             if node_id not in alive:
                 del self._workers[node_id]
@@ -101,11 +115,14 @@ class WorkerPool:
                 self._workers[node_id] = [w for w in self._workers[node_id] if w.alive]
         started = []
         for node_id, node in alive.items():
+            if node_id in self._retired:
+                continue
             running = self._workers.setdefault(node_id, [])
             taken = {worker.index for worker in running}
             for index, share in enumerate(self.worker_shares(node)):
                 if index not in taken:
-                    worker = self._start_worker(node_id, index, share)
+                    reserve = IMAGE_SLOTS in node.get("Resources", {})
+                    worker = self._start_worker(node_id, index, share, reserve)
                     running.append(worker)
                     self._by_key[worker.key] = worker
                     started.append(worker)
@@ -137,6 +154,31 @@ class WorkerPool:
         free = [worker for node in self._workers.values() for worker in node if worker.free > 0]
         return sorted(free, key=lambda worker: worker.free / worker.capacity, reverse=True)
 
+    def held_by_worker_node(self) -> dict[str, int]:
+        """Images held by each worker node's workers (the head's are never retired)."""
+        return {
+            node_id: sum(len(worker.in_flight) for worker in workers)
+            for node_id, workers in self._workers.items()
+            if node_id not in self._heads and node_id not in self._retired
+        }
+
+    def retire(self, node_id: str) -> list[WorkerSlot]:
+        """Take the node's workers out of dispatch and keep new ones off it until `recall`;
+        returns them, for the caller to stop. Only for a node whose workers hold nothing."""
+        workers = self._workers.pop(node_id, [])
+        assert not any(worker.in_flight for worker in workers), "retiring a busy node"
+        for worker in workers:
+            worker.alive = False  # its death, when it is stopped, is no loss
+            self._by_key.pop(worker.key, None)
+        self._retired.add(node_id)
+        return workers
+
+    def recall(self) -> bool:
+        """Let workers start again on the retired nodes still there (at the next refresh);
+        whether there were any."""
+        had, self._retired = bool(self._retired), set()
+        return had
+
     def mark_ready(self, worker: WorkerSlot) -> None:
         worker.ready = True
 
@@ -149,11 +191,15 @@ class WorkerPool:
         orphans, worker.in_flight = worker.in_flight, set()
         return orphans
 
-    def _start_worker(self, node_id: str, index: int, share: WorkerShare) -> WorkerSlot:
+    def _start_worker(
+        self, node_id: str, index: int, share: WorkerShare, reserve: bool
+    ) -> WorkerSlot:
         key = uuid.uuid4().hex
         capacity = share.gpu_slots + math.ceil(share.gpu_slots * self._settings.fetch_ahead)
         handle = ImageWorker.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            # Its share of the slots the node advertises (a node without them reserves none).
+            resources={IMAGE_SLOTS: share.gpu_slots} if reserve else {},
             # Headroom above the image batches so control calls (`pid`, `lifeline`) always run.
             max_concurrency=capacity + 16,
         ).remote(self._settings, share, key, self._tracker)

@@ -67,6 +67,7 @@ class Tracker:
             supervise("nodes", parts.dispatcher.refresh_step),
             supervise("metrics", self._metrics_step),
             supervise("lease", parts.leadership.step),
+            supervise("autoscaling", parts.autoscaling.step),
         ]
 
     # ---- API called by the Serve deployment -------------------------------------------------
@@ -229,6 +230,7 @@ class Tracker:
             "rate_limit_buckets": len(self._parts.submit_limiter),
             "leading": self._leadership.lease.held,
             "dispatching": self._leadership.dispatching,
+            "requested_slots": self._parts.autoscaling.requested,
         }
 
     async def diagnostic_worker_pids(self) -> dict[str, list[int]]:

@@ -14,32 +14,23 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from core.text import safe_text
+from core.settings_parse import ENV_PREFIX as ENV_PREFIX  # where the other modules import it
+from core.settings_parse import MAX_SECONDS, MappingSource, describe, parse_delay_range
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORE_MASTER = PACKAGE_ROOT / "data" / "store_master.csv"
 
-ENV_PREFIX = "IMAGE_SERVICE_"
-
 # The name of the custom Ray resource that counts a node's GPU slots.
 IMAGE_SLOTS = "image_slots"
-
-# A refused value is quoted this far: an environment variable can be any length.
-QUOTED_CHARS = 80
 
 # What libpq takes as a URL (anything else in DATABASE_URL is a mistake, not a SQLite path).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-# The longest wait any timing setting takes: past a day each is a mistake (results reported or
-# saved a day late, a timeout that never fires), and what is built on them stays finite
-# (PostgreSQL refuses a lease interval past ~9e12 s: no tracker would ever hold the lease).
-MAX_SECONDS = 86_400.0
 # A timeout below this fails calls that work (an actor call, a small download on the same
 # network take a few ms); 0 is "no timeout" to aiohttp, and fails every image as a download's.
 Timeout = Annotated[float, Field(ge=0.1, le=MAX_SECONDS)]
@@ -242,6 +233,30 @@ class Settings(BaseSettings):
     )
     callback_timeout: Timeout = Field(10.0, description="completion callback: seconds per attempt")
 
+    # ---- autoscaling (README, "Autoscaling") -------------------------------------------------
+    autoscale_max_slots: int = Field(
+        0,
+        ge=0,
+        description=f"`{IMAGE_SLOTS}` the tracker may ask Ray's autoscaler for while images wait "
+        "or are in flight, the head's included (the cluster's largest size); `0`: it asks for "
+        "none and keeps every node's image workers",
+    )
+    # Long enough that the gap between two jobs of a burst does not cost a node's warm-up.
+    autoscale_retire_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="with `AUTOSCALE_MAX_SLOTS` set, seconds a worker node holds no image while "
+        "none waits before the tracker stops its image workers, which frees its "
+        f"`{IMAGE_SLOTS}` so that the autoscaler may remove it",
+    )
+    autoscaling_config: Path | None = Field(
+        None,
+        description="a Ray cluster config (YAML) for the head's autoscaler (`ray start "
+        "--autoscaling-config`); with its provider `fake_multinode`, nodes are Ray processes "
+        "on this machine",
+    )
+
     # ---- Ray --------------------------------------------------------------------------------
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head (GCS) port")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard port")
@@ -285,18 +300,18 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("data_dir", "store_master", mode="before")
+    @field_validator("data_dir", "store_master", "autoscaling_config", mode="before")
     @classmethod
     def _any_path(cls, value: Any) -> Any:
         # A path is bytes to the OS: one that is not UTF-8 reaches us with lone surrogates,
         # which pydantic's str check refuses; pathlib takes them.
         return Path(value) if isinstance(value, str) else value
 
-    @field_validator("data_dir", "store_master")
+    @field_validator("data_dir", "store_master", "autoscaling_config")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
+    def _absolute(cls, value: Path | None) -> Path | None:
         # Ray's processes do not share the launcher's working directory.
-        return value.resolve()
+        return None if value is None else value.resolve()
 
     @model_validator(mode="after")
     def _budget_fits_the_largest_image(self) -> Settings:
@@ -339,52 +354,3 @@ class Settings(BaseSettings):
             init_settings,
             MappingSource(settings_cls, os.environ if environ is None else environ),
         )
-
-
-class MappingSource(EnvSettingsSource):
-    """Settings read from a mapping (the process environment, or one given), each value with
-    its surrounding blanks removed: a variable set to blanks is unset, as one set empty."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {
-            name.lower(): value.strip() for name, value in self._environ.items() if value.strip()
-        }
-
-
-def describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    name = f"{ENV_PREFIX}{str(first['loc'][0]).upper()}" if first["loc"] else "the settings"
-    message = first["msg"]
-    if message.startswith("Value error, "):
-        return message.removeprefix("Value error, ")
-    return f"{name}: {message[0].lower()}{message[1:]}, got {quoted(first['input'])}"
-
-
-def quoted(value: Any) -> str:
-    return safe_text(repr(value), QUOTED_CHARS)
-
-
-def parse_delay_range(text: str) -> tuple[float, float]:
-    """Parse `LOW-HIGH` seconds (or a single number) into an ordered pair."""
-    parts = text.split("-")
-    try:
-        if len(parts) == 1:
-            low = high = float(parts[0])
-        elif len(parts) == 2:
-            low, high = float(parts[0]), float(parts[1])
-        else:
-            raise ValueError(text)
-    except ValueError:
-        raise ValueError(
-            f"{ENV_PREFIX}GPU_DELAY must look like 0.1-0.4 (seconds), got {quoted(text)}"
-        ) from None
-    if not 0 <= low <= high <= MAX_SECONDS:
-        raise ValueError(
-            f"{ENV_PREFIX}GPU_DELAY must satisfy 0 <= low <= high <= {MAX_SECONDS:g}, "
-            f"got {quoted(text)}"
-        )
-    return low, high

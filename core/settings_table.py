@@ -19,7 +19,7 @@ def shown(value: Any) -> str:
     if isinstance(value, Path):
         inside = value.is_relative_to(PACKAGE_ROOT)
         return f"`{value.relative_to(PACKAGE_ROOT) if inside else value}`"
-    if value == "":
+    if value == "" or value is None:
         return "empty"
     if isinstance(value, tuple):
         if not value:

@@ -1,6 +1,7 @@
-"""`python -m harness.cluster_probe ADDRESS tracker|workers|nodes`: print the JobTracker's stats,
-the image workers' process ids or the cluster's nodes as one JSON line marked `PROBE`, from a
-short-lived driver attached to the service's cluster."""
+"""`python -m harness.cluster_probe ADDRESS tracker|workers|nodes|watch`: print the JobTracker's
+stats, the image workers' process ids or the cluster's nodes as one JSON line marked `PROBE`,
+from a short-lived driver attached to the service's cluster; `watch` prints the alive nodes
+with the time, a line every quarter of a second, until it is stopped."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def main() -> None:
     address, what = sys.argv[1], sys.argv[2]
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
     answer: Any
+    if what == "watch":
+        while True:
+            alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+            print("PROBE", json.dumps([time.time(), alive]), flush=True)
+            time.sleep(0.25)
     if what == "nodes":
         answer = [[n["NodeID"], n["Alive"], n["Resources"].get("image_slots")] for n in ray.nodes()]
     elif what == "tracker":

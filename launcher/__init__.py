@@ -28,6 +28,7 @@ from ray import serve
 from actors.tracker import NAMESPACE, TRACKER_NAME
 from core.settings import IMAGE_SLOTS, Settings, SettingsError
 from launcher.address import DEFAULT_NODE_ADDRESS
+from launcher.autoscaling import head_autoscaling
 from launcher.hint import join_hint
 from launcher.ports import first_refusal
 from launcher.sessionlogs import link_logs, link_service_discovery
@@ -69,6 +70,8 @@ def ensure_cluster_token() -> None:
 
 
 def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
+    # The address `ray start` will settle on (see `main`), for the autoscaler's own nodes.
+    autoscaling_args, autoscaling_env = head_autoscaling(settings, ray.util.get_node_ip_address())
     command = [
         ray_command(),
         "start",
@@ -82,10 +85,12 @@ def start_ray_head(settings: Settings) -> subprocess.Popen[bytes]:
         f"--dashboard-port={settings.dashboard_port}",
         f"--metrics-export-port={settings.metrics_port}",
         f"--resources={json.dumps({IMAGE_SLOTS: settings.concurrency})}",
+        *autoscaling_args,
         *settings.ray_start_args,
     ]
     # The tracker is drained before the head is stopped; Ray's own 30 s node drain adds nothing.
-    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
+    # An operator's own autoscaler variables win.
+    env = {**autoscaling_env, **os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
     log_path = settings.data_dir / "ray-head.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(

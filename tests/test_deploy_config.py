@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -324,3 +325,27 @@ def test_every_node_has_the_same_valid_service_settings() -> None:
     url = "postgresql://jobs:secret@postgres:5432/jobs"
     settings = Settings.from_env({**written, f"{ENV_PREFIX}DATABASE_URL": url})
     assert settings.host == first[f"{ENV_PREFIX}HOST"] and settings.database_url == url
+
+
+# ---- autoscaling ---------------------------------------------------------------------------
+
+
+def image_slots(group: Document) -> int:
+    """A group's `image_slots`, from its rayStartParams.resources (a JSON object, quoted)."""
+    resources = yaml.safe_load(group["rayStartParams"]["resources"])
+    return int(json.loads(resources)["image_slots"])
+
+
+def test_gpu_workers_are_added_by_the_autoscaler_from_none_to_the_bound() -> None:
+    """README, "Autoscaling": the in-tree autoscaler adds and removes the GPU group's pods, from
+    none, and the tracker's request bound is the cluster at its largest."""
+    cluster = _cluster(the_rayservice())
+    assert cluster["enableInTreeAutoscaling"] is True
+    options = cluster["autoscalerOptions"]
+    assert options["upscalingMode"] == "Default" and options["idleTimeoutSeconds"] > 0
+    [gpu] = cluster["workerGroupSpecs"]
+    assert gpu["minReplicas"] == 0 == gpu["replicas"] and gpu["maxReplicas"] >= 1
+    largest = image_slots(cluster["headGroupSpec"]) + gpu["maxReplicas"] * image_slots(gpu)
+    for where, container in containers(the_rayservice()):
+        bound = environment(container)[f"{ENV_PREFIX}AUTOSCALE_MAX_SLOTS"]["value"]
+        assert int(bound) == largest, where
