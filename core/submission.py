@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -13,6 +14,8 @@ from core.errors import InvalidSubmission, SubmissionTooLarge
 from core.models import JobSubmission, Visit
 from core.settings import Settings
 from core.text import is_utf8_text
+
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,18 @@ def is_printable_text(text: str) -> bool:
     )
 
 
+# The URLs clients send nearly always: a lowercase scheme, a plain host (no user info, no IPv6
+# literal), an optional port, then visible ASCII. Such a URL is one `is_http_url` takes when
+# its port is in range; it is answered without `urlsplit`, which cost most of a 10k-image
+# submission's validation. Anything else takes the full check.
+_PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9._~-]+(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?")
+
+
 def is_http_url(url: str) -> bool:
+    plain = _PLAIN_HTTP_URL.fullmatch(url)
+    if plain is not None:
+        port = plain.group(1)
+        return port is None or int(port) <= MAX_PORT
     if not is_utf8_text(url) or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
         return False
     try:

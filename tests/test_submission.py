@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import InvalidSubmission, SubmissionTooLarge
 from core.settings import Settings
@@ -14,6 +17,7 @@ from core.submission import (
     parse_submission,
     submission_fingerprint,
 )
+from core.text import is_utf8_text
 
 LIMITS = SubmissionLimits.from_settings(Settings(max_images_per_job=5, max_url_length=64))
 
@@ -72,6 +76,36 @@ def test_deeply_nested_json_is_a_clean_error() -> None:
 )
 def test_http_url_judgement(url: str, ok: bool) -> None:
     assert is_http_url(url) is ok
+    assert full_http_url_check(url) is ok
+
+
+def full_http_url_check(url: str) -> bool:
+    """`is_http_url` without its fast path for plain URLs: what it must agree with."""
+    if not is_utf8_text(url) or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+URL_PIECES = st.text(alphabet="aZ09.-_~[]:@/?#%! \x7f\x00é\ud800", max_size=12)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    scheme=st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:/", "http:", ""]),
+    host=URL_PIECES,
+    port=st.one_of(st.none(), st.integers(0, 999_999).map(str), st.just(""), URL_PIECES),
+    tail=st.one_of(st.just(""), URL_PIECES.map(lambda piece: "/" + piece), URL_PIECES),
+)
+def test_the_fast_path_judges_every_url_as_the_full_check(
+    scheme: str, host: str, port: str | None, tail: str
+) -> None:
+    url = scheme + host + ("" if port is None else ":" + port) + tail
+    assert is_http_url(url) is full_http_url_check(url), url
 
 
 @pytest.mark.parametrize(
