@@ -255,6 +255,13 @@ def without_delay(work: Path, image_port: int, origin_pid: int) -> dict[str, Any
             later, latency = submit(service, make_job(image_port, 10_000, first_visit=n))
             latencies.append(latency)
             wait_done(service, later)
+        # The largest job the default settings take; cancelled at once, its submit is the row.
+        big_latencies = []
+        for n in range(3):
+            big, latency = submit(service, make_job(image_port, 100_000, first_visit=n))
+            big_latencies.append(latency)
+            cancel = requests.post(f"{service.url}/api/jobs/{big}/cancel", timeout=120)
+            assert cancel.status_code == 200, cancel.text
     finally:
         service.stop()
     ms_per_image = {
@@ -267,6 +274,8 @@ def without_delay(work: Path, image_port: int, origin_pid: int) -> dict[str, Any
         "cpu_ms_per_image_by_role": ms_per_image,
         "submit_p50_ms": statistics.median(latencies) * 1000,
         "submit_ms": [round(x * 1000, 1) for x in latencies],
+        "submit_100k_p50_ms": statistics.median(big_latencies) * 1000,
+        "submit_100k_ms": [round(x * 1000, 1) for x in big_latencies],
     }
 
 
@@ -318,8 +327,10 @@ def table(
           for role, ms in sorted(roles.items(), key=lambda item: -item[1])],
         ("tracker's ceiling, 1000 / its ms per image", f"{1000 / max(tracker_ms, 1e-6):.0f} img/s",
          "", ""),
-        ("submit 10k images, p50 of 5", f"{nodelay['submit_p50_ms']:.0f} ms", "target 150",
-         f"{nodelay['submit_p50_ms'] / 150:.2f}x target"),
+        ("submit 10k images, p50 of 5", f"{nodelay['submit_p50_ms']:.0f} ms", "target 100",
+         f"{nodelay['submit_p50_ms'] / 100:.2f}x target"),
+        ("submit 100k images, p50 of 3", f"{nodelay['submit_100k_p50_ms']:.0f} ms",
+         "target 1000", f"{nodelay['submit_100k_p50_ms'] / 1000:.2f}x target"),
         ("GET /api/status, 16 conns, during a job", f"{status['rps']:.0f} req/s",
          f"floor {floor['rps']:.0f}", f"{status['rps'] / floor['rps']:.2f} of floor (target 2000)"),
         ("  status p50 / p99", f"{status['p50_ms']:.1f} / {status['p99_ms']:.1f} ms",
