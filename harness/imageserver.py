@@ -306,7 +306,10 @@ class ImageServer:
         self._httpd = Server((self.host, 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        # A short poll: `stop` (shutdown) waits for it, at every test's teardown.
+        threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def count(self, request: BaseHTTPRequestHandler) -> int:

@@ -5,7 +5,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.errors import InvalidSubmission, SubmissionTooLarge
@@ -94,7 +94,17 @@ def full_http_url_check(url: str) -> bool:
 URL_PIECES = st.text(alphabet="aZ09.-_~[]:@/?#%! \x7f\x00é\ud800", max_size=12)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
+@example(scheme="http://", host="@", port=None, tail="")
+@example(scheme="http://", host="u@h", port="80", tail="/x")
+@example(scheme="http://", host="[::1]", port=None, tail="/")
+@example(scheme="http://", host="h", port="", tail="/")
+@example(scheme="http://", host="h", port="65536", tail="")
+@example(scheme="http://", host="h", port="0", tail="")
+@example(scheme="http://", host="h", port="00080", tail="")
+@example(scheme="https://", host="h", port=None, tail="/\x7f")
+@example(scheme="https://", host="h", port=None, tail="/é")
+@example(scheme="http://", host="", port="80", tail="/x")
 @given(
     scheme=st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:/", "http:", ""]),
     host=URL_PIECES,
