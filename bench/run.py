@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from bench import photos
 from bench.jobs import PeakMemory, child, service_pids, submit, wait_done, wait_http
 from harness.postgres import PostgresServer
 from harness.procs import cpu_by_role
@@ -289,13 +290,12 @@ def main() -> None:
         nodelay = without_delay(Path(tmp), image_port, origin.pid)
         scale = scale_out(Path(tmp), image_port)
         pg = on_postgres(Path(tmp), image_port)
-    rows = table(delay, nodelay, scale, pg)
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
-    (OUT / "results.json").write_text(
-        json.dumps({"delay": delay, "nodelay": nodelay, "scale": scale, "postgres": pg}, indent=2)
-    )
+    # The photo job last, with an origin of its own and the others' stopped.
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = photos.measure(Path(tmp))
+    photos.print_rows(table(delay, nodelay, scale, pg) + photos.rows(photo))
+    results = {"delay": delay, "nodelay": nodelay, "scale": scale, "postgres": pg, "photos": photo}
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nJSON: {OUT / 'results.json'}")
 
 
