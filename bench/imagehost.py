@@ -1,7 +1,7 @@
 """A fast loopback image server for the benchmark: a few hundred JPEG/PNG/WebP images of varied
-sizes, held in memory, served by aiohttp. Run as `python -m bench.imagehost PORT COUNT
-[DELAY_MS]`; with a delay it answers each image that long after the request, as a CDN's time
-to first byte."""
+sizes, or the files of a directory (bench/photos.py's), held in memory, served by aiohttp. Run
+as `python -m bench.imagehost PORT COUNT|DIR [DELAY_MS]`; with a delay it answers each image
+that long after the request, as a CDN's time to first byte."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ import asyncio
 import io
 import random
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from PIL import Image
 
 FORMATS = [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")]
+CONTENT_TYPES = {
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".heic": "image/heic",
+    ".avif": "image/avif",
+}
 
 
 def make_images(count: int, seed: int = 1) -> dict[str, tuple[bytes, str, int]]:
@@ -30,10 +38,23 @@ def make_images(count: int, seed: int = 1) -> dict[str, tuple[bytes, str, int]]:
     return images
 
 
+def read_directory(directory: Path) -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, content type) of the directory's images."""
+    return {
+        path.name: (path.read_bytes(), CONTENT_TYPES[path.suffix])
+        for path in sorted(directory.iterdir())
+        if path.suffix in CONTENT_TYPES
+    }
+
+
 def main() -> None:
-    port, count = int(sys.argv[1]), int(sys.argv[2])
+    port, source = int(sys.argv[1]), sys.argv[2]
     delay = int(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0
-    images = make_images(count)
+    images = (
+        {name: (data, kind) for name, (data, kind, _) in make_images(int(source)).items()}
+        if source.isdigit()
+        else read_directory(Path(source))
+    )
 
     async def serve_image(request: web.Request) -> web.Response:
         if delay:

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from bench import photos
+from bench.jobs import PeakMemory, child, service_pids, submit, wait_done, wait_http
 from harness.postgres import PostgresServer
-from harness.procs import cpu_by_role, descendants, rss_bytes
+from harness.procs import cpu_by_role
 from harness.service import ROOT, ServiceProcess, WorkerNode, free_port
 
 OUT = ROOT / "bench" / "out"
@@ -40,29 +38,6 @@ SMALL_JOB_FLOOR = 0.1 + 0.3 * 10 / 11
 FAST = {"IMAGE_SERVICE_FAST_INGRESS": os.environ.get("FAST_INGRESS", "0")}
 
 
-@contextmanager
-def child(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A helper process in its own group, stopped by group id when done."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE
-    )
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def wait_http(url: str) -> None:
-    for _ in range(100):
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def make_job(image_port: int, images: int, first_visit: int = 0) -> dict[str, Any]:
     visits = []
     for v in range(images // 10):
@@ -75,36 +50,6 @@ def make_job(image_port: int, images: int, first_visit: int = 0) -> dict[str, An
     return {"count": len(visits), "visits": visits}
 
 
-def service_pids(service: ServiceProcess) -> set[int]:
-    assert service.process is not None
-    return descendants([service.process.pid, service.ray_head_pgid()])
-
-
-def submit(service: ServiceProcess, payload: dict[str, Any]) -> tuple[int, float]:
-    body = json.dumps(payload).encode()
-    started = time.perf_counter()
-    response = requests.post(
-        f"{service.url}/api/submit/",
-        data=body,
-        headers={"Content-Type": "application/json"},
-        timeout=120,
-    )
-    elapsed = time.perf_counter() - started
-    assert response.status_code == 201, response.text
-    return int(response.json()["job_id"]), elapsed
-
-
-def wait_done(service: ServiceProcess, job_id: int, poll: float = 0.05) -> float:
-    while True:
-        body = requests.get(
-            f"{service.url}/api/status", params={"jobid": job_id}, timeout=60
-        ).json()
-        if body["status"] != "ongoing":
-            assert body["status"] == "completed", body
-            return time.perf_counter()
-        time.sleep(poll)
-
-
 def load(url: str, seconds: float) -> dict[str, float]:
     output = subprocess.run(
         [sys.executable, "-m", "bench.load", url, "16", str(seconds)],
@@ -114,24 +59,6 @@ def load(url: str, seconds: float) -> dict[str, float]:
         timeout=seconds + 60,
     )
     return dict(json.loads(output.stdout.decode().strip().splitlines()[-1]))
-
-
-class PeakMemory:
-    def __init__(self, service: ServiceProcess) -> None:
-        self.peak = 0
-        self._service = service
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak = max(self.peak, rss_bytes(service_pids(self._service)))
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def start_service(data_dir: Path, gpu_delay: str, database_url: str = "") -> ServiceProcess:
@@ -374,13 +301,12 @@ def main() -> None:
         nodelay = without_delay(Path(tmp), image_port, origin.pid)
         scale = scale_out(Path(tmp), image_port)
         pg = on_postgres(Path(tmp), image_port)
-    rows = table(delay, nodelay, scale, pg)
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
-    (OUT / "results.json").write_text(
-        json.dumps({"delay": delay, "nodelay": nodelay, "scale": scale, "postgres": pg}, indent=2)
-    )
+    # The photo job last, with an origin of its own and the others' stopped.
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = photos.measure(Path(tmp))
+    photos.print_rows(table(delay, nodelay, scale, pg) + photos.rows(photo))
+    results = {"delay": delay, "nodelay": nodelay, "scale": scale, "postgres": pg, "photos": photo}
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nJSON: {OUT / 'results.json'}")
 
 

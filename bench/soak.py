@@ -19,7 +19,8 @@ from typing import Any
 
 import requests
 
-from bench.run import IMAGE_COUNT, child, make_job, wait_http
+from bench.jobs import child, wait_http
+from bench.run import IMAGE_COUNT, make_job
 from harness.imageserver import ImageServer
 from harness.service import ServiceProcess, free_port
 

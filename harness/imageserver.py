@@ -20,6 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
+# Registers the HEIF plugin, which encoding HEIC needs, with the options the service reads with.
+import core.images.measure  # noqa: F401
+
 SIZES = {  # name: (format, width, height)
     "red.jpg": ("JPEG", 640, 480),
     "green.png": ("PNG", 300, 200),
@@ -27,6 +30,8 @@ SIZES = {  # name: (format, width, height)
     "tiny.gif": ("GIF", 1, 1),
     "wide.bmp": ("BMP", 1000, 10),
     "tall.tiff": ("TIFF", 17, 333),
+    "photo.heic": ("HEIF", 320, 240),
+    "photo.avif": ("AVIF", 200, 150),
 }
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -35,6 +40,8 @@ CONTENT_TYPES = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
 }
 
 
@@ -42,6 +49,27 @@ def encode(fmt: str, width: int, height: int, color: tuple[int, int, int] = (200
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def encode_noisy(fmt: str, width: int, height: int) -> bytes:
+    """A gradient under noise: unlike one colour, the coded picture outweighs the header, so
+    a cut at half a file lands in the picture's data, as a download cut short does."""
+    gradient = Image.linear_gradient("L").resize((width, height))
+    noise = Image.effect_noise((width, height), 48)
+    buffer = io.BytesIO()
+    Image.merge("RGB", (gradient, noise, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT))).save(
+        buffer, format=fmt
+    )
+    return buffer.getvalue()
+
+
+def heif_declaring(fmt: str, width: int, height: int) -> bytes:
+    """A small HEIF or AVIF image whose `ispe` box (its size in the header) claims `width` x
+    `height`: a decompression bomb in a phone's format."""
+    data = bytearray(encode(fmt, 64, 64))
+    ispe = data.index(b"ispe")  # then version and flags (4 bytes), width and height (4 each)
+    data[ispe + 8 : ispe + 16] = struct.pack(">II", width, height)
+    return bytes(data)
 
 
 def encode_mode(mode: str, fmt: str, width: int, height: int) -> bytes:
@@ -179,6 +207,10 @@ class ImageServer:
         self.files["cmyk.jpg"] = (encode_mode("CMYK", "JPEG", 50, 40), "image/jpeg")
         self.files["deep.png"] = (encode_mode("I;16", "PNG", 33, 22), "image/png")
         self.files["rotated.jpg"] = (exif_rotated_jpeg(40, 10), "image/jpeg")
+        for fmt, suffix in (("HEIF", "heic"), ("AVIF", "avif")):
+            photo = encode_noisy(fmt, 320, 240)
+            self.files[f"truncated.{suffix}"] = (photo[: len(photo) // 2], CONTENT_TYPES[fmt])
+        self.files["bomb.heic"] = (heif_declaring("HEIF", 20_000, 20_000), "image/heic")
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}/{path.lstrip('/')}"

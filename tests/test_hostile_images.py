@@ -52,3 +52,33 @@ def test_hostile_images_fail_their_store_within_the_time_limit(
         assert reasons[stores[path]].startswith(prefix), (path, reasons[stores[path]])
     assert "within 4 s" in reasons[stores["trickle/x.png"]]
     assert "pixels" in reasons[stores["img/bomb.png"]]
+
+
+def test_phone_formats_are_measured_and_checked_end_to_end(
+    client: Client, image_server: ImageServer
+) -> None:
+    # HEIC and AVIF through the real workers: measured, or failed with the decode reason.
+    good = {"img/photo.heic": (320, 240), "img/photo.avif": (200, 150)}
+    bad = {
+        "RP00201": "img/truncated.heic",
+        "RP00202": "img/truncated.avif",
+        "RP00203": "img/bomb.heic",
+    }
+    job_id = client.submit_ok(
+        job(
+            ("RP00200", [image_server.url(path) for path in good]),
+            *[(store, [image_server.url(path)]) for store, path in bad.items()],
+        )
+    )
+    final = client.wait(job_id, timeout=60)
+    reasons = {entry["store_id"]: entry["error"] for entry in final["error"]}
+    assert sorted(reasons) == sorted(bad)
+    for store, path in bad.items():
+        assert reasons[store].startswith(f"image decode failed: {image_server.url(path)}: ")
+    assert "too many pixels" in reasons["RP00203"]
+    measured = {
+        row["image_url"]: (row["width"], row["height"])
+        for row in client.all_results(job_id)
+        if row["state"] == "done"
+    }
+    assert measured == {image_server.url(path): size for path, size in good.items()}

@@ -5,14 +5,15 @@ import io
 import threading
 from typing import Any
 
+import pillow_heif.as_plugin
 import pytest
-from PIL import Image
+from PIL import AvifImagePlugin, Image, features
 
 import core.images.processing
 from core.images.measure import BrokenImageError, NotAnImageError, measure_image, open_image
 from core.images.processing import Budget, Stages, process_image
 from core.models import ImageTask
-from harness.imageserver import encode, gif_with_comments
+from harness.imageserver import encode, encode_noisy, gif_with_comments, heif_declaring
 
 LIMIT = 10_000_000
 
@@ -20,6 +21,56 @@ LIMIT = 10_000_000
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
 def test_measures_every_common_format(fmt: str) -> None:
     assert measure_image(encode(fmt, 123, 45), LIMIT) == (123, 45)
+
+
+def test_this_pillow_decodes_avif_itself() -> None:
+    # AVIF comes from Pillow's wheel, not from a plugin: a Pillow built without libavif would
+    # answer "not an image" for every AVIF photo.
+    assert features.check("avif")
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_measures_phone_formats(fmt: str) -> None:
+    assert measure_image(encode_noisy(fmt, 321, 123), LIMIT) == (321, 123)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_phone_photo_cut_short_fails_to_decode(fmt: str) -> None:
+    data = encode_noisy(fmt, 320, 240)
+    for cut in (len(data) // 2, len(data) - 16, 64):  # in the picture, at its end, in the header
+        with pytest.raises(BrokenImageError, match=r"^cannot decode: ") as failure:
+            measure_image(data[:cut], LIMIT)
+        assert not str(failure.value).endswith("\n")
+
+
+def test_a_video_s_container_is_not_an_image() -> None:
+    # The same ISO box structure as HEIF and AVIF, a video's brand.
+    with pytest.raises(NotAnImageError):
+        measure_image(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64, LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_phone_format_declaring_a_huge_size_is_refused_before_decoding(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[object] = []
+
+    def load(self: Image.Image) -> None:
+        decoded.append(self)
+
+    monkeypatch.setattr(pillow_heif.as_plugin.HeifImageFile, "load", load)
+    monkeypatch.setattr(AvifImagePlugin.AvifImageFile, "load", load)
+    data = heif_declaring(fmt, 5_000, 5_000)  # 64 x 64 inside; its header says 25 MP
+    with pytest.raises(BrokenImageError, match="too many pixels"):
+        open_image(data, LIMIT)
+    assert decoded == []
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_phone_format_declaring_a_size_beyond_any_bound_is_broken(fmt: str) -> None:
+    # libavif refuses past 16,384 x 16,384 as it parses the header, before ours is read.
+    with pytest.raises(BrokenImageError, match=r"^(too many pixels|cannot decode)"):
+        measure_image(heif_declaring(fmt, 200_000, 200_000), 10**12)
 
 
 def test_truncated_image_is_broken() -> None:

@@ -9,11 +9,23 @@ import struct
 import warnings
 from collections.abc import Iterator
 
+import pillow_heif
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # A decompression bomb must be an error, never a warning that lets the decode go on.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# HEIC/HEIF, what phones save, through libheif; AVIF is Pillow's own (its wheels bundle libavif
+# since 11.3). Only the primary image is read: no thumbnails (with them, pillow-heif's `draft`
+# would decode a thumbnail in the full image's place), no depth or auxiliary images.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+# The major brands of an ISO base media file (its first box, `ftyp`) that hold a HEIF or AVIF
+# image: such a file that does not open is a broken image (its header truncated, say), not
+# something other than an image. A video's brands (`isom`, `mp42`, ...) are not among them.
+HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+)
 
 
 class NotAnImageError(ValueError):
@@ -51,7 +63,8 @@ def _as_image_errors() -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BrokenImageError(f"too many pixels: {exc}") from None
     except DECODE_ERRORS as exc:
-        raise BrokenImageError(f"cannot decode: {exc}") from None
+        # libheif ends its messages with a newline.
+        raise BrokenImageError(f"cannot decode: {str(exc).strip()}") from None
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -61,12 +74,25 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise NotAnImageError("empty body")
     Image.MAX_IMAGE_PIXELS = max_pixels
     with _as_image_errors():
-        image = Image.open(io.BytesIO(data))
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            if is_heif(data):
+                raise BrokenImageError(
+                    "cannot decode: a HEIF/AVIF file that does not open (truncated or corrupt)"
+                ) from None
+            raise
         width, height = image.size
         if width * height > max_pixels:
             image.close()
             raise BrokenImageError(f"{width}x{height} is over {max_pixels} pixels")
     return image
+
+
+def is_heif(data: bytes) -> bool:
+    """Whether the bytes begin as a HEIF or AVIF image does: an `ftyp` box of one of their
+    brands."""
+    return data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
 
 
 def check_image(image: Image.Image) -> tuple[int, int]:
@@ -88,12 +114,21 @@ def check_whole(image: Image.Image) -> None:
     1/8 scale against 0.25 ms at full size).
 
     PNG: every chunk's CRC up to IEND, which catches truncation and corruption without
-    inflating pixels. JPEG: the entropy-coded stream decoded at reduced scale. Anything else:
-    the first frame decoded in full.
+    inflating pixels. JPEG: the entropy-coded stream decoded at reduced scale. Anything else
+    (HEIF and AVIF among them): the first frame decoded in full.
     """
     if image.format == "PNG":
         image.verify()
         return
     if image.format == "JPEG":
         image.draft(None, (1, 1))
+    if image.format == "HEIF":
+        # pillow-heif raises RuntimeError for libheif's errors other than bad input (an
+        # unsupported codec configuration, say); caught here alone, where it can only come
+        # from the file, not as a decode error everywhere, where it would hide our bugs.
+        try:
+            image.load()
+        except RuntimeError as exc:
+            raise BrokenImageError(f"cannot decode: {str(exc).strip()}") from None
+        return
     image.load()
