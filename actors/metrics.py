@@ -8,6 +8,7 @@ import time
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from core.images.nodememory import ImageMemory
 from core.images.processing import ImageFetcher, Slots
 from core.models import FailureReason, ImageOutcome, JobState
 
@@ -101,10 +102,10 @@ class TimedFetcher:
         self._histogram = histogram
         self._downloaded = downloaded
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, memory: ImageMemory | None = None) -> bytes:
         start = time.perf_counter()
         try:
-            body = await self._inner.fetch(url)
+            body = await self._inner.fetch(url, memory)
         finally:
             self._histogram.observe(time.perf_counter() - start)
         if body:

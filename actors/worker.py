@@ -23,6 +23,7 @@ from ray.actor import ActorHandle
 from actors.metrics import ImageMetrics, TimedFetcher, WorkerMetrics
 from core.images.fetch import Downloader, FetchLimits
 from core.images.hostlock import HostLock, node_lock_path
+from core.images.nodememory import NodeMemory, node_budget
 from core.images.processing import (
     Budget,
     DecodeBudget,
@@ -80,6 +81,11 @@ class ImageWorker:
             gpu=self._gpu,
             pixels=DecodeBudget(
                 Budget(share.decode_pixels), HostLock(node_lock_path("decode", self._node_id))
+            ),
+            # One budget for the whole node, whatever its workers: not split as the rest is.
+            memory=NodeMemory(
+                node_lock_path("memory", self._node_id),
+                node_budget(settings.node_memory_budget),
             ),
         )
         self._outbox = Outbox(self._report, settings.report_interval)

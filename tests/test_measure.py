@@ -130,7 +130,7 @@ def test_a_small_file_declaring_a_large_image_is_measured_off_the_loop() -> None
     seen: list[int] = []
 
     class Fetcher:
-        async def fetch(self, url: str) -> bytes:
+        async def fetch(self, url: str, memory: object = None) -> bytes:
             return data
 
     async def main() -> None:
@@ -165,7 +165,7 @@ def threads_opening(monkeypatch: pytest.MonkeyPatch, data: bytes) -> list[str]:
     monkeypatch.setattr(core.images.processing, "open_image", recording_open)
 
     class Fetcher:
-        async def fetch(self, url: str) -> bytes:
+        async def fetch(self, url: str, memory: object = None) -> bytes:
             return data
 
     async def main() -> None:

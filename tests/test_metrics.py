@@ -27,7 +27,7 @@ class Kept:
 
 
 class Origin:
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, memory: object = None) -> bytes:
         if "missing" in url:
             raise ImageDownloadError("HTTP 404")
         return b"x" * 1234

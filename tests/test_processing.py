@@ -43,7 +43,7 @@ def test_downloads_run_ahead_while_every_gpu_slot_is_busy() -> None:
     gpu_busy_at_download: list[int] = []
 
     class Origin:
-        async def fetch(self, url: str) -> bytes:
+        async def fetch(self, url: str, memory: object = None) -> bytes:
             gpu_busy_at_download.append(gpu.held)
             await asyncio.sleep(0.005)
             return PNG
@@ -240,7 +240,7 @@ def test_decode_time_is_pillow_s_alone_not_the_download_or_the_budget_wait() -> 
         def __init__(self, body: bytes, delay: float) -> None:
             self._body, self._delay = body, delay
 
-        async def fetch(self, url: str) -> bytes:
+        async def fetch(self, url: str, memory: object = None) -> bytes:
             await asyncio.sleep(self._delay)
             return self._body
 

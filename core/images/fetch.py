@@ -10,6 +10,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
+from core.images.nodememory import ImageMemory
 from core.images.urlguard import ALLOW_PRIVATE_HINT, AddressPolicy, BlockedAddressError
 from core.settings import Settings
 from core.text import is_utf8_text, safe_text
@@ -124,31 +125,33 @@ class Downloader:
     async def close(self) -> None:
         await self._sessions.close()
 
-    async def fetch(self, url: str) -> bytes:
-        """The image's bytes, within `total_timeout` seconds for all attempts together."""
+    async def fetch(self, url: str, memory: ImageMemory | None = None) -> bytes:
+        """The image's bytes, within `total_timeout` seconds for all attempts together. With
+        `memory`, a body's bytes are held there before it is read (see `_read_capped`); the
+        caller gives them back once it is done with the body."""
         try:
             async with asyncio.timeout(self._limits.total_timeout):
-                return await self._fetch_with_retries(url)
+                return await self._fetch_with_retries(url, memory)
         except TimeoutError:
             raise ImageDownloadError(
                 f"not downloaded within {self._limits.total_timeout:g} s"
             ) from None
 
-    async def _fetch_with_retries(self, url: str) -> bytes:
+    async def _fetch_with_retries(self, url: str, memory: ImageMemory | None) -> bytes:
         attempt = 0
         while True:
             try:
-                return await self._fetch_following_redirects(url)
+                return await self._fetch_following_redirects(url, memory)
             except _RetryableError as exc:
                 if attempt >= self._limits.retries:
                     raise ImageDownloadError(str(exc)) from None
             await asyncio.sleep(backoff_delay(attempt, self._limits.backoff))
             attempt += 1
 
-    async def _fetch_following_redirects(self, url: str) -> bytes:
+    async def _fetch_following_redirects(self, url: str, memory: ImageMemory | None) -> bytes:
         current = url
         for _hop in range(self._limits.max_redirects + 1):
-            body, location = await self._fetch_one_hop(current)
+            body, location = await self._fetch_one_hop(current, memory)
             if location is None:
                 return body
             if not is_utf8_text(location):
@@ -164,7 +167,9 @@ class Downloader:
                 raise ImageDownloadError(f"redirected to a non-http URL: {shown}")
         raise ImageDownloadError(f"more than {self._limits.max_redirects} redirects")
 
-    async def _fetch_one_hop(self, url: str) -> tuple[bytes, str | None]:
+    async def _fetch_one_hop(
+        self, url: str, memory: ImageMemory | None
+    ) -> tuple[bytes, str | None]:
         host = urlsplit(url).hostname or ""
         try:
             async with self._sessions.for_url(url).get(url, allow_redirects=False) as response:
@@ -178,7 +183,7 @@ class Downloader:
                     raise _RetryableError(f"HTTP {status}")
                 if not 200 <= status < 300:
                     raise ImageDownloadError(f"HTTP {status}")
-                return await self._read_capped(response), None
+                return await self._read_capped(response, memory), None
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddressError):
                 raise ImageDownloadError(
@@ -195,13 +200,38 @@ class Downloader:
         except aiohttp.ClientError as exc:
             raise _RetryableError(f"connection error: {type(exc).__name__}") from None
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read_capped(
+        self, response: aiohttp.ClientResponse, memory: ImageMemory | None
+    ) -> bytes:
         cap = self._limits.max_bytes
         if response.content_length is not None and response.content_length > cap:
             raise ImageDownloadError(f"larger than {cap} bytes")
-        body = bytearray()
-        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-            body += chunk
-            if len(body) > cap:
-                raise ImageDownloadError(f"larger than {cap} bytes")
+        # What the body may come to, held before a byte of it is read. A body of unknown size
+        # (no Content-Length, or compressed: aiohttp inflates it) holds the cap up front and
+        # gives back the rest once read; held chunk by chunk instead, bodies half read could
+        # fill the budget, each waiting for more that only another's end could free.
+        expected = response.content_length if _plain_length(response) else None
+        reserved = cap if expected is None else expected
+        if memory is not None:
+            await memory.hold_body(reserved)
+        try:
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                body += chunk
+                if len(body) > cap:
+                    raise ImageDownloadError(f"larger than {cap} bytes")
+                if len(body) > reserved:  # aiohttp reads no more than Content-Length says
+                    raise ImageDownloadError(f"longer than its Content-Length ({reserved})")
+        except BaseException:
+            if memory is not None:
+                memory.drop_body()  # a retry holds again
+            raise
+        if memory is not None:
+            memory.keep_body(len(body))
         return bytes(body)
+
+
+def _plain_length(response: aiohttp.ClientResponse) -> bool:
+    """Whether the response's Content-Length is the length of the body read (not compressed)."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    return response.content_length is not None and encoding in ("", "identity")

@@ -95,6 +95,19 @@ def is_heif(data: bytes) -> bool:
     return data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
 
 
+# Bytes a pixel takes in Pillow's memory, by mode: every mode not named takes 4 (RGB is kept
+# as 4 bytes a pixel too).
+PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory decoding an opened image may take, from its header: its pixels at full size
+    (a JPEG decoded at reduced scale takes less, but a progressive one holds coefficients for
+    the whole image) times the bytes of a pixel of its mode."""
+    width, height = image.size
+    return width * height * PIXEL_BYTES.get(image.mode, 4)
+
+
 def check_image(image: Image.Image) -> tuple[int, int]:
     """`(width, height)` of an opened image once its whole content has checked out."""
     with image, _as_image_errors():

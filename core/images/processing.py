@@ -16,7 +16,14 @@ from typing import Protocol
 
 from core.images.fetch import ImageDownloadError, redact_url
 from core.images.hostlock import HostLock
-from core.images.measure import BrokenImageError, NotAnImageError, check_image, open_image
+from core.images.measure import (
+    BrokenImageError,
+    NotAnImageError,
+    check_image,
+    decoded_bytes,
+    open_image,
+)
+from core.images.nodememory import ImageMemory, NodeMemory, image_memory
 from core.models import FailureReason, ImageOutcome, ImageTask
 from core.text import safe_text
 
@@ -129,12 +136,15 @@ class Stages:
     fetching: asyncio.Semaphore  # downloads and measurements at once
     gpu: asyncio.Semaphore  # simulated GPU work at once: the node's share of `image_slots`
     pixels: PixelBudget  # pixels being decoded at once: the bound on decode memory
+    # Bytes held at once on the node, bodies and decodes: None, unbounded.
+    memory: NodeMemory | None = None
 
 
 class ImageFetcher(Protocol):
-    """Downloads one image's bytes or raises `ImageDownloadError` (as `Downloader` does)."""
+    """Downloads one image's bytes or raises `ImageDownloadError` (as `Downloader` does),
+    holding the body's bytes in `memory` (when given) before it reads them."""
 
-    async def fetch(self, url: str) -> bytes: ...
+    async def fetch(self, url: str, memory: ImageMemory | None = None) -> bytes: ...
 
 
 async def process_image(
@@ -151,10 +161,14 @@ async def process_image(
     reason; anything else is a bug and propagates. Without `stages`, nothing bounds it.
     `decode_seconds` is told the time Pillow took over the image (identify, decode, check),
     the wait for the pixel budget left out, whether the image turned out good or not."""
-    async with stages.fetching if stages else contextlib.nullcontext():
+    async with (
+        stages.fetching if stages else contextlib.nullcontext(),
+        image_memory(stages.memory if stages else None) as memory,
+    ):
+        # The body's bytes are held from before it is read until it is measured and dropped.
         measured = await _download_and_measure(
             task, downloader, max_pixels, node_id, stages.pixels if stages else None,
-            decode_seconds,
+            memory, decode_seconds,
         )  # fmt: skip
     if isinstance(measured, ImageOutcome):
         return measured
@@ -179,18 +193,19 @@ async def _download_and_measure(
     max_pixels: int,
     node_id: str | None,
     pixels: PixelBudget | None,
+    memory: ImageMemory | None,
     decode_seconds: Callable[[float], None] | None,
 ) -> tuple[int, int] | ImageOutcome:
     """`(width, height)`, or the image's failure."""
     shown_url = redact_url(task.url)
     try:
-        data = await downloader.fetch(task.url)
+        data = await downloader.fetch(task.url, memory)
     except ImageDownloadError as exc:
         return failed_outcome(
             task, FailureReason.DOWNLOAD, f"image download failed: {shown_url}: {exc}", node_id
         )
     try:
-        return await _measure(data, max_pixels, pixels, decode_seconds)
+        return await _measure(data, max_pixels, pixels, memory, decode_seconds)
     except NotAnImageError as exc:
         return failed_outcome(
             task, FailureReason.NOT_AN_IMAGE, f"not an image: {shown_url}: {exc}", node_id
@@ -220,6 +235,7 @@ async def _measure(
     data: bytes,
     max_pixels: int,
     pixels: PixelBudget | None,
+    memory: ImageMemory | None,
     decode_seconds: Callable[[float], None] | None,
 ) -> tuple[int, int]:
     watch = Stopwatch()
@@ -233,7 +249,11 @@ async def _measure(
         # Every decode counts, a small one on the loop too, so the node's bound is a bound;
         # taking an uncontended budget costs ~7 us, measured here, against 0.78 ms of CPU per
         # image in all (README, Performance).
-        async with pixels.hold(width * height) if pixels else contextlib.nullcontext():
+        # The decode's bytes are held before its pixels: a holder of pixels waits for nothing.
+        async with (
+            memory.decoding(decoded_bytes(image)) if memory else contextlib.nullcontext(),
+            pixels.hold(width * height) if pixels else contextlib.nullcontext(),
+        ):
             with watch.running():
                 if len(data) <= INLINE_DECODE_BYTES and width * height < INLINE_DECODE_PIXELS:
                     return check_image(image)
