@@ -135,6 +135,13 @@ class NodeMemory:
         with self._locked():
             return self._header()[2]
 
+    @property
+    def bodies(self) -> int:
+        """Bytes of bodies held on the node now (the rest of `in_use` is decoding)."""
+        with self._locked():
+            _, _, held, decoding, *_ = self._header()
+            return held - decoding
+
     def close(self) -> None:
         """Give back this holder's entry (and whatever it still holds)."""
         with self._locked():
