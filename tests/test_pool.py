@@ -39,8 +39,8 @@ def node(cpus: float, slots: float) -> dict[str, Any]:
 def test_a_node_s_workers_download_no_more_at_once_than_fetch_concurrency(
     monkeypatch: pytest.MonkeyPatch, fetch_concurrency: int, cpus: int, slots: int
 ) -> None:
-    """README: FETCH_CONCURRENCY is the downloads at once per node, and bounds the bytes they
-    hold (this x MAX_IMAGE_BYTES): a node never runs more workers than that."""
+    """README: FETCH_CONCURRENCY is the downloads at once per node (the bytes they hold are
+    NODE_MEMORY_BUDGET's): a node never runs more workers than that."""
     started = Started()
     monkeypatch.setattr(actors.pool, "ImageWorker", started)
     pool = WorkerPool(Settings(fetch_concurrency=fetch_concurrency), tracker=None)  # type: ignore[arg-type]
