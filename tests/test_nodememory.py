@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from core.images.nodememory import Kind, NodeMemory, image_memory, node_budget, started_at
+from core.images.nodememory import (
+    ENTRY,
+    HEADER,
+    Kind,
+    NodeMemory,
+    image_memory,
+    node_budget,
+    started_at,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -237,3 +245,29 @@ def test_a_process_gone_has_no_start_time() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     assert started_at(dead.pid) is None
+
+
+def test_a_holder_killed_half_way_through_a_change_leaves_no_bytes_behind(
+    tmp_path: Path,
+) -> None:
+    """A holder killed between its change of the totals and of its own entry: the totals say
+    130 bytes, the entries 100 (the live holder) and 30 (the dead one). Taking back the dead
+    one's counts the totals again from the entries."""
+    path = tmp_path / "m"
+    alive = NodeMemory(path, 1000)
+    asyncio.run(alive.take(Kind.BODY, 100))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with path.open("r+b") as file:
+        header = list(HEADER.unpack(file.read(HEADER.size)))
+        header[2] += 30 + 50  # its 30 bytes, and 50 its entry never got
+        header[6] += 1  # its slot
+        file.seek(0)
+        file.write(HEADER.pack(*header))
+        file.seek(HEADER.size + (header[6] - 1) * ENTRY.size)
+        file.write(ENTRY.pack(gone.pid, 12345, 30, 0, 0, 0, 0, 0))
+    assert alive.in_use == 180
+    after = NodeMemory(path, 1000)  # a new holder looks for the dead first
+    assert (after.in_use, alive.in_use) == (100, 100)
+    after.close()
+    alive.close()

@@ -262,19 +262,24 @@ class NodeMemory:
         """Take back the bytes and the places in line of the holders that died (a pid whose
         start time differs is another process's now)."""
         self._reclaimed_at = time.monotonic()
-        for slot, (pid, start, *_) in enumerate(self._entries()):
-            if pid and started_at(pid) != start:
-                self._drop(slot)
+        dead = [
+            slot
+            for slot, (pid, start, *_) in enumerate(self._entries())
+            if pid and started_at(pid) != start
+        ]
+        for slot in dead:
+            self._drop(slot)
 
     def _drop(self, slot: int) -> None:
-        _, _, held, decoding, body_ticket, _, decode_ticket, _ = self._entry(slot)
-        header = self._header()
-        self._set_header(2, header[2] - held)
-        self._set_header(3, header[3] - decoding)
-        self._set_header(4, header[4] - bool(body_ticket))
-        self._set_header(5, header[5] - bool(decode_ticket))
+        """Free the slot, and count the totals again from the entries: a holder killed between
+        its change of the totals and of its entry (each a few stores) leaves them apart."""
         for field in range(ENTRY.size // 8):
             self._set_entry(slot, field, 0)
+        entries = list(self._entries())
+        self._set_header(2, sum(entry[2] for entry in entries))
+        self._set_header(3, sum(entry[3] for entry in entries))
+        self._set_header(4, sum(1 for entry in entries if entry[4]))
+        self._set_header(5, sum(1 for entry in entries if entry[6]))
 
 
 class ImageMemory:
