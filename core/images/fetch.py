@@ -130,14 +130,15 @@ class Downloader:
         `memory`, a body's bytes are held there before it is read (see `_read_capped`); the
         caller gives them back once it is done with the body."""
         try:
-            async with asyncio.timeout(self._limits.total_timeout):
-                return await self._fetch_with_retries(url, memory)
+            async with asyncio.timeout(self._limits.total_timeout) as deadline:
+                room = None if memory is None else _BodyRoom(memory, deadline)
+                return await self._fetch_with_retries(url, room)
         except TimeoutError:
             raise ImageDownloadError(
                 f"not downloaded within {self._limits.total_timeout:g} s"
             ) from None
 
-    async def _fetch_with_retries(self, url: str, memory: ImageMemory | None) -> bytes:
+    async def _fetch_with_retries(self, url: str, memory: _BodyRoom | None) -> bytes:
         attempt = 0
         while True:
             try:
@@ -148,7 +149,7 @@ class Downloader:
             await asyncio.sleep(backoff_delay(attempt, self._limits.backoff))
             attempt += 1
 
-    async def _fetch_following_redirects(self, url: str, memory: ImageMemory | None) -> bytes:
+    async def _fetch_following_redirects(self, url: str, memory: _BodyRoom | None) -> bytes:
         current = url
         for _hop in range(self._limits.max_redirects + 1):
             body, location = await self._fetch_one_hop(current, memory)
@@ -167,9 +168,7 @@ class Downloader:
                 raise ImageDownloadError(f"redirected to a non-http URL: {shown}")
         raise ImageDownloadError(f"more than {self._limits.max_redirects} redirects")
 
-    async def _fetch_one_hop(
-        self, url: str, memory: ImageMemory | None
-    ) -> tuple[bytes, str | None]:
+    async def _fetch_one_hop(self, url: str, memory: _BodyRoom | None) -> tuple[bytes, str | None]:
         host = urlsplit(url).hostname or ""
         try:
             async with self._sessions.for_url(url).get(url, allow_redirects=False) as response:
@@ -201,7 +200,7 @@ class Downloader:
             raise _RetryableError(f"connection error: {type(exc).__name__}") from None
 
     async def _read_capped(
-        self, response: aiohttp.ClientResponse, memory: ImageMemory | None
+        self, response: aiohttp.ClientResponse, memory: _BodyRoom | None
     ) -> bytes:
         cap = self._limits.max_bytes
         if response.content_length is not None and response.content_length > cap:
@@ -229,6 +228,32 @@ class Downloader:
         if memory is not None:
             memory.keep_body(len(body))
         return bytes(body)
+
+
+class _BodyRoom:
+    """The node's bytes for one download's bodies. The wait for room is not the origin's
+    time: the download's deadline moves by as long as it waited, or a node short of memory
+    would fail its images as "not downloaded within" the timeout."""
+
+    def __init__(self, memory: ImageMemory, deadline: asyncio.Timeout) -> None:
+        self._memory = memory
+        self._deadline = deadline
+
+    async def hold_body(self, amount: int) -> None:
+        loop = asyncio.get_running_loop()
+        started, when = loop.time(), self._deadline.when()
+        self._deadline.reschedule(None)  # stopped while it waits
+        try:
+            await self._memory.hold_body(amount)
+        finally:
+            if when is not None:
+                self._deadline.reschedule(when + loop.time() - started)
+
+    def keep_body(self, size: int) -> None:
+        self._memory.keep_body(size)
+
+    def drop_body(self) -> None:
+        self._memory.drop_body()
 
 
 def _plain_length(response: aiohttp.ClientResponse) -> bool:
