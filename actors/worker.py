@@ -23,6 +23,7 @@ from ray.actor import ActorHandle
 from actors.metrics import ImageMetrics, TimedFetcher, WorkerMetrics
 from core.images.fetch import Downloader, FetchLimits
 from core.images.hostlock import HostLock, node_lock_path
+from core.images.malloc import return_large_blocks
 from core.images.nodememory import NodeMemory, node_budget
 from core.images.processing import (
     Budget,
@@ -63,6 +64,7 @@ class ImageWorker:
         self, settings: Settings, share: WorkerShare, key: str, tracker: ActorHandle
     ) -> None:
         use_json_logs()
+        return_large_blocks()
         self._settings = settings
         self._key = key
         self._tracker = tracker

@@ -169,8 +169,8 @@ class Settings(BaseSettings):
         description="bytes held at once on one node, over all its image worker processes: "
         "downloaded bodies (from the first byte read until the image is measured; the cap "
         "when the size is not known) and images being decoded (pixels x bytes a pixel); "
-        "bodies take at most half; `0`: an eighth of the node's physical memory (MemTotal), "
-        "64 MiB to 1 GiB",
+        "bodies take at most half; `0`: 128 MiB per CPU of the node, at most an eighth of its "
+        "physical memory (MemTotal), 64 MiB to 1 GiB",
     )
     max_image_attempts: int = Field(
         3, ge=1, description="times an image may be in flight on a worker that dies before it fails"

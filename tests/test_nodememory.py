@@ -226,17 +226,20 @@ def test_images_holding_their_bodies_always_get_to_decode(tmp_path: Path) -> Non
     node.close()
 
 
-def test_the_default_budget_is_an_eighth_of_the_node_s_memory_within_bounds(
+def test_the_default_budget_is_128_mib_a_cpu_within_an_eighth_of_the_memory_and_bounds(
     tmp_path: Path,
 ) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        4194304 kB\nMemFree:  100 kB\n")  # 4 GiB
-    assert node_budget(0, meminfo) == 512 * MIB
+    assert node_budget(0, meminfo, cpus=2) == 256 * MIB
+    assert node_budget(0, meminfo, cpus=8) == 512 * MIB  # an eighth of 4 GiB
     meminfo.write_text("MemTotal:       67108864 kB\n")  # 64 GiB
-    assert node_budget(0, meminfo) == 1024 * MIB
+    assert node_budget(0, meminfo, cpus=2) == 256 * MIB
+    assert node_budget(0, meminfo, cpus=64) == 1024 * MIB
     meminfo.write_text("MemTotal:         262144 kB\n")  # 256 MiB
-    assert node_budget(0, meminfo) == 64 * MIB
-    assert node_budget(0, tmp_path / "absent") == 1024 * MIB
+    assert node_budget(0, meminfo, cpus=2) == 64 * MIB
+    assert node_budget(0, tmp_path / "absent", cpus=4) == 512 * MIB
+    assert node_budget(0, tmp_path / "absent", cpus=16) == 1024 * MIB
     assert node_budget(2 * MIB, meminfo) == 2 * MIB  # a setting is taken as it is
 
 
