@@ -94,12 +94,19 @@ def _monitor(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def test_a_busy_prometheus_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def _monitor_on_a_held_port(
+    host: str, tmp_path: Path
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """`make monitor` told to put Prometheus on a port of `host` that another socket holds."""
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
+        holder.bind((host, 0))
         holder.listen()
         port = holder.getsockname()[1]
-        ran = _monitor({"RAY_PROMETHEUS_HOST": f"http://127.0.0.1:{port}"}, tmp_path)
+        return port, _monitor({"RAY_PROMETHEUS_HOST": f"http://{host}:{port}"}, tmp_path)
+
+
+def test_a_busy_prometheus_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    port, ran = _monitor_on_a_held_port("127.0.0.1", tmp_path)
     assert ran.returncode == 1
     assert f"port {port} on 127.0.0.1 (Prometheus) is already in use" in ran.stderr
     assert "RAY_PROMETHEUS_HOST" in ran.stderr
@@ -160,11 +167,7 @@ def test_the_readme_tells_of_make_monitor_and_the_port_its_prometheus_takes() ->
 
 def test_prometheus_beyond_loopback_is_said_to_be_open(tmp_path: Path) -> None:
     # 0.0.0.0 with a port held: the warning comes before the refusal, and nothing starts.
-    with socket.socket() as holder:
-        holder.bind(("0.0.0.0", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        ran = _monitor({"RAY_PROMETHEUS_HOST": f"http://0.0.0.0:{port}"}, tmp_path)
+    _port, ran = _monitor_on_a_held_port("0.0.0.0", tmp_path)
     assert ran.returncode == 1
     assert (
         "prometheus listens on 0.0.0.0, beyond this machine, with no authentication" in ran.stderr
