@@ -274,3 +274,43 @@ def test_a_holder_killed_half_way_through_a_change_leaves_no_bytes_behind(
     assert (after.in_use, alive.in_use) == (100, 100)
     after.close()
     alive.close()
+
+
+def test_a_decode_gives_back_its_bytes_and_the_bodys_together(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        node = NodeMemory(tmp_path / "memory", 10_000)
+        async with image_memory(node) as image:
+            assert image is not None
+            await image.hold_body(1_000)
+            async with image.decoding(3_000):
+                assert (node.in_use, node.bodies) == (4_000, 1_000)
+            # The body served its decode: both are back before the image is done.
+            assert (node.in_use, image.body) == (0, 0)
+        assert node.in_use == 0
+        node.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_body_is_held_at_once_only_when_none_waits_before_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        node = NodeMemory(tmp_path / "memory", 10_000)  # bodies may hold 5,000
+        async with image_memory(node) as first, image_memory(node) as second:
+            assert first is not None and second is not None
+            assert first.try_hold_body(4_000)
+            assert not second.try_hold_body(2_000)  # does not fit: nothing held
+            assert (node.in_use, second.body) == (4_000, 0)
+            waiting = asyncio.create_task(second.hold_body(2_000))
+            await asyncio.sleep(0.01)
+            # One waits for room: a body that would fit does not pass it.
+            async with image_memory(node) as third:
+                assert third is not None
+                assert not third.try_hold_body(500)
+                first.drop_body()
+                await asyncio.wait_for(waiting, 5)
+                assert third.try_hold_body(500)
+                assert node.in_use == 2_500
+        assert node.in_use == 0
+        node.close()
+
+    asyncio.run(scenario())

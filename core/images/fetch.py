@@ -240,6 +240,8 @@ class _BodyRoom:
         self._deadline = deadline
 
     async def hold_body(self, amount: int) -> None:
+        if self._memory.try_hold_body(amount):
+            return  # no wait: the deadline stays as it is (moving it costs two timer changes)
         loop = asyncio.get_running_loop()
         started, when = loop.time(), self._deadline.when()
         self._deadline.reschedule(None)  # stopped while it waits
