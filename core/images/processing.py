@@ -197,23 +197,25 @@ async def _download_and_measure(
     decode_seconds: Callable[[float], None] | None,
 ) -> tuple[int, int] | ImageOutcome:
     """`(width, height)`, or the image's failure."""
-    shown_url = redact_url(task.url)
     try:
         data = await downloader.fetch(task.url, memory)
     except ImageDownloadError as exc:
         return failed_outcome(
-            task, FailureReason.DOWNLOAD, f"image download failed: {shown_url}: {exc}", node_id
-        )
+            task, FailureReason.DOWNLOAD, f"image download failed: {redact_url(task.url)}: {exc}",
+            node_id,
+        )  # fmt: skip
     try:
         return await _measure(data, max_pixels, pixels, memory, decode_seconds)
     except NotAnImageError as exc:
         return failed_outcome(
-            task, FailureReason.NOT_AN_IMAGE, f"not an image: {shown_url}: {exc}", node_id
-        )
+            task, FailureReason.NOT_AN_IMAGE, f"not an image: {redact_url(task.url)}: {exc}",
+            node_id,
+        )  # fmt: skip
     except BrokenImageError as exc:
         return failed_outcome(
-            task, FailureReason.DECODE, f"image decode failed: {shown_url}: {exc}", node_id
-        )
+            task, FailureReason.DECODE, f"image decode failed: {redact_url(task.url)}: {exc}",
+            node_id,
+        )  # fmt: skip
 
 
 class Stopwatch:
