@@ -9,6 +9,7 @@ import pillow_heif.as_plugin
 import pytest
 from PIL import AvifImagePlugin, Image, features
 
+import core.images.measure
 import core.images.processing
 from core.images.measure import BrokenImageError, NotAnImageError, measure_image, open_image
 from core.images.processing import Budget, Stages, process_image
@@ -194,3 +195,52 @@ def test_a_small_file_s_header_is_parsed_on_the_event_loop(
 ) -> None:
     # A thread hop costs more than the parse of a small file.
     assert threads_opening(monkeypatch, encode("GIF", 8, 6)) == [threading.main_thread().name]
+
+
+def outcome_of(data: bytes) -> str:
+    try:
+        return f"measured {measure_image(data, LIMIT)}"
+    except (NotAnImageError, BrokenImageError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_a_webp_is_checked_as_loading_it_would(
+    lossless: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = io.BytesIO()
+    picture = Image.open(io.BytesIO(encode_noisy("PNG", 320, 240)))
+    picture.save(buffer, format="WEBP", lossless=lossless, quality=90)
+    data = buffer.getvalue()
+    assert measure_image(data, LIMIT) == (320, 240)
+    for cut in (data[: len(data) // 2], data[: len(data) - 16], data[:40]):
+        with pytest.raises(BrokenImageError, match=r"^cannot decode: "):
+            measure_image(cut, LIMIT)
+    # Bytes of the picture garbled, the RIFF container's sizes left whole: whatever libwebp
+    # makes of them, the check says what loading the image into Pillow says.
+    garbled = [
+        data[:at] + bytes(b ^ 0x5A for b in data[at : at + 256]) + data[at + 256 :]
+        for at in (40, 200, len(data) // 3, len(data) // 2, len(data) - 300)
+    ]
+    checked = [outcome_of(variant) for variant in garbled]
+    monkeypatch.setattr(core.images.measure, "_decode_webp_frame", lambda image: False)
+    assert [outcome_of(variant) for variant in garbled] == checked
+
+
+HOSTILE_STARTS = [
+    b"\xff\xd8\xff" + b"\x00" * 64,  # JPEG's magic, then nothing of a JPEG
+    b"\xff\xd8\xff\xe0" + b"BM" * 40,
+    b"\x89PNG\r\n\x1a\n" + b"\xff" * 64,
+    b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 16,
+    b"GIF89a" + b"\x01" * 10,
+    b"GIF87a",
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE_STARTS)
+def test_sniffing_the_format_changes_no_outcome(
+    data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sniffed = outcome_of(data)
+    monkeypatch.setattr(core.images.measure, "sniffed_format", lambda data: None)
+    assert outcome_of(data) == sniffed

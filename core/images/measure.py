@@ -67,6 +67,31 @@ def _as_image_errors() -> Iterator[None]:
         raise BrokenImageError(f"cannot decode: {str(exc).strip()}") from None
 
 
+def sniffed_format(data: bytes) -> str | None:
+    """The Pillow format the first bytes name, for the formats most images come in; None for
+    the rest."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    return None
+
+
+def _open(data: bytes) -> Image.Image:
+    """`Image.open`, asking the plugin the first bytes name before every other: Pillow asks
+    each registered plugin in turn (42 us an image on average here, 25 us sniffed). The others
+    are asked too when that one declines, so what opens is what opened before."""
+    sniffed = sniffed_format(data)
+    if sniffed is not None:
+        with contextlib.suppress(UnidentifiedImageError):
+            return Image.open(io.BytesIO(data), formats=[sniffed])
+    return Image.open(io.BytesIO(data))
+
+
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """The image with its header read (its size known), its content not yet checked; pass it
     to `check_image`, which closes it."""
@@ -75,7 +100,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = max_pixels
     with _as_image_errors():
         try:
-            image = Image.open(io.BytesIO(data))
+            image = _open(data)
         except UnidentifiedImageError:
             if is_heif(data):
                 raise BrokenImageError(
@@ -121,17 +146,33 @@ def measure_image(data: bytes, max_pixels: int) -> tuple[int, int]:
     return check_image(open_image(data, max_pixels))
 
 
+def _decode_webp_frame(image: Image.Image) -> bool:
+    """Decode a WebP image's first frame with the libwebp decoder Pillow opened it with, the
+    frame left unused: `load()` decodes the same way, then copies the frame twice to make it
+    Pillow's (436 against 573 us per WebP of the bench's images here). False if this Pillow
+    holds no such decoder: the caller loads the image instead."""
+    decoder = getattr(image, "_decoder", None)
+    if decoder is None or not hasattr(decoder, "get_next"):
+        return False
+    if decoder.get_next() is None:  # libwebp's failure: Pillow raises on it, or answers None
+        raise BrokenImageError("cannot decode: the WebP frame does not decode")
+    return True
+
+
 def check_whole(image: Image.Image) -> None:
     """Read the image's whole stream, as cheaply as the format allows (measured here, per
     image of up to 640x480: PNG 0.03 ms to verify against 0.7 ms to decode; JPEG 0.12 ms at
     1/8 scale against 0.25 ms at full size).
 
     PNG: every chunk's CRC up to IEND, which catches truncation and corruption without
-    inflating pixels. JPEG: the entropy-coded stream decoded at reduced scale. Anything else
-    (HEIF and AVIF among them): the first frame decoded in full.
+    inflating pixels. JPEG: the entropy-coded stream decoded at reduced scale. WebP: its first
+    frame decoded in full by libwebp, not copied into a Pillow image. Anything else (HEIF and
+    AVIF among them): the first frame decoded in full.
     """
     if image.format == "PNG":
         image.verify()
+        return
+    if image.format == "WEBP" and _decode_webp_frame(image):
         return
     if image.format == "JPEG":
         image.draft(None, (1, 1))
