@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from harness.procs import descendants, rss_bytes
+from harness.procs import descendants, role_of, rss_bytes
 from harness.service import ROOT, ServiceProcess
 
 
@@ -81,6 +81,7 @@ class PeakMemory:
 
     def __init__(self, service: ServiceProcess) -> None:
         self.peak = 0
+        self.peak_by_role: dict[str, int] = {}  # the peak's bytes, by process role
         self._service = service
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -88,7 +89,12 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            self.peak = max(self.peak, rss_bytes(service_pids(self._service)))
+            by_role: dict[str, int] = {}
+            for pid in service_pids(self._service):
+                role = role_of(pid)
+                by_role[role] = by_role.get(role, 0) + rss_bytes([pid])
+            if sum(by_role.values()) > self.peak:
+                self.peak, self.peak_by_role = sum(by_role.values()), by_role
 
     def stop(self) -> int:
         self._stop.set()

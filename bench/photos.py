@@ -134,6 +134,7 @@ def through_service(work: Path, pool: list[Photo], order: list[int]) -> dict[str
         "cpu_ms_per_photo": sum(ms_per_photo.values()),
         "cpu_ms_per_photo_by_role": ms_per_photo,
         "peak_rss_bytes": peak,
+        "peak_rss_bytes_by_role": memory.peak_by_role,
     }
 
 
@@ -208,7 +209,11 @@ def rows(photos: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{service['cpu_ms_per_photo'] / bare['cpu_ms_per_photo']:.2f}x the bare loop"),
         ("  photos: of which the image workers", f"{workers_ms:.1f} ms", "", ""),
         ("photos: peak RSS of the service during the job",
-         f"{service['peak_rss_bytes'] / 2**30:.2f} GiB", "", ""),
+         f"{service['peak_rss_bytes'] / 2**30:.2f} GiB", "target 2 GB",
+         f"{service['peak_rss_bytes'] / 2e9:.2f}x target"),
+        *[(f"  photos: peak RSS, {role}", f"{size / 2**30:.2f} GiB", "", "")
+          for role, size in sorted(service["peak_rss_bytes_by_role"].items(),
+                                   key=lambda item: -item[1])],
         *[(f"12 MP {variant} JPEG check: draft / full decode",
            f"{draft[variant]['draft_ms']:.0f} / {draft[variant]['full_ms']:.0f} ms CPU",
            f"{draft[variant]['bytes'] / 1e6:.1f} MB",
