@@ -314,3 +314,35 @@ def test_a_body_is_held_at_once_only_when_none_waits_before_it(tmp_path: Path) -
         node.close()
 
     asyncio.run(scenario())
+
+
+def test_a_body_held_at_once_does_not_pass_a_waiter_woken_but_not_yet_run(
+    tmp_path: Path,
+) -> None:
+    # From an attack review: between one turn's end and the next waiter's wake-up, the turn's
+    # lock says it is free while a request still waits.
+    async def scenario() -> None:
+        node = NodeMemory(tmp_path / "memory", 10_000)  # bodies may hold 5,000
+        async with (
+            image_memory(node) as first,
+            image_memory(node) as second,
+            image_memory(node) as third,
+            image_memory(node) as fourth,
+        ):
+            assert first and second and third and fourth
+            await first.hold_body(4_000)
+            second_waits = asyncio.create_task(second.hold_body(3_000))
+            await asyncio.sleep(0.01)
+            third_waits = asyncio.create_task(third.hold_body(2_500))
+            await asyncio.sleep(0.01)
+            first.drop_body()  # second gets its bytes and hands the turn to third
+            await asyncio.sleep(0)  # this request comes in the same turn of the loop
+            assert second_waits.done() and not third_waits.done()
+            passed = fourth.try_hold_body(1_500)
+            second.drop_body()
+            await asyncio.wait_for(third_waits, 5)
+            assert not passed, "a 1,500-byte body passed the 2,500-byte one waiting before it"
+        assert node.in_use == 0
+        node.close()
+
+    asyncio.run(scenario())

@@ -122,6 +122,9 @@ class NodeMemory:
         self._pid = os.getpid()
         self._start = started_at(self._pid) or 0
         self._turns = {kind: asyncio.Lock() for kind in Kind}
+        # Requests of each kind waiting here, for their turn or in it. Not the lock's `locked()`:
+        # between a turn's end and the next waiter's wake-up it is False while one still waits.
+        self._in_line = {kind: 0 for kind in Kind}
         self._freed = asyncio.Event()
         self._reclaimed_at = 0.0
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -163,35 +166,41 @@ class NodeMemory:
         amount = self._clamp(kind, amount)
         if self.try_take(kind, amount):  # none here waits before it
             return amount
-        async with self._turns[kind]:
-            if self._take_at_once(kind, amount):
-                return amount
-            with self._locked():
-                self._queue(kind, amount)
-            try:
-                while True:
-                    self._freed.clear()
-                    with self._locked():
-                        if self._first_in_line(kind) and self._fits(kind, amount):
-                            self._unqueue(kind)
-                            self._add(kind, amount)
-                            return amount
-                        if time.monotonic() - self._reclaimed_at > RECLAIM_SECONDS:
-                            self._reclaim()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(POLL_SECONDS):
-                            await self._freed.wait()
-            except BaseException:
+        self._in_line[kind] += 1
+        try:
+            async with self._turns[kind]:
+                return await self._take_in_turn(kind, amount)
+        finally:
+            self._in_line[kind] -= 1
+
+    async def _take_in_turn(self, kind: Kind, amount: int) -> int:
+        """`take` for the first in line here: first at once, else queued on the node."""
+        if self._take_at_once(kind, amount):
+            return amount
+        with self._locked():
+            self._queue(kind, amount)
+        try:
+            while True:
+                self._freed.clear()
                 with self._locked():
-                    self._unqueue(kind)
-                raise
+                    if self._first_in_line(kind) and self._fits(kind, amount):
+                        self._unqueue(kind)
+                        self._add(kind, amount)
+                        return amount
+                    if time.monotonic() - self._reclaimed_at > RECLAIM_SECONDS:
+                        self._reclaim()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._freed.wait()
+        except BaseException:
+            with self._locked():
+                self._unqueue(kind)
+            raise
 
     def try_take(self, kind: Kind, amount: int) -> bool:
         """`take` without the wait: whether `amount` (as `take` clamps it) is held now, as it
         is when none waits before it, here or in another process, and it fits."""
-        return not self._turns[kind].locked() and self._take_at_once(
-            kind, self._clamp(kind, amount)
-        )
+        return self._in_line[kind] == 0 and self._take_at_once(kind, self._clamp(kind, amount))
 
     def _clamp(self, kind: Kind, amount: int) -> int:
         room = self.body_room if kind is Kind.BODY else self.total
