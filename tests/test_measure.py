@@ -227,6 +227,32 @@ def test_a_webp_is_checked_as_loading_it_would(
     assert [outcome_of(variant) for variant in garbled] == checked
 
 
+def webp_with_pcd_marker_at_2048() -> bytes:
+    """A whole WebP whose XMP chunk puts `PCD_` at byte 2048, where Pillow's PCD plugin, which
+    checks no signature and comes before WebP's, looks for its own."""
+
+    def with_xmp(xmp: bytes) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(buffer, format="WEBP", xmp=xmp)
+        return buffer.getvalue()
+
+    pad = b"x" * 4000
+    at = 2048 - with_xmp(pad).index(pad)
+    data = with_xmp(pad[:at] + b"PCD_" + pad[at + 4 :])
+    assert data.index(b"PCD_") == 2048 and data[8:12] == b"WEBP"
+    return data
+
+
+def test_a_whole_webp_measures_where_pcd_would_have_claimed_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # From an attack review: the one outcome sniffing changes, for the better.
+    data = webp_with_pcd_marker_at_2048()
+    assert outcome_of(data) == "measured (16, 16)"
+    monkeypatch.setattr(core.images.measure, "sniffed_format", lambda data: None)
+    assert outcome_of(data).startswith("BrokenImageError")
+
+
 HOSTILE_STARTS = [
     b"\xff\xd8\xff" + b"\x00" * 64,  # JPEG's magic, then nothing of a JPEG
     b"\xff\xd8\xff\xe0" + b"BM" * 40,
