@@ -163,9 +163,10 @@ class NodeMemory:
     async def take(self, kind: Kind, amount: int) -> int:
         """Hold `amount` bytes of `kind` (at most what the kind may ever hold), waiting for
         them as long as needed; returns the bytes held, to be given back with `give_back`."""
+        held = self.try_take(kind, amount)  # none here waits before it
+        if held is not None:
+            return held
         amount = self._clamp(kind, amount)
-        if self.try_take(kind, amount):  # none here waits before it
-            return amount
         self._in_line[kind] += 1
         try:
             async with self._turns[kind]:
@@ -197,10 +198,13 @@ class NodeMemory:
                 self._unqueue(kind)
             raise
 
-    def try_take(self, kind: Kind, amount: int) -> bool:
-        """`take` without the wait: whether `amount` (as `take` clamps it) is held now, as it
-        is when none waits before it, here or in another process, and it fits."""
-        return self._in_line[kind] == 0 and self._take_at_once(kind, self._clamp(kind, amount))
+    def try_take(self, kind: Kind, amount: int) -> int | None:
+        """`take` without the wait: the bytes held, if they are held at once (none waits
+        before them, here or in another process, and they fit); else None, nothing held."""
+        amount = self._clamp(kind, amount)
+        if self._in_line[kind] == 0 and self._take_at_once(kind, amount):
+            return amount
+        return None
 
     def _clamp(self, kind: Kind, amount: int) -> int:
         room = self.body_room if kind is Kind.BODY else self.total
@@ -340,9 +344,10 @@ class ImageMemory:
     def try_hold_body(self, amount: int) -> bool:
         """`hold_body` if the bytes can be held at once; else hold nothing and say so."""
         self.drop_body()
-        if not self._node.try_take(Kind.BODY, amount):
+        held = self._node.try_take(Kind.BODY, amount)
+        if held is None:
             return False
-        self._body = min(amount, self._node.body_room)
+        self._body = held
         return True
 
     def keep_body(self, size: int) -> None:
